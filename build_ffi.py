@@ -94,6 +94,8 @@ def _builder(module: str) -> FFI:
     _check_headers(header, pkgs, debian)
     ffi = FFI()
     ffi.cdef(_read("common.h"))
+    if module in ("_nfqueue", "_nflog"):
+        ffi.cdef(_read("packet.h"))
     ffi.cdef(_read(stem + ".h"))
     source = '#include "%s.c"\n' % stem
     kwargs = dict(

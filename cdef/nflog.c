@@ -3,3 +3,4 @@
 #include "common_src.h"
 #include <linux/netfilter/nfnetlink_log.h>
 #include <libnetfilter_log/libnetfilter_log.h>
+#include "packet_src.h"

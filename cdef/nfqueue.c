@@ -7,21 +7,10 @@
 #include "common_src.h"
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
+#include "packet_src.h"
+#include "ctnl_src.h"
 
 #define NFB_MAX_PAYLOAD (0xFFFF - NLA_HDRLEN)
-
-enum {
-    NFB_QF_ID, NFB_QF_ATTRS, NFB_QF_HWPROTO, NFB_QF_HOOK, NFB_QF_FAMILY,
-    NFB_QF_QUEUE, NFB_QF_MARK, NFB_QF_UID, NFB_QF_GID, NFB_QF_PRIORITY,
-    NFB_QF_SKBINFO, NFB_QF_CAPLEN, NFB_QF_CTINFO, NFB_QF_INDEV,
-    NFB_QF_OUTDEV, NFB_QF_PHYSINDEV, NFB_QF_PHYSOUTDEV, NFB_QF_TS_SEC_HI,
-    NFB_QF_TS_SEC_LO, NFB_QF_TS_USEC, NFB_QF_VLAN_PROTO, NFB_QF_VLAN_TCI,
-    NFB_QF_PAYLOAD_OFF, NFB_QF_PAYLOAD_LEN, NFB_QF_HWADDR_OFF,
-    NFB_QF_HWADDR_LEN, NFB_QF_L2HDR_OFF, NFB_QF_L2HDR_LEN,
-    NFB_QF_SECCTX_OFF, NFB_QF_SECCTX_LEN, NFB_QF_CT_OFF, NFB_QF_CT_LEN,
-    NFB_QF_EXP_OFF, NFB_QF_EXP_LEN,
-    NFB_QF_COUNT
-};
 
 #define NFB_V_DONE (-1)
 #define NFB_V_DEFERRED (-2)
@@ -41,7 +30,7 @@ struct nfb_q {
     uint16_t queue;
     char *data;             /* current batch: contiguous netlink messages */
     size_t data_len;
-    uint32_t *recs;         /* npkts records of NFB_QF_COUNT words */
+    uint32_t *recs;         /* npkts records of NFB_F_COUNT words */
     int npkts;
     uint64_t overruns;
     uint64_t async_errors;
@@ -70,7 +59,7 @@ static int nfb_q_alloc_rx(struct nfb_q *q, uint32_t slot_size, int nslots)
     char *rbuf = malloc((size_t)slot_size * nslots);
     struct mmsghdr *mm = calloc(nslots, sizeof(*mm));
     struct iovec *iov = calloc(nslots, sizeof(*iov));
-    uint32_t *recs = malloc(sizeof(uint32_t) * NFB_QF_COUNT * nslots);
+    uint32_t *recs = malloc(sizeof(uint32_t) * NFB_F_COUNT * nslots);
     if (!rbuf || !mm || !iov || !recs) {
         free(rbuf); free(mm); free(iov); free(recs);
         return -ENOMEM;
@@ -125,7 +114,7 @@ static int nfb_grow_recs(struct nfb_q *q, int need)
         return 0;
     while (cap < need)
         cap *= 2;
-    r = realloc(q->recs, sizeof(uint32_t) * NFB_QF_COUNT * cap);
+    r = realloc(q->recs, sizeof(uint32_t) * NFB_F_COUNT * cap);
     if (!r)
         return -ENOMEM;
     q->recs = r;
@@ -140,6 +129,29 @@ static inline uint64_t nfb_be64(const void *p)
     return be64toh(v);
 }
 
+/* NFQA_* attribute -> nfbind's presence bit in NFB_F_ATTRS */
+static const uint32_t nfb_nfqa_bit[NFQA_MAX + 1] = {
+    [NFQA_MARK] = NFB_A_MARK,
+    [NFQA_TIMESTAMP] = NFB_A_TIMESTAMP,
+    [NFQA_IFINDEX_INDEV] = NFB_A_INDEV,
+    [NFQA_IFINDEX_OUTDEV] = NFB_A_OUTDEV,
+    [NFQA_IFINDEX_PHYSINDEV] = NFB_A_PHYSINDEV,
+    [NFQA_IFINDEX_PHYSOUTDEV] = NFB_A_PHYSOUTDEV,
+    [NFQA_HWADDR] = NFB_A_HWADDR,
+    [NFQA_PAYLOAD] = NFB_A_PAYLOAD,
+    [NFQA_CT] = NFB_A_CT,
+    [NFQA_CT_INFO] = NFB_A_CTINFO,
+    [NFQA_CAP_LEN] = NFB_A_CAPLEN,
+    [NFQA_SKB_INFO] = NFB_A_SKBINFO,
+    [NFQA_EXP] = NFB_A_EXP,
+    [NFQA_UID] = NFB_A_UID,
+    [NFQA_GID] = NFB_A_GID,
+    [NFQA_SECCTX] = NFB_A_SECCTX,
+    [NFQA_VLAN] = NFB_A_VLAN,
+    [NFQA_L2HDR] = NFB_A_L2HDR,
+    [NFQA_PRIORITY] = NFB_A_PRIORITY,
+};
+
 /* Parse one NFQNL_MSG_PACKET message into rec; offsets relative to base. */
 static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
                                uint32_t *rec)
@@ -148,9 +160,9 @@ static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
     const struct nlattr *attr;
     uint32_t attrs = 0;
 
-    memset(rec, 0, sizeof(uint32_t) * NFB_QF_COUNT);
-    rec[NFB_QF_FAMILY] = nfg->nfgen_family;
-    rec[NFB_QF_QUEUE] = ntohs(nfg->res_id);
+    memset(rec, 0, sizeof(uint32_t) * NFB_F_COUNT);
+    rec[NFB_F_FAMILY] = nfg->nfgen_family;
+    rec[NFB_F_QUEUE] = ntohs(nfg->res_id);
 
     mnl_attr_for_each(attr, nlh, sizeof(struct nfgenmsg)) {
         uint16_t type = mnl_attr_get_type(attr);
@@ -166,9 +178,9 @@ static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
                 continue;
             {
                 const struct nfqnl_msg_packet_hdr *ph = (const void *)p;
-                rec[NFB_QF_ID] = ntohl(ph->packet_id);
-                rec[NFB_QF_HWPROTO] = ntohs(ph->hw_protocol);
-                rec[NFB_QF_HOOK] = ph->hook;
+                rec[NFB_F_ID] = ntohl(ph->packet_id);
+                rec[NFB_F_HWPROTO] = ntohs(ph->hw_protocol);
+                rec[NFB_F_HOOK] = ph->hook;
             }
             break;
         case NFQA_MARK:
@@ -189,17 +201,17 @@ static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
             memcpy(&v, p, 4);
             v = ntohl(v);
             switch (type) {
-            case NFQA_MARK: idx = NFB_QF_MARK; break;
-            case NFQA_IFINDEX_INDEV: idx = NFB_QF_INDEV; break;
-            case NFQA_IFINDEX_OUTDEV: idx = NFB_QF_OUTDEV; break;
-            case NFQA_IFINDEX_PHYSINDEV: idx = NFB_QF_PHYSINDEV; break;
-            case NFQA_IFINDEX_PHYSOUTDEV: idx = NFB_QF_PHYSOUTDEV; break;
-            case NFQA_CT_INFO: idx = NFB_QF_CTINFO; break;
-            case NFQA_CAP_LEN: idx = NFB_QF_CAPLEN; break;
-            case NFQA_SKB_INFO: idx = NFB_QF_SKBINFO; break;
-            case NFQA_UID: idx = NFB_QF_UID; break;
-            case NFQA_GID: idx = NFB_QF_GID; break;
-            default: idx = NFB_QF_PRIORITY; break;
+            case NFQA_MARK: idx = NFB_F_MARK; break;
+            case NFQA_IFINDEX_INDEV: idx = NFB_F_INDEV; break;
+            case NFQA_IFINDEX_OUTDEV: idx = NFB_F_OUTDEV; break;
+            case NFQA_IFINDEX_PHYSINDEV: idx = NFB_F_PHYSINDEV; break;
+            case NFQA_IFINDEX_PHYSOUTDEV: idx = NFB_F_PHYSOUTDEV; break;
+            case NFQA_CT_INFO: idx = NFB_F_CTINFO; break;
+            case NFQA_CAP_LEN: idx = NFB_F_CAPLEN; break;
+            case NFQA_SKB_INFO: idx = NFB_F_SKBINFO; break;
+            case NFQA_UID: idx = NFB_F_UID; break;
+            case NFQA_GID: idx = NFB_F_GID; break;
+            default: idx = NFB_F_PRIORITY; break;
             }
             rec[idx] = v;
             break;
@@ -209,9 +221,9 @@ static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
             if (len < 16)
                 continue;
             sec = nfb_be64(p);
-            rec[NFB_QF_TS_SEC_HI] = (uint32_t)(sec >> 32);
-            rec[NFB_QF_TS_SEC_LO] = (uint32_t)sec;
-            rec[NFB_QF_TS_USEC] = (uint32_t)nfb_be64(p + 8);
+            rec[NFB_F_TS_SEC_HI] = (uint32_t)(sec >> 32);
+            rec[NFB_F_TS_SEC_LO] = (uint32_t)sec;
+            rec[NFB_F_TS_USEC] = (uint32_t)nfb_be64(p + 8);
             break;
         }
         case NFQA_HWADDR: {
@@ -222,32 +234,32 @@ static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
             alen = ntohs(hw->hw_addrlen);
             if (alen > sizeof(hw->hw_addr))
                 alen = sizeof(hw->hw_addr);
-            rec[NFB_QF_HWADDR_OFF] = (uint32_t)((const char *)hw->hw_addr - base);
-            rec[NFB_QF_HWADDR_LEN] = alen;
+            rec[NFB_F_HWADDR_OFF] = (uint32_t)((const char *)hw->hw_addr - base);
+            rec[NFB_F_HWADDR_LEN] = alen;
             break;
         }
         case NFQA_PAYLOAD:
-            rec[NFB_QF_PAYLOAD_OFF] = off;
-            rec[NFB_QF_PAYLOAD_LEN] = len;
+            rec[NFB_F_PAYLOAD_OFF] = off;
+            rec[NFB_F_PAYLOAD_LEN] = len;
             break;
         case NFQA_L2HDR:
-            rec[NFB_QF_L2HDR_OFF] = off;
-            rec[NFB_QF_L2HDR_LEN] = len;
+            rec[NFB_F_L2HDR_OFF] = off;
+            rec[NFB_F_L2HDR_LEN] = len;
             break;
         case NFQA_SECCTX:
             /* a NUL-terminated string in recent kernels; keep the text only */
             while (len > 0 && p[len - 1] == '\0')
                 len--;
-            rec[NFB_QF_SECCTX_OFF] = off;
-            rec[NFB_QF_SECCTX_LEN] = len;
+            rec[NFB_F_SECCTX_OFF] = off;
+            rec[NFB_F_SECCTX_LEN] = len;
             break;
         case NFQA_CT:
-            rec[NFB_QF_CT_OFF] = off;
-            rec[NFB_QF_CT_LEN] = len;
+            rec[NFB_F_CT_OFF] = off;
+            rec[NFB_F_CT_LEN] = len;
             break;
         case NFQA_EXP:
-            rec[NFB_QF_EXP_OFF] = off;
-            rec[NFB_QF_EXP_LEN] = len;
+            rec[NFB_F_EXP_OFF] = off;
+            rec[NFB_F_EXP_LEN] = len;
             break;
         case NFQA_VLAN: {
             const struct nlattr *va;
@@ -255,18 +267,18 @@ static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
                 if (mnl_attr_get_payload_len(va) < 2)
                     continue;
                 if (mnl_attr_get_type(va) == NFQA_VLAN_PROTO)
-                    rec[NFB_QF_VLAN_PROTO] = ntohs(mnl_attr_get_u16(va));
+                    rec[NFB_F_VLAN_PROTO] = ntohs(mnl_attr_get_u16(va));
                 else if (mnl_attr_get_type(va) == NFQA_VLAN_TCI)
-                    rec[NFB_QF_VLAN_TCI] = ntohs(mnl_attr_get_u16(va));
+                    rec[NFB_F_VLAN_TCI] = ntohs(mnl_attr_get_u16(va));
             }
             break;
         }
         default:
             continue;
         }
-        attrs |= 1u << type;
+        attrs |= nfb_nfqa_bit[type];
     }
-    rec[NFB_QF_ATTRS] = attrs;
+    rec[NFB_F_ATTRS] = attrs;
 }
 
 /* Parse the messages in data[0..len): packets into records, errors counted. */
@@ -289,7 +301,7 @@ static int nfb_q_parse(struct nfb_q *q, char *data, size_t len)
                    ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)) {
             if (nfb_grow_recs(q, n + 1) < 0)
                 return -ENOMEM;
-            nfb_q_parse_packet(nlh, data, q->recs + (size_t)n * NFB_QF_COUNT);
+            nfb_q_parse_packet(nlh, data, q->recs + (size_t)n * NFB_F_COUNT);
             n++;
         }
         nlh = mnl_nlmsg_next(nlh, &remaining);
@@ -600,7 +612,7 @@ int nfb_q_put_verdicts(struct nfb_q *q, const int64_t *verdicts, int n,
         n = q->npkts;
     for (i = 0; i < n; i++) {
         int64_t v = verdicts[i];
-        uint32_t id = q->recs[(size_t)i * NFB_QF_COUNT + NFB_QF_ID];
+        uint32_t id = q->recs[(size_t)i * NFB_F_COUNT + NFB_F_ID];
         if (v == NFB_V_DONE)
             continue;
         if (v < 0) {           /* deferred: later packets can't be batched */

@@ -1,0 +1,378 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""What NFQUEUE and NFLOG share: the netlink socket, receive-buffer sizing, the
+ENOBUFS policy, and the loops.
+
+One non-blocking primitive sits under everything: ``_drain_once(handler)``
+reads what the socket holds now (one batch, one syscall) and dispatches it.
+``run()``, iteration, ``async for`` and users' own loops (through
+``fileno()`` and ``drain()``) are built on it.  There are no hidden threads.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import socket
+import threading
+import warnings
+from collections import deque
+from typing import Any, AsyncIterator, Callable, Deque, Iterator, Optional
+
+from ._lib import lib
+from . import netns as _netns
+from .errors import ClosedError, Overrun, check_neg
+
+__all__ = ["Channel", "OverrunWarning", "ON_OVERRUN"]
+
+ON_OVERRUN = ("count", "raise")
+
+#: batches drained back to back before the loop looks at stop() again
+_MAX_BATCHES_PER_WAKE = 64
+
+
+class OverrunWarning(RuntimeWarning):
+    """Issued once per object when the kernel first drops messages (ENOBUFS)."""
+
+
+def _open_netlink(netns: _netns.NetNS, rcvbuf: int, no_enobufs: bool) -> socket.socket:
+    def opener() -> socket.socket:
+        s = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, lib.NETLINK_NETFILTER
+        )
+        try:
+            s.bind((0, 0))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    sock = _netns.call_in(netns, opener)
+    try:
+        set_rcvbuf(sock, rcvbuf)
+        if no_enobufs:
+            sock.setsockopt(lib.SOL_NETLINK, lib.NETLINK_NO_ENOBUFS, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Set the receive buffer; above rmem_max this needs CAP_NET_ADMIN.
+
+    Returns the size the kernel granted (it doubles the request internally).
+    """
+    try:
+        sock.setsockopt(lib.SOL_SOCKET, lib.SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF, size)
+    return sock.getsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF)
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> Any:
+    if value not in choices:
+        raise ValueError("%s must be one of %s, got %r" % (name, ", ".join(map(repr, choices)), value))
+    return value
+
+
+def check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """Validate an integer argument before it reaches C."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import operator
+
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError("%s must be an int, not %s" % (name, type(value).__name__)) from None
+    if not lo <= value <= hi:
+        raise ValueError("%s must be in %d..%d, got %d" % (name, lo, hi, value))
+    return int(value)
+
+
+class Channel:
+    """Base of NfQueue and NfLog: a netlink socket with loops on top.
+
+    Subclasses implement ``_drain_once(handler) -> int`` (non-blocking: read one
+    batch, dispatch it, return the number of packets) and ``_close_channel()``.
+    """
+
+    _sock: Optional[socket.socket] = None
+    _closed = True
+
+    def _init_channel(
+        self,
+        *,
+        netns: _netns.NetNS,
+        rcvbuf: int,
+        on_overrun: str,
+        no_enobufs: bool,
+    ) -> None:
+        self._on_overrun = check_choice("on_overrun", on_overrun, ON_OVERRUN)
+        self._netns = netns
+        self._stop_requested = False
+        self._running = 0
+        self._warned_overrun = False
+        self._ifnames: dict = {}
+        self._lock = threading.RLock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._sock = _open_netlink(netns, rcvbuf, no_enobufs)
+        except BaseException:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
+        self._fd = self._sock.fileno()
+        self._closed = False
+
+    # -- plumbing ---------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The netlink socket's descriptor, for select/poll/epoll/trio loops.
+
+        When it is readable, call ``drain(handler)``.
+        """
+        self._check_open()
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` ran."""
+        return self._closed
+
+    @property
+    def rcvbuf(self) -> int:
+        """The socket's receive buffer size in bytes, as the kernel reports it."""
+        self._check_open()
+        assert self._sock is not None
+        return self._sock.getsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF)
+
+    def set_rcvbuf(self, size: int) -> int:
+        """Resize the receive buffer; returns the size granted."""
+        self._check_open()
+        assert self._sock is not None
+        return set_rcvbuf(self._sock, check_int("rcvbuf", size, 4096, 1 << 30))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("%s is closed; create a new one" % type(self).__name__)
+
+    def _overrun(self, count: int) -> None:
+        """Apply the ENOBUFS policy (called by _drain_once on -ENOBUFS)."""
+        if self._on_overrun == "raise":
+            raise Overrun(count=count, op="receiving from %s" % self._describe())
+        if not self._warned_overrun:
+            self._warned_overrun = True
+            warnings.warn(
+                "%s: the kernel dropped messages because the receive buffer was "
+                "full (ENOBUFS); counting them in .stats.overruns. Raise rcvbuf=, "
+                "or pass on_overrun='raise' to get an exception, or "
+                "no_enobufs=True to silence the kernel's report." % self._describe(),
+                OverrunWarning,
+                stacklevel=4,
+            )
+
+    def _describe(self) -> str:
+        return type(self).__name__
+
+    def _ifname(self, index: Optional[int]) -> Optional[str]:
+        """Interface name for ``index`` in the channel's namespace, cached."""
+        if index is None:
+            return None
+        try:
+            return self._ifnames[index]
+        except KeyError:
+            pass
+        try:
+            name: Optional[str] = _netns.call_in(self._netns, socket.if_indextoname, index)
+        except OSError:
+            name = None
+        self._ifnames[index] = name
+        return name
+
+    def refresh_ifnames(self) -> None:
+        """Forget cached interface names (after interfaces were renamed)."""
+        self._ifnames.clear()
+
+    # -- loops ------------------------------------------------------------
+
+    def _drain_once(self, handler: Callable[[Any], Any]) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def _close_channel(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def drain(self, handler: Callable[[Any], Any], *, max_batches: int = _MAX_BATCHES_PER_WAKE) -> int:
+        """Dispatch every packet readable now to ``handler``; never blocks.
+
+        Returns the number of packets dispatched (0: nothing was waiting).  For
+        users' own event loops: call it when ``fileno()`` is readable.
+        """
+        total = 0
+        for _ in range(max_batches):
+            if self._closed:
+                break
+            n = self._drain_once(handler)
+            if not n:
+                break
+            total += n
+        return total
+
+    def stop(self) -> None:
+        """Make ``run()`` and iteration return soon.
+
+        Safe from any thread and from a signal handler.
+        """
+        self._stop_requested = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # closed or full: the flag is enough
+            pass
+
+    def _clear_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def _poll(self, poller: "select.poll", timeout: Optional[float]) -> None:
+        poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+
+    def run(self, handler: Callable[[Any], Any], *, timeout: Optional[float] = None) -> None:
+        """Call ``handler(packet)`` for every packet until ``stop()``.
+
+        Returns after ``stop()`` (from the handler, another thread or a signal
+        handler), after ``close()``, on Ctrl-C (KeyboardInterrupt is absorbed),
+        or when ``timeout`` seconds passed without a packet.  An exception
+        raised by the handler comes out of ``run()`` once the batch it was in
+        has been completed.
+
+        Raises ClosedError, Overrun (``on_overrun="raise"``), NetlinkError.
+        """
+        import time
+
+        self._check_open()
+        if not callable(handler):
+            raise TypeError("handler must be callable, not %s" % type(handler).__name__)
+        self._stop_requested = False
+        self._clear_wake()
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        self._running += 1
+        try:
+            idle_since = time.monotonic()
+            while not self._stop_requested and not self._closed:
+                if self.drain(handler):
+                    idle_since = time.monotonic()
+                    continue
+                if self._stop_requested or self._closed:
+                    break
+                if timeout is not None:
+                    left = timeout - (time.monotonic() - idle_since)
+                    if left <= 0:
+                        break
+                    self._poll(poller, min(left, 3600.0))
+                else:
+                    self._poll(poller, None)
+        except KeyboardInterrupt:
+            return
+        finally:
+            self._running -= 1
+            self._after_run()
+
+    def _after_run(self) -> None:
+        """Hook for subclasses: runs when run() or an iterator ends."""
+
+    def _collect(self) -> Iterator[Any]:
+        """Packets one by one, for ``for pkt in channel``."""
+        self._check_open()
+        self._stop_requested = False
+        self._clear_wake()
+        buf: Deque[Any] = deque()
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            while buf:
+                yield buf.popleft()
+            if self._stop_requested or self._closed:
+                return
+            if not self.drain(buf.append):
+                if self._stop_requested or self._closed:
+                    return
+                self._poll(poller, None)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._collect()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for pkt in channel`` on the running asyncio loop."""
+        self._check_open()
+        self._stop_requested = False
+        self._clear_wake()
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        buf: Deque[Any] = deque()
+        loop.add_reader(self._fd, ready.set)
+        loop.add_reader(self._wake_r, ready.set)
+        try:
+            while True:
+                while buf:
+                    yield buf.popleft()
+                if self._stop_requested or self._closed:
+                    return
+                ready.clear()
+                if not self.drain(buf.append):
+                    if self._stop_requested or self._closed:
+                        return
+                    await ready.wait()
+                    self._clear_wake()
+        finally:
+            for fd in (self._fd, self._wake_r):
+                try:
+                    loop.remove_reader(fd)
+                except (OSError, ValueError, KeyError):
+                    pass
+
+    # -- lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the socket.  Safe to call twice."""
+        if self._closed:
+            return
+        self.stop()
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._close_channel()
+            finally:
+                self._closed = True
+                if self._sock is not None:
+                    self._sock.close()
+                for fd in (self._wake_r, self._wake_w):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._closed and self._sock is not None:
+            warnings.warn(
+                "unclosed %s: call close() or use a with block" % type(self).__name__,
+                ResourceWarning,
+                source=self,
+            )
+            try:
+                self.close()
+            except Exception:
+                pass

@@ -1,0 +1,148 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Enumerations whose values come from the compiled modules (that is, from the
+system's C headers); none is typed in here."""
+from __future__ import annotations
+
+import enum
+
+from ._lib import lib
+
+__all__ = [
+    "Verdict",
+    "CopyMode",
+    "Hook",
+    "Family",
+    "CtInfo",
+    "CtStatus",
+    "TcpState",
+    "QueueFlag",
+]
+
+
+def _enum(cls, name: str, members: dict, doc: str):
+    e = cls(name, members, module=__name__)
+    e.__doc__ = doc
+    return e
+
+
+Verdict = _enum(
+    enum.IntEnum,
+    "Verdict",
+    {
+        "DROP": lib.NF_DROP,
+        "ACCEPT": lib.NF_ACCEPT,
+        "QUEUE": lib.NF_QUEUE,
+        "REPEAT": lib.NF_REPEAT,
+        "STOP": lib.NF_STOP,
+    },
+    """A packet's fate.
+
+    ``ACCEPT`` and ``DROP`` are final.  ``REPEAT`` sends the packet through
+    the same hook again, from the start of its rules.  ``STOP`` accepts without
+    running later hooks.  ``QUEUE`` needs a queue number: use
+    ``pkt.queue(num)`` rather than returning it.""",
+)
+
+CopyMode = _enum(
+    enum.IntEnum,
+    "CopyMode",
+    {"NONE": lib.NFQNL_COPY_NONE, "META": lib.NFQNL_COPY_META, "PACKET": lib.NFQNL_COPY_PACKET},
+    "How much of each packet the kernel copies: nothing, metadata only, or "
+    "metadata and up to ``copy_range`` bytes of the packet.",
+)
+
+Hook = _enum(
+    enum.IntEnum,
+    "Hook",
+    {
+        "PRE_ROUTING": lib.NF_INET_PRE_ROUTING,
+        "LOCAL_IN": lib.NF_INET_LOCAL_IN,
+        "FORWARD": lib.NF_INET_FORWARD,
+        "LOCAL_OUT": lib.NF_INET_LOCAL_OUT,
+        "POST_ROUTING": lib.NF_INET_POST_ROUTING,
+    },
+    "The netfilter hook a packet was seen at (INPUT is LOCAL_IN, OUTPUT is LOCAL_OUT).",
+)
+
+Family = _enum(
+    enum.IntEnum,
+    "Family",
+    {
+        "UNSPEC": lib.NFPROTO_UNSPEC,
+        "INET": lib.NFPROTO_INET,
+        "IPV4": lib.NFPROTO_IPV4,
+        "ARP": lib.NFPROTO_ARP,
+        "NETDEV": lib.NFPROTO_NETDEV,
+        "BRIDGE": lib.NFPROTO_BRIDGE,
+        "IPV6": lib.NFPROTO_IPV6,
+    },
+    "Netfilter protocol family (NFPROTO_*); IPV4 and IPV6 equal AF_INET and AF_INET6.",
+)
+
+CtInfo = _enum(
+    enum.IntEnum,
+    "CtInfo",
+    {
+        "ESTABLISHED": lib.IP_CT_ESTABLISHED,
+        "RELATED": lib.IP_CT_RELATED,
+        "NEW": lib.IP_CT_NEW,
+        "ESTABLISHED_REPLY": lib.IP_CT_ESTABLISHED_REPLY,
+        "RELATED_REPLY": lib.IP_CT_RELATED_REPLY,
+    },
+    "How a packet relates to its connection (the kernel's enum ip_conntrack_info).",
+)
+
+CtStatus = _enum(
+    enum.IntFlag,
+    "CtStatus",
+    {
+        "EXPECTED": lib.IPS_EXPECTED,
+        "SEEN_REPLY": lib.IPS_SEEN_REPLY,
+        "ASSURED": lib.IPS_ASSURED,
+        "CONFIRMED": lib.IPS_CONFIRMED,
+        "SRC_NAT": lib.IPS_SRC_NAT,
+        "DST_NAT": lib.IPS_DST_NAT,
+        "SEQ_ADJUST": lib.IPS_SEQ_ADJUST,
+        "SRC_NAT_DONE": lib.IPS_SRC_NAT_DONE,
+        "DST_NAT_DONE": lib.IPS_DST_NAT_DONE,
+        "DYING": lib.IPS_DYING,
+        "FIXED_TIMEOUT": lib.IPS_FIXED_TIMEOUT,
+        "TEMPLATE": lib.IPS_TEMPLATE,
+        "UNTRACKED": lib.IPS_UNTRACKED,
+        "HELPER": lib.IPS_HELPER,
+        "OFFLOAD": lib.IPS_OFFLOAD,
+        "HW_OFFLOAD": lib.IPS_HW_OFFLOAD,
+    },
+    "Conntrack status bits: ``CtStatus.ASSURED in flow.status``.",
+)
+
+TcpState = _enum(
+    enum.IntEnum,
+    "TcpState",
+    {
+        "NONE": lib.TCP_CONNTRACK_NONE,
+        "SYN_SENT": lib.TCP_CONNTRACK_SYN_SENT,
+        "SYN_RECV": lib.TCP_CONNTRACK_SYN_RECV,
+        "ESTABLISHED": lib.TCP_CONNTRACK_ESTABLISHED,
+        "FIN_WAIT": lib.TCP_CONNTRACK_FIN_WAIT,
+        "CLOSE_WAIT": lib.TCP_CONNTRACK_CLOSE_WAIT,
+        "LAST_ACK": lib.TCP_CONNTRACK_LAST_ACK,
+        "TIME_WAIT": lib.TCP_CONNTRACK_TIME_WAIT,
+        "CLOSE": lib.TCP_CONNTRACK_CLOSE,
+        "SYN_SENT2": lib.TCP_CONNTRACK_SYN_SENT2,
+    },
+    "Conntrack's TCP state machine.",
+)
+
+QueueFlag = _enum(
+    enum.IntFlag,
+    "QueueFlag",
+    {
+        "FAIL_OPEN": lib.NFQA_CFG_F_FAIL_OPEN,
+        "CONNTRACK": lib.NFQA_CFG_F_CONNTRACK,
+        "GSO": lib.NFQA_CFG_F_GSO,
+        "UID_GID": lib.NFQA_CFG_F_UID_GID,
+        "SECCTX": lib.NFQA_CFG_F_SECCTX,
+    },
+    "NFQUEUE configuration flags (``NfQueue(fail_open=..., gso=...)``).",
+)

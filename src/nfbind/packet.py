@@ -1,0 +1,349 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Packet metadata common to NFQUEUE and NFLOG, and scapy decoding.
+
+The C helper parses every attribute the kernel sent into a compact record of
+``uint32`` words (one per packet) plus the batch's raw message bytes.  A
+packet object holds only a reference to its batch and its offset; every field
+is read on first access, so a handler that looks at two fields pays for two.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple, Optional, Tuple
+
+try:
+    from ._nfqueue import lib
+except ImportError:  # pragma: no cover - depends on the machine
+    from ._nflog import lib
+from .enums import CtInfo, CtStatus, Family, Hook, TcpState
+
+__all__ = ["PacketBase", "Vlan", "CtSummary", "scapy_payload"]
+
+NF = lib.NFB_F_COUNT
+_F_ATTRS = lib.NFB_F_ATTRS
+
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+_NLA = struct.Struct("=HH")
+_NLA_TYPE_MASK = lib.NLA_TYPE_MASK
+
+
+class Batch:
+    """One receive batch: the raw messages and the parsed records."""
+
+    __slots__ = ("data", "recs")
+
+    def __init__(self, data: bytes, recs: memoryview) -> None:
+        self.data = data
+        self.recs = recs
+
+
+class Vlan(NamedTuple):
+    """An 802.1Q tag: ``proto`` (e.g. 0x8100) and ``tci``."""
+
+    proto: int
+    tci: int
+
+    @property
+    def id(self) -> int:
+        """The VLAN id (VID), the low 12 bits of the TCI."""
+        return self.tci & 0x0FFF
+
+    @property
+    def pcp(self) -> int:
+        """The priority code point, the top 3 bits of the TCI."""
+        return self.tci >> 13
+
+
+@dataclass(frozen=True)
+class CtSummary:
+    """What the kernel says about a packet's connection (``pkt.ct``).
+
+    Sent when the queue or log group has the ``conntrack`` flag.  ``state``
+    is the TCP state, None for other protocols.
+    """
+
+    id: Optional[int]
+    mark: int
+    status: CtStatus
+    state: Optional[TcpState]
+    zone: int
+    timeout: Optional[int]
+    use: Optional[int]
+    proto: Optional[int]
+
+
+def iter_attrs(data: bytes, off: int, end: int) -> Iterator[Tuple[int, int, int]]:
+    """Yield ``(type, payload_offset, payload_len)`` for the netlink attributes
+    in ``data[off:end]``; stops at a malformed one."""
+    while off + 4 <= end:
+        nla_len, nla_type = _NLA.unpack_from(data, off)
+        if nla_len < 4 or off + nla_len > end:
+            return
+        yield nla_type & _NLA_TYPE_MASK, off + 4, nla_len - 4
+        off += (nla_len + 3) & ~3
+
+
+def parse_ct(data: bytes, off: int, length: int) -> CtSummary:
+    """Parse the nested CTA_* attributes of NFQA_CT / NFULA_CT."""
+    ct_id = timeout = use = proto = None
+    mark = zone = status = 0
+    state = None
+    for t, o, n in iter_attrs(data, off, off + length):
+        if t == lib.CTA_ID and n >= 4:
+            ct_id = _U32.unpack_from(data, o)[0]
+        elif t == lib.CTA_MARK and n >= 4:
+            mark = _U32.unpack_from(data, o)[0]
+        elif t == lib.CTA_STATUS and n >= 4:
+            status = _U32.unpack_from(data, o)[0]
+        elif t == lib.CTA_TIMEOUT and n >= 4:
+            timeout = _U32.unpack_from(data, o)[0]
+        elif t == lib.CTA_USE and n >= 4:
+            use = _U32.unpack_from(data, o)[0]
+        elif t == lib.CTA_ZONE and n >= 2:
+            zone = _U16.unpack_from(data, o)[0]
+        elif t == lib.CTA_TUPLE_ORIG:
+            for t2, o2, n2 in iter_attrs(data, o, o + n):
+                if t2 == lib.CTA_TUPLE_PROTO:
+                    for t3, o3, n3 in iter_attrs(data, o2, o2 + n2):
+                        if t3 == lib.CTA_PROTO_NUM and n3 >= 1:
+                            proto = data[o3]
+        elif t == lib.CTA_PROTOINFO:
+            for t2, o2, n2 in iter_attrs(data, o, o + n):
+                if t2 == lib.CTA_PROTOINFO_TCP:
+                    for t3, o3, n3 in iter_attrs(data, o2, o2 + n2):
+                        if t3 == lib.CTA_PROTOINFO_TCP_STATE and n3 >= 1:
+                            try:
+                                state = TcpState(data[o3])
+                            except ValueError:
+                                state = data[o3]
+    return CtSummary(ct_id, mark, CtStatus(status), state, zone, timeout, use, proto)
+
+
+def _field(index: int, bit: int, doc: str) -> property:
+    def get(self: "PacketBase") -> Optional[int]:
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & bit:
+            return r[o + index]
+        return None
+
+    get.__doc__ = doc
+    return property(get)
+
+
+def _blob(off_index: int, bit: int, doc: str) -> property:
+    def get(self: "PacketBase") -> Optional[bytes]:
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & bit:
+            start = r[o + off_index]
+            return self._b.data[start : start + r[o + off_index + 1]]
+        return None
+
+    get.__doc__ = doc
+    return property(get)
+
+
+def _name(index: int, bit: int, doc: str) -> property:
+    def get(self: "PacketBase") -> Optional[str]:
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & bit:
+            return self._ch._ifname(r[o + index])
+        return None
+
+    get.__doc__ = doc
+    return property(get)
+
+
+def scapy_payload(payload: bytes, family: int, hw_protocol: Optional[int] = None) -> Any:
+    """Decode an L3 packet with scapy: IPv6 for AF_INET6, IP for AF_INET."""
+    try:
+        from scapy.layers.inet import IP
+        from scapy.layers.inet6 import IPv6
+        from scapy.packet import Raw
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "pkt.scapy() needs scapy: pip install 'nfbind[scapy]'"
+        ) from e
+    if family == lib.NFPROTO_IPV6 or hw_protocol == lib.ETH_P_IPV6:
+        return IPv6(payload)
+    if family == lib.NFPROTO_IPV4 or hw_protocol == lib.ETH_P_IP:
+        return IP(payload)
+    if payload[:1] and payload[0] >> 4 == 6:
+        return IPv6(payload)
+    if payload[:1] and payload[0] >> 4 == 4:
+        return IP(payload)
+    return Raw(payload)
+
+
+class PacketBase:
+    """Metadata every NFQUEUE and NFLOG packet has.
+
+    A field the kernel did not send is ``None``.  Objects are cheap: fields are
+    read from the batch record on access.
+    """
+
+    __slots__ = ("_ch", "_b", "_o")
+
+    _ch: Any
+    _b: Batch
+    _o: int
+
+    # -- header ---------------------------------------------------------------
+
+    @property
+    def hook(self) -> int:
+        """The netfilter hook (a :class:`Hook`)."""
+        v = self._b.recs[self._o + lib.NFB_F_HOOK]
+        try:
+            return Hook(v)
+        except ValueError:
+            return v
+
+    @property
+    def hw_protocol(self) -> int:
+        """The link-layer protocol (EtherType), e.g. 0x0800 for IPv4."""
+        return self._b.recs[self._o + lib.NFB_F_HWPROTO]
+
+    @property
+    def family(self) -> int:
+        """The protocol family (:class:`Family`): IPV4, IPV6, BRIDGE ..."""
+        v = self._b.recs[self._o + lib.NFB_F_FAMILY]
+        try:
+            return Family(v)
+        except ValueError:
+            return v
+
+    # -- payload ----------------------------------------------------------------
+
+    @property
+    def payload(self) -> bytes:
+        """The packet from its network header on, up to ``copy_range`` bytes
+        (``b""`` when the copy mode sends none)."""
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & lib.NFB_A_PAYLOAD:
+            start = r[o + lib.NFB_F_PAYLOAD_OFF]
+            return self._b.data[start : start + r[o + lib.NFB_F_PAYLOAD_LEN]]
+        return b""
+
+    @property
+    def payload_len(self) -> int:
+        """``len(pkt.payload)`` without copying it."""
+        r = self._b.recs
+        o = self._o
+        return r[o + lib.NFB_F_PAYLOAD_LEN] if r[o + _F_ATTRS] & lib.NFB_A_PAYLOAD else 0
+
+    @property
+    def cap_len(self) -> int:
+        """The packet's full length on the wire (>= ``len(payload)``)."""
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & lib.NFB_A_CAPLEN:
+            return r[o + lib.NFB_F_CAPLEN]
+        return self.payload_len
+
+    @property
+    def truncated(self) -> bool:
+        """True when ``payload`` is shorter than the packet (copy_range cut it)."""
+        return self.cap_len > self.payload_len
+
+    # -- metadata -------------------------------------------------------------
+
+    mark = _field(lib.NFB_F_MARK, lib.NFB_A_MARK, "The packet mark (skb->mark), or None.")
+    uid = _field(lib.NFB_F_UID, lib.NFB_A_UID, "UID of the local socket's owner, or None.")
+    gid = _field(lib.NFB_F_GID, lib.NFB_A_GID, "GID of the local socket's owner, or None.")
+    priority = _field(lib.NFB_F_PRIORITY, lib.NFB_A_PRIORITY, "skb->priority, or None.")
+    indev = _field(lib.NFB_F_INDEV, lib.NFB_A_INDEV, "Input interface index, or None.")
+    outdev = _field(lib.NFB_F_OUTDEV, lib.NFB_A_OUTDEV, "Output interface index, or None.")
+    physindev = _field(
+        lib.NFB_F_PHYSINDEV, lib.NFB_A_PHYSINDEV, "Bridge port the packet came in on, or None."
+    )
+    physoutdev = _field(
+        lib.NFB_F_PHYSOUTDEV, lib.NFB_A_PHYSOUTDEV, "Bridge port the packet goes out on, or None."
+    )
+    indev_name = _name(lib.NFB_F_INDEV, lib.NFB_A_INDEV, "Input interface name (cached), or None.")
+    outdev_name = _name(
+        lib.NFB_F_OUTDEV, lib.NFB_A_OUTDEV, "Output interface name (cached), or None."
+    )
+    physindev_name = _name(
+        lib.NFB_F_PHYSINDEV, lib.NFB_A_PHYSINDEV, "Bridge input port name (cached), or None."
+    )
+    physoutdev_name = _name(
+        lib.NFB_F_PHYSOUTDEV, lib.NFB_A_PHYSOUTDEV, "Bridge output port name (cached), or None."
+    )
+    hwaddr = _blob(
+        lib.NFB_F_HWADDR_OFF, lib.NFB_A_HWADDR, "Source link-layer address (bytes), or None."
+    )
+    l2hdr = _blob(lib.NFB_F_L2HDR_OFF, lib.NFB_A_L2HDR, "The full link-layer header, or None.")
+
+    @property
+    def secctx(self) -> Optional[str]:
+        """The security context (SELinux/Smack label), or None."""
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & lib.NFB_A_SECCTX:
+            start = r[o + lib.NFB_F_SECCTX_OFF]
+            raw = self._b.data[start : start + r[o + lib.NFB_F_SECCTX_LEN]]
+            return raw.decode("utf-8", "replace")
+        return None
+
+    @property
+    def timestamp(self) -> Optional[float]:
+        """Arrival time in seconds since the epoch, or None (the kernel stamps
+        packets only on input hooks)."""
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & lib.NFB_A_TIMESTAMP:
+            sec = (r[o + lib.NFB_F_TS_SEC_HI] << 32) | r[o + lib.NFB_F_TS_SEC_LO]
+            return sec + r[o + lib.NFB_F_TS_USEC] / 1e6
+        return None
+
+    @property
+    def vlan(self) -> Optional[Vlan]:
+        """The 802.1Q tag the packet carried, or None."""
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & lib.NFB_A_VLAN:
+            return Vlan(r[o + lib.NFB_F_VLAN_PROTO], r[o + lib.NFB_F_VLAN_TCI])
+        return None
+
+    @property
+    def ct_info(self) -> Optional[int]:
+        """How the packet relates to its connection (:class:`CtInfo`), or None."""
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & lib.NFB_A_CTINFO:
+            v = r[o + lib.NFB_F_CTINFO]
+            try:
+                return CtInfo(v)
+            except ValueError:
+                return v
+        return None
+
+    @property
+    def ct(self) -> Optional[CtSummary]:
+        """The packet's connection: id, mark, status, TCP state ... or None.
+
+        Present when the queue/group has the ``conntrack`` flag and the
+        packet is tracked.
+        """
+        r = self._b.recs
+        o = self._o
+        if r[o + _F_ATTRS] & lib.NFB_A_CT:
+            return parse_ct(self._b.data, r[o + lib.NFB_F_CT_OFF], r[o + lib.NFB_F_CT_LEN])
+        return None
+
+    def scapy(self) -> Any:
+        """The payload decoded by scapy: ``IP`` or ``IPv6`` by family.
+
+        Raises ImportError naming the extra to install when scapy is missing.
+        """
+        return scapy_payload(self.payload, self._b.recs[self._o + lib.NFB_F_FAMILY],
+                             self.hw_protocol)
+
+    def _repr_fields(self) -> str:
+        return "hook=%s len=%d" % (getattr(self.hook, "name", self.hook), self.cap_len)
