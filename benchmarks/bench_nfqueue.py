@@ -1,0 +1,503 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""NFQUEUE throughput: nfbind vs. a plain C consumer, side by side.
+
+Run as root:
+
+    python benchmarks/bench_nfqueue.py [--packets 60000] [--rounds 5]
+                                       [--size 100] [--impl both|c|nfbind]
+                                       [--json]
+
+Each round runs every implementation once (interleaved: c, nfbind, c, ...).
+One run:
+
+1. a throw-away network namespace is created, ``lo`` brought up, and
+   ``iptables -A INPUT -p udp --dport PORT -j NFQUEUE --queue-num Q`` added;
+2. a UDP receiver (``bin/nfb_udp recv``) binds 127.0.0.1:PORT;
+3. the consumer (``bin/nfq_ref`` or ``nfq_nfbind.py``) binds the queue with a
+   max length that holds all N packets and prints READY; it is SIGSTOPped,
+   and so is the receiver;
+4. ``bin/nfb_udp send`` sends N datagrams of SIZE payload bytes; they all
+   wait in the queue, which is checked in the namespace's
+   /proc/net/netfilter/nfnetlink_queue;
+5. the consumer is SIGCONTed; it drains the queue, accepting every packet,
+   and prints its own timing (first packet received -> N-th verdict sent);
+6. the receiver is SIGCONTed and must count all N accepted datagrams.
+
+The namespace is always deleted and only processes started here are killed.
+The result per round is the ratio nfbind pps / C pps; the summary is the
+median over rounds of each rate and of that per-round ratio.  Exit status is
+non-zero if any run failed or any packet went missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BIN = os.path.join(HERE, "bin")
+NFQ_PROC = "/proc/net/netfilter/nfnetlink_queue"
+
+QUEUE_NUM = 7
+PORT = 9999
+NFQUEUE_MAX_PACKETS = 65536      # the queue length we allow ourselves
+CONSUMER_TIMEOUT = 60            # seconds, passed to the consumers
+READY_TIMEOUT = 30.0             # python startup + import may be slow-ish
+SEND_TIMEOUT = 60.0
+
+_ns_counter = 0
+
+
+class RunError(Exception):
+    """One implementation's run in one round failed."""
+
+
+# --------------------------------------------------------------------------
+# building the C helpers
+
+
+def _build(name: str, src: str, libs: list[str]) -> str:
+    out = os.path.join(BIN, name)
+    srcpath = os.path.join(HERE, src)
+    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(srcpath):
+        return out
+    os.makedirs(BIN, exist_ok=True)
+    cc = os.environ.get("CC", "gcc")
+    cmd = [cc, "-O2", "-Wall", "-o", out, srcpath, *libs]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        sys.exit(f"bench: compiling {src} failed:\n{' '.join(cmd)}\n{r.stderr}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# finding nfbind
+
+
+def _probe_python(py: str, env: dict[str, str]) -> str | None:
+    code = "import nfbind; nfbind.NfQueue; nfbind.Verdict; print(nfbind.__file__)"
+    try:
+        r = subprocess.run([py, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def find_nfbind_python(override: str | None) -> tuple[str, dict[str, str], str]:
+    """(python, env, nfbind.__file__) for running the nfbind consumer."""
+    src = os.path.join(REPO, "src")
+    base = dict(os.environ)
+    base.pop("PYTHONPATH", None)
+    with_src = dict(base, PYTHONPATH=src)
+    venv_py = os.path.join(REPO, ".venv", "bin", "python")
+    if override:
+        cands = [(override, base), (override, with_src)]
+    else:
+        cands = []
+        if os.path.exists(venv_py):
+            cands += [(venv_py, base), (venv_py, with_src)]
+        cands.append((sys.executable, with_src))
+    tried = []
+    for py, env in cands:
+        where = _probe_python(py, env)
+        if where:
+            return py, env, where
+        tried.append(py + (" (PYTHONPATH=src)" if "PYTHONPATH" in env else ""))
+    sys.exit("bench: cannot import nfbind.NfQueue with any of: " + ", ".join(tried)
+             + "\n(build it with: cd %s && python build_ffi.py)" % REPO)
+
+
+# --------------------------------------------------------------------------
+# small process helpers
+
+
+def _run(cmd: list[str], timeout: float = 30.0) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                       check=False)
+    if r.returncode != 0:
+        raise RunError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout
+
+
+class Proc:
+    """A started child whose stdout we read without blocking."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None = None):
+        self.name = name
+        self.err = tempfile.TemporaryFile()
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err,
+                                  stdin=subprocess.DEVNULL, env=env, bufsize=0)
+        self.out = b""
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.p.stdout, selectors.EVENT_READ)
+        self.eof = False
+
+    def _pump(self, timeout: float) -> None:
+        if self.eof:
+            time.sleep(min(timeout, 0.05))
+            return
+        if self.sel.select(timeout):
+            chunk = os.read(self.p.stdout.fileno(), 65536)
+            if chunk:
+                self.out += chunk
+            else:
+                self.eof = True
+
+    def wait_line(self, line: bytes, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while line + b"\n" not in self.out:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise RunError(f"{self.name}: no {line.decode()} within {timeout:.0f} s"
+                               + self.stderr_tail())
+            if self.eof and self.p.poll() is not None:
+                raise RunError(f"{self.name}: exited ({self.p.returncode}) before "
+                               f"{line.decode()}" + self.stderr_tail())
+            self._pump(min(left, 0.5))
+
+    def wait_exit(self, timeout: float) -> int | None:
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if self.eof and self.p.poll() is not None:
+                return self.p.returncode
+            if left <= 0:
+                return None
+            self._pump(min(left, 0.2))
+
+    def signal(self, sig: int) -> None:
+        if self.p.poll() is None:
+            try:
+                self.p.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """Kill this child only (by its pid), and reap it."""
+        if self.p.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGKILL)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        self.sel.close()
+        if self.p.stdout:
+            self.p.stdout.close()
+
+    def json_line(self) -> dict:
+        for raw in reversed(self.out.decode(errors="replace").splitlines()):
+            raw = raw.strip()
+            if raw.startswith("{"):
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    break
+        raise RunError(f"{self.name}: no JSON result line in {self.out!r}"
+                       + self.stderr_tail())
+
+    def stderr_tail(self) -> str:
+        try:
+            self.err.seek(0)
+            text = self.err.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+        return ("; stderr: " + text[-1500:]) if text else ""
+
+
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until the kernel reports pid as stopped (state T)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError as e:
+            raise RunError(f"pid {pid} vanished while stopping it: {e}") from e
+        if state in ("T", "t"):
+            return
+        time.sleep(0.005)
+    raise RunError(f"pid {pid} did not stop within {timeout} s")
+
+
+def _exe_name(pid: int) -> str:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return "?"
+
+
+def queue_stats(ns: str) -> dict | None:
+    """Our queue's line in the namespace's nfnetlink_queue, or None."""
+    text = _run(["ip", "netns", "exec", ns, "cat", NFQ_PROC])
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 8 and f[0] == str(QUEUE_NUM):
+            return {
+                "queue_number": int(f[0]), "peer_portid": int(f[1]),
+                "waiting": int(f[2]), "copy_mode": int(f[3]),
+                "copy_range": int(f[4]), "queue_dropped": int(f[5]),
+                "user_dropped": int(f[6]), "id_sequence": int(f[7]),
+            }
+    return None
+
+
+# --------------------------------------------------------------------------
+# one run
+
+
+def run_one(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
+            udp_tool: str, npackets: int, size: int, cpu: int | None,
+            verbose: bool) -> dict:
+    global _ns_counter
+    _ns_counter += 1
+    ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
+    procs: list[Proc] = []
+    result: dict = {"impl": impl, "ok": False}
+    max_len = min(max(npackets, 1024), NFQUEUE_MAX_PACKETS)
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(f"  [{impl} {ns}] {msg}", file=sys.stderr, flush=True)
+
+    _run(["ip", "netns", "add", ns])
+    try:
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-p", "udp",
+              "--dport", str(PORT), "-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM)])
+
+        recv = Proc("receiver", ["ip", "netns", "exec", ns, udp_tool, "recv",
+                                 str(PORT), str(npackets), str(CONSUMER_TIMEOUT + 60)])
+        procs.append(recv)
+        recv.wait_line(b"READY", 10.0)
+
+        cmd = list(consumer_cmd)
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        cons = Proc(impl, ["ip", "netns", "exec", ns, *cmd, str(QUEUE_NUM),
+                           str(npackets), str(max_len), str(CONSUMER_TIMEOUT)], env=env)
+        procs.append(cons)
+        cons.wait_line(b"READY", READY_TIMEOUT)
+        # `ip netns exec` execs the command in place, so the pid is the consumer
+        if _exe_name(cons.p.pid) in ("ip", "taskset"):
+            raise RunError(f"pid {cons.p.pid} is still {_exe_name(cons.p.pid)!r}")
+        log("consumer ready")
+
+        cons.signal(signal.SIGSTOP)
+        recv.signal(signal.SIGSTOP)
+        _wait_stopped(cons.p.pid)
+        _wait_stopped(recv.p.pid)
+
+        before = queue_stats(ns)
+        if before is None:
+            raise RunError("queue is not bound (no line in nfnetlink_queue)")
+        t0 = time.monotonic()
+        r = subprocess.run(["ip", "netns", "exec", ns, udp_tool, "send", str(PORT),
+                            str(npackets), str(size)],
+                           capture_output=True, text=True, timeout=SEND_TIMEOUT,
+                           check=False)
+        send_secs = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
+        result["sender"] = json.loads(r.stdout.strip().splitlines()[-1])
+        result["send_seconds"] = round(send_secs, 3)
+        log(f"sent {npackets} in {send_secs:.3f} s")
+
+        # all N must be waiting in the queue (give the softirq a moment)
+        end = time.monotonic() + 5.0
+        stats = queue_stats(ns)
+        while stats and stats["waiting"] < npackets and time.monotonic() < end:
+            time.sleep(0.05)
+            stats = queue_stats(ns)
+        result["queue"] = stats
+        if stats is None:
+            raise RunError("queue vanished while the consumer was stopped")
+        if stats["waiting"] != npackets or stats["queue_dropped"] or stats["user_dropped"]:
+            raise RunError(
+                f"expected {npackets} packets waiting, queue shows {stats['waiting']} "
+                f"waiting, {stats['queue_dropped']} queue_dropped, "
+                f"{stats['user_dropped']} user_dropped"
+                + (" (user_dropped: the consumer's netlink receive buffer filled up;"
+                   " use fewer --packets or a smaller --size)"
+                   if stats["user_dropped"] else ""))
+        log("queue holds all packets")
+
+        cons.signal(signal.SIGCONT)
+        rc = cons.wait_exit(CONSUMER_TIMEOUT + 15)
+        if rc is None:
+            raise RunError(f"{impl} consumer did not exit" + cons.stderr_tail())
+        if rc != 0:
+            raise RunError(f"{impl} consumer exited {rc}" + cons.stderr_tail())
+        res = cons.json_line()
+        result.update(packets=res.get("packets"), seconds=res.get("seconds"),
+                      pps=res.get("pps"))
+        extra = {k: v for k, v in res.items()
+                 if k not in ("impl", "packets", "seconds", "pps")}
+        if extra:
+            result["consumer_extra"] = extra
+        log(f"consumer: {res}")
+
+        recv.signal(signal.SIGCONT)
+        rrc = recv.wait_exit(5.0)
+        if rrc is None:          # not all arrived: ask it for its count
+            recv.signal(signal.SIGTERM)
+            rrc = recv.wait_exit(5.0)
+        if rrc is None:
+            raise RunError("receiver did not report")
+        result["received"] = recv.json_line().get("received")
+
+        problems = []
+        if result["packets"] != npackets:
+            problems.append(f"consumer handled {result['packets']} of {npackets}")
+        if result["received"] != npackets:
+            problems.append(f"receiver got {result['received']} of {npackets}")
+        if problems:
+            result["error"] = "; ".join(problems)
+        else:
+            result["ok"] = True
+        return result
+    except RunError as e:
+        result["error"] = str(e)
+        return result
+    except subprocess.TimeoutExpired as e:
+        result["error"] = f"timeout: {e}"
+        return result
+    finally:
+        for p in procs:
+            p.kill()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
+                       timeout=30)
+
+
+# --------------------------------------------------------------------------
+# main
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--packets", type=int, default=60000,
+                    help="packets per run (queued all at once; max %d)" % NFQUEUE_MAX_PACKETS)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--size", type=int, default=100, help="UDP payload bytes")
+    ap.add_argument("--impl", choices=("both", "c", "nfbind"), default="both")
+    ap.add_argument("--python", help="interpreter for the nfbind consumer "
+                    "(default: .venv/bin/python if it imports nfbind, else this "
+                    "one with PYTHONPATH=src)")
+    ap.add_argument("--cpu", type=int, help="pin the consumers to this CPU (taskset)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+
+    if os.geteuid() != 0:
+        sys.exit("bench: must run as root (network namespaces, iptables)")
+    if not 1 <= a.packets <= NFQUEUE_MAX_PACKETS:
+        sys.exit(f"bench: --packets must be 1..{NFQUEUE_MAX_PACKETS}")
+    if not 0 <= a.size <= 65507:
+        sys.exit("bench: --size must be 0..65507")
+    if not 1 <= a.rounds <= 1000:
+        sys.exit("bench: --rounds must be 1..1000")
+    for tool in ("ip", "iptables") + (("taskset",) if a.cpu is not None else ()):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} not found")
+
+    udp_tool = _build("nfb_udp", "nfb_udp.c", [])
+    impls = ["c", "nfbind"] if a.impl == "both" else [a.impl]
+    cmds: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+    info: dict = {"packets": a.packets, "rounds": a.rounds, "size": a.size,
+                  "kernel": platform.release(), "cpus": os.cpu_count(),
+                  "cpu_pin": a.cpu}
+    if "c" in impls:
+        cmds["c"] = ([_build("nfq_ref", "nfq_ref.c", ["-lnetfilter_queue", "-lmnl"])],
+                     None)
+    if "nfbind" in impls:
+        py, env, where = find_nfbind_python(a.python)
+        cmds["nfbind"] = ([py, os.path.join(HERE, "nfq_nfbind.py")], env)
+        info["python"] = py
+        info["nfbind"] = where
+        info["pythonpath"] = env.get("PYTHONPATH")
+
+    if not a.json:
+        print(f"NFQUEUE throughput: {a.packets} packets x {a.size} B UDP payload, "
+              f"{a.rounds} rounds, kernel {info['kernel']}, {info['cpus']} CPUs")
+        if "nfbind" in info:
+            print(f"nfbind: {info['nfbind']} ({info['python']})")
+        print(flush=True)
+
+    rounds = []
+    failed = False
+    for r in range(1, a.rounds + 1):
+        row: dict = {"round": r}
+        for impl in impls:
+            cmd, env = cmds[impl]
+            res = run_one(impl, cmd, env, udp_tool, a.packets, a.size, a.cpu,
+                          a.verbose)
+            row[impl] = res
+            if not res["ok"]:
+                failed = True
+        if len(impls) == 2 and row["c"]["ok"] and row["nfbind"]["ok"]:
+            row["ratio"] = row["nfbind"]["pps"] / row["c"]["pps"]
+        rounds.append(row)
+        if not a.json:
+            parts = [f"round {r}:"]
+            for impl in impls:
+                res = row[impl]
+                if res["ok"]:
+                    parts.append(f"{impl} {_fmt(res['pps'])} pps "
+                                 f"(recv {res['received']}/{a.packets})")
+                else:
+                    parts.append(f"{impl} FAILED ({res.get('error')})")
+            if "ratio" in row:
+                parts.append(f"ratio {row['ratio']:.3f}")
+            print("  ".join(parts), flush=True)
+
+    def med(impl: str) -> float | None:
+        vals = [row[impl]["pps"] for row in rounds if row[impl]["ok"]]
+        return statistics.median(vals) if vals else None
+
+    summary: dict = {}
+    for impl in impls:
+        summary[f"{impl}_pps_median"] = med(impl)
+    ratios = [row["ratio"] for row in rounds if "ratio" in row]
+    if len(impls) == 2:
+        summary["ratio_median"] = statistics.median(ratios) if ratios else None
+    summary["ok"] = not failed
+
+    if a.json:
+        print(json.dumps({"benchmark": "nfqueue_throughput", **info,
+                          "rounds_detail": rounds, **summary}, indent=None))
+    else:
+        print()
+        if "nfbind" in impls:
+            print(f"median nfbind: {_fmt(summary['nfbind_pps_median'])} pps")
+        if "c" in impls:
+            print(f"median C:      {_fmt(summary['c_pps_median'])} pps")
+        if len(impls) == 2:
+            rm = summary["ratio_median"]
+            print("median ratio nfbind/C: " + ("-" if rm is None else f"{rm:.3f}")
+                  + f"  (per-round ratios: {', '.join(f'{x:.3f}' for x in ratios)})")
+        if failed:
+            print("SOME RUNS FAILED OR LOST PACKETS", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
