@@ -7,17 +7,26 @@ one of the C libraries at run time.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-ffi: Any
-lib: Any
 
-try:
-    from ._nfqueue import ffi, lib
-except ImportError:  # pragma: no cover - depends on the machine
-    try:
-        from ._nflog import ffi, lib
-    except ImportError:
-        from ._conntrack import ffi, lib
+def _first() -> Any:
+    error = None
+    for name in ("_nfqueue", "_nflog", "_conntrack"):
+        try:
+            return importlib.import_module("nfbind." + name)
+        except ImportError as e:
+            error = e
+    raise ImportError(
+        "nfbind's compiled modules are missing: reinstall nfbind on a machine "
+        "with libnetfilter-queue-dev, libnetfilter-log-dev, "
+        "libnetfilter-conntrack-dev and libmnl-dev"
+    ) from error
+
+
+_mod = _first()
+ffi: Any = _mod.ffi
+lib: Any = _mod.lib
 
 __all__ = ["ffi", "lib"]

@@ -239,7 +239,8 @@ class PacketBase:
 
     @property
     def cap_len(self) -> int:
-        """The packet's full length on the wire (>= ``len(payload)``)."""
+        """The packet's full length (>= ``len(payload)``) when the payload is
+        copied; 0 with ``CopyMode.META``, where the kernel sends no length."""
         r = self._b.recs
         o = self._o
         if r[o + _F_ATTRS] & lib.NFB_A_CAPLEN:

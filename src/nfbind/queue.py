@@ -18,6 +18,7 @@ the loop (a deferred verdict, from any thread) is sent at once.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from array import array
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -131,7 +132,8 @@ def _payload_bytes(payload: Any) -> bytes:
             for f in layer.fields_desc:
                 if f.name in ("len", "chksum", "plen", "cksum"):
                     setattr(layer, f.name, None)
-            layer = layer.payload if hasattr(layer.payload, "fields_desc") else None
+            nxt = layer.payload  # scapy's NoPayload is its own payload: stop there
+            layer = nxt if nxt is not layer and hasattr(nxt, "fields_desc") else None
         data = bytes(pkt)
     else:
         raise TypeError(
@@ -158,6 +160,7 @@ class Packet(PacketBase):
     __slots__ = ("id", "_state", "_ct")
 
     id: int
+    _ct: Optional[CtSummary]
 
     def __init__(self, q: "NfQueue", b: Batch, o: int, pid: int) -> None:
         self._ch = q
@@ -174,7 +177,9 @@ class Packet(PacketBase):
         built with CONFIG_NETFILTER_NETLINK_GLUE_CT; otherwise nfbind looks
         the connection up over ctnetlink on first access (one request, then
         cached), which finds confirmed connections only: the first packet of
-        a new connection then has ``ct`` None.
+        a new connection has ``ct`` None where it is queued before the
+        connection is confirmed (PREROUTING/FORWARD/OUTPUT of its first
+        packet); ``ct_info`` is then always None.
         """
         try:
             return self._ct
@@ -334,7 +339,7 @@ class NfQueue(Channel):
         on_overrun: str = "count",
         no_enobufs: bool = False,
     ) -> None:
-        self._c = None
+        self._c: Any = None
         self.queue_num = check_int("queue_num", queue_num, 0, 0xFFFF)
         copy_mode = check_int("copy_mode", copy_mode, 0, 255)
         if copy_mode not in {int(m) for m in CopyMode}:
@@ -379,6 +384,7 @@ class NfQueue(Channel):
         self._final: Dict[str, int] = {}
         self._ct_glue = False
         self._ct_fallback = False
+        self._seen_async = 0
         self._ctsock: Any = None
         self._connmarks: List[tuple] = []
 
@@ -401,8 +407,6 @@ class NfQueue(Channel):
             self._closed = True
             assert self._sock is not None
             self._sock.close()
-            import os
-
             os.close(self._wake_r)
             os.close(self._wake_w)
             raise
@@ -441,6 +445,15 @@ class NfQueue(Channel):
             rc = lib.nfb_q_config(self._c, cfg, 2000, step)
         if rc >= 0:
             return
+        if rc == -errno.ETIMEDOUT:
+            from . import errors as _errors
+
+            if not _errors.has_cap_net_admin():
+                # without CAP_NET_ADMIN nfnetlink acks only the first message
+                # of a send (with EPERM); the others are never answered
+                rc = -errno.EPERM
+                if cmd:
+                    step[0] = 1
         what = "%s queue %d" % (_STEP.get(step[0], "configuring"), self.queue_num)
         err = -rc
         if err == errno.EBUSY:
@@ -505,14 +518,23 @@ class NfQueue(Channel):
             if new != old:
                 with self._lock:
                     check_neg(lib.nfb_q_resize(self._c, new[0], new[1]), "resizing buffers")
+        kmask, kflags = mask, flags
+        if conntrack is not None and not self._ct_glue:
+            # without CONFIG_NETFILTER_NETLINK_GLUE_CT the kernel refuses the
+            # flag (EOPNOTSUPP); nfbind looks connections up over ctnetlink
+            ct_bit = int(QueueFlag.CONNTRACK)
+            kmask &= ~ct_bit
+            kflags &= ~ct_bit
         self._configure(
             copy_mode=None if params is None else params[0],
             copy_range=0 if params is None else params[1],
-            max_len=max_len, flags_mask=mask, flags=flags,
+            max_len=max_len, flags_mask=kmask, flags=kflags,
         )
         if max_len is not None:
             self._max_len = max_len
         self._flags = (self._flags & ~mask) | flags
+        if conntrack is not None:
+            self._ct_fallback = conntrack and not self._ct_glue
 
     @property
     def copy_mode(self) -> CopyMode:
@@ -616,6 +638,23 @@ class NfQueue(Channel):
             return
         raise error_from_errno(-rc, "receiving from queue %d" % self.queue_num)
 
+    def _warn_async(self, c: Any) -> None:
+        """The kernel refused verdict messages (it answers asynchronously):
+        count them, and say so once."""
+        first = self._seen_async == 0
+        self._seen_async = int(c.async_errors)
+        if first:
+            import warnings
+
+            err = int(c.last_async_error)
+            warnings.warn(
+                "queue %d: the kernel refused %d verdict message(s), last with %s (%s); "
+                "ENOENT means a verdict for a packet the kernel no longer holds. "
+                "See .stats.verdict_errors." % (
+                    self.queue_num, self._seen_async, errno.errorcode.get(err, err),
+                    os.strerror(err)),
+                RuntimeWarning, stacklevel=5)
+
     def _drain_once(self, handler: Callable[[Packet], Any]) -> int:
         with self._lock:
             if self._closed:
@@ -628,6 +667,8 @@ class NfQueue(Channel):
                 if n < 0:
                     self._recv_error(n)
                 return 0
+            if c.async_errors != self._seen_async:
+                self._warn_async(c)
             b = Batch(ffi.buffer(c.data, c.data_len)[:],
                       memoryview(ffi.buffer(c.recs, n * NF * 4)[:]).cast("I"))
             self._npackets += n
