@@ -1,0 +1,128 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Fixtures: throw-away network namespaces with their own rules.
+
+Integration tests need root (they create namespaces and install rules); on a
+machine without it they are skipped with a message saying so.  Every
+namespace made here is deleted afterwards, and every process started is
+ended by PID.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from typing import Iterator, List
+
+import pytest
+
+from nfbind import netns as nfnetns
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="integration test: needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN)")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+class NetNS:
+    """A network namespace made for one test."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.procs: List[subprocess.Popen] = []
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> str:
+        """Run a command inside the namespace and return its stdout."""
+        r = subprocess.run(
+            ["ip", "netns", "exec", self.name, *args],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError("%s failed (%d): %s" % (" ".join(args), r.returncode, r.stderr))
+        return r.stdout
+
+    def iptables(self, *args: str, v6: bool = False) -> str:
+        return self.run("ip6tables" if v6 else "iptables", "-w", *args)
+
+    def popen(self, *args: str, **kw) -> subprocess.Popen:
+        """Start a process inside the namespace; it is ended at teardown."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.name, *args], **kw)
+        self.procs.append(p)
+        return p
+
+    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM,
+               proto: int = 0) -> socket.socket:
+        """A socket living in the namespace."""
+        return nfnetns.socket(self.name, family, type, proto)
+
+    def counter(self, chain: str, comment: str, v6: bool = False) -> int:
+        """Packets counted by the rule carrying ``-m comment --comment COMMENT``."""
+        out = self.run("ip6tables" if v6 else "iptables", "-w", "-L", chain, "-v", "-n", "-x")
+        for line in out.splitlines():
+            if "/* %s */" % comment in line:
+                return int(line.split()[0])
+        raise AssertionError("no rule with comment %r in %s:\n%s" % (comment, chain, out))
+
+    def queue_proc(self) -> dict:
+        """/proc/net/netfilter/nfnetlink_queue of the namespace, by queue number."""
+        rows = {}
+        for line in self.run("cat", "/proc/net/netfilter/nfnetlink_queue").splitlines():
+            f = line.split()
+            rows[int(f[0])] = {
+                "portid": int(f[1]), "waiting": int(f[2]), "copy_mode": int(f[3]),
+                "copy_range": int(f[4]), "queue_dropped": int(f[5]),
+                "user_dropped": int(f[6]), "id_sequence": int(f[7]),
+            }
+        return rows
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def make_netns() -> NetNS:
+    name = "nfbt-%d-%s" % (os.getpid(), uuid.uuid4().hex[:8])
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    ns = NetNS(name)
+    try:
+        ns.run("ip", "link", "set", "lo", "up")
+    except BaseException:
+        ns.close()
+        raise
+    return ns
+
+
+@pytest.fixture
+def ns() -> Iterator[NetNS]:
+    """A fresh network namespace with loopback up; deleted afterwards."""
+    n = make_netns()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def recv_all(sock: socket.socket, timeout: float = 1.0, limit: int = 100000) -> List[bytes]:
+    """Everything ``sock`` receives until it has been quiet for ``timeout``."""
+    sock.settimeout(timeout)
+    out: List[bytes] = []
+    deadline = time.monotonic() + 60
+    while len(out) < limit and time.monotonic() < deadline:
+        try:
+            out.append(sock.recv(70000))
+        except (socket.timeout, BlockingIOError):
+            break
+    return out
