@@ -399,7 +399,7 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
     uint32_t seqs[4];
     int steps[4];
     int results[4];
-    int nmsg = 0, nack = 0, i, rc = 0;
+    int nmsg = 0, nack = 0, i, rc = 0, failed = 0;
     struct nlmsghdr *nlh;
     char *rx;
 
@@ -454,7 +454,9 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
     }
     while (nack < nmsg) {
         struct pollfd pfd = { .fd = q->fd, .events = POLLIN };
-        int pr = poll(&pfd, 1, timeout_ms);
+        /* Once one step failed, the rest may never be answered: without
+         * CAP_NET_ADMIN nfnetlink answers only the first message of a send. */
+        int pr = poll(&pfd, 1, failed ? 100 : timeout_ms);
         ssize_t n;
         const struct nlmsghdr *h;
         int remaining;
@@ -485,6 +487,8 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
                 for (i = 0; i < nmsg; i++) {
                     if (results[i] == 1 && h->nlmsg_seq == seqs[i]) {
                         results[i] = err->error;
+                        if (err->error)
+                            failed = 1;
                         nack++;
                         matched = 1;
                         break;
@@ -509,11 +513,19 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
             }
         }
     } else {
+        /* report an error the kernel already gave before the timeout */
         for (i = 0; i < nmsg; i++)
-            if (results[i] == 1) {
+            if (results[i] < 0) {
+                rc = results[i];
                 *failed_step = steps[i];
                 break;
             }
+        if (!*failed_step)
+            for (i = 0; i < nmsg; i++)
+                if (results[i] == 1) {
+                    *failed_step = steps[i];
+                    break;
+                }
     }
 out:
     free(buf);

@@ -78,7 +78,9 @@ def check_choice(name: str, value: Any, choices: tuple) -> Any:
 
 def check_int(name: str, value: Any, lo: int, hi: int) -> int:
     """Validate an integer argument before it reaches C."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool):  # operator.index(True) would pass it as 1
+        raise TypeError("%s must be an int, not bool" % name)
+    if not isinstance(value, int):
         try:
             import operator
 
@@ -229,6 +231,13 @@ class Channel:
         except OSError:  # closed or full: the flag is enough
             pass
 
+    def _consume_stop(self) -> None:
+        """A stop() ends exactly one run() or iteration: the one running when
+        it came, or the next one to start."""
+        if not self._closed:
+            self._stop_requested = False
+            self._clear_wake()
+
     def _clear_wake(self) -> None:
         try:
             while os.read(self._wake_r, 4096):
@@ -255,8 +264,6 @@ class Channel:
         self._check_open()
         if not callable(handler):
             raise TypeError("handler must be callable, not %s" % type(handler).__name__)
-        self._stop_requested = False
-        self._clear_wake()
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -280,6 +287,7 @@ class Channel:
             return
         finally:
             self._running -= 1
+            self._consume_stop()
             self._after_run()
 
     def _after_run(self) -> None:
@@ -288,21 +296,22 @@ class Channel:
     def _collect(self) -> Iterator[Any]:
         """Packets one by one, for ``for pkt in channel``."""
         self._check_open()
-        self._stop_requested = False
-        self._clear_wake()
         buf: Deque[Any] = deque()
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        while True:
-            while buf:
-                yield buf.popleft()
-            if self._stop_requested or self._closed:
-                return
-            if not self.drain(buf.append):
+        try:
+            while True:
+                while buf:
+                    yield buf.popleft()
                 if self._stop_requested or self._closed:
                     return
-                self._poll(poller, None)
+                if not self.drain(buf.append):
+                    if self._stop_requested or self._closed:
+                        return
+                    self._poll(poller, None)
+        finally:
+            self._consume_stop()
 
     def __iter__(self) -> Iterator[Any]:
         return self._collect()
@@ -310,8 +319,6 @@ class Channel:
     async def __aiter__(self) -> AsyncIterator[Any]:
         """``async for pkt in channel`` on the running asyncio loop."""
         self._check_open()
-        self._stop_requested = False
-        self._clear_wake()
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         buf: Deque[Any] = deque()
@@ -330,6 +337,7 @@ class Channel:
                     await ready.wait()
                     self._clear_wake()
         finally:
+            self._consume_stop()
             for fd in (self._fd, self._wake_r):
                 try:
                     loop.remove_reader(fd)

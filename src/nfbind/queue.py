@@ -445,15 +445,6 @@ class NfQueue(Channel):
             rc = lib.nfb_q_config(self._c, cfg, 2000, step)
         if rc >= 0:
             return
-        if rc == -errno.ETIMEDOUT:
-            from . import errors as _errors
-
-            if not _errors.has_cap_net_admin():
-                # without CAP_NET_ADMIN nfnetlink acks only the first message
-                # of a send (with EPERM); the others are never answered
-                rc = -errno.EPERM
-                if cmd:
-                    step[0] = 1
         what = "%s queue %d" % (_STEP.get(step[0], "configuring"), self.queue_num)
         err = -rc
         if err == errno.EBUSY:
@@ -663,9 +654,13 @@ class NfQueue(Channel):
                 return self._run_backlog(handler)
             c = self._c
             n = lib.nfb_q_recv(c)
-            if n <= 0:
+            if n < 0:
+                self._recv_error(n)  # raises, or counts an overrun
+                n = lib.nfb_q_recv(c)  # the socket is still readable after one
                 if n < 0:
                     self._recv_error(n)
+                    return 0
+            if n == 0:
                 return 0
             if c.async_errors != self._seen_async:
                 self._warn_async(c)
