@@ -16,6 +16,7 @@ rules are deleted at the end, also on errors and Ctrl-C.
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import socket
 import struct
@@ -25,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from . import NfQueue, Verdict
+from . import NfbindError, NfQueue, Verdict
 from . import netns as _netns
 
 if TYPE_CHECKING:
@@ -36,7 +37,9 @@ PORT = 9999
 MARK = 7
 RULE = ["-p", "udp", "--dport", str(PORT), "-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM)]
 REWRITTEN = b"rewritten by nfbind"
-RECV_WAIT = 0.5  # seconds to wait for a datagram that may have been dropped
+DECIDE_WAIT = 3.0  # seconds for the handler to decide one datagram
+RECV_WAIT = 2.0  # seconds for an accepted datagram to reach the receiver
+DROP_WAIT = 0.3  # seconds to watch for a dropped datagram that arrives anyway
 DEADLINE = 12.0  # seconds for the whole exchange
 
 # What is sent and what the receiver should get: (payload, expected payload or None, mark)
@@ -90,19 +93,20 @@ def _rewrite(pkt: "Packet", new: bytes) -> Tuple[object, str]:
         hdr[2:4] = struct.pack("!H", ihl + udp_len)
         hdr[10:12] = b"\0\0"
         hdr[10:12] = struct.pack("!H", _ipv4_checksum(bytes(hdr)))
-        return bytes(hdr) + udp + new, "by hand (scapy not installed)"
+        return bytes(hdr) + udp + new, "(by hand, no scapy)"
     packet = pkt.scapy()
     udp = packet[UDP]
     udp.remove_payload()
     udp.add_payload(new)
     del packet[IP].len, packet[IP].chksum, udp.len, udp.chksum
-    return packet, "with scapy"
+    return packet, "(scapy)"
 
 
 class Demo:
     def __init__(self, name: str) -> None:
         self.name = name
         self.decisions: Dict[bytes, str] = {}
+        self.decided = threading.Condition()
         self.seen = 0
         self.queue_error: Optional[BaseException] = None
 
@@ -110,31 +114,49 @@ class Demo:
         self.seen += 1
         data = _udp_payload(pkt.payload)
         word = data.split(b" ", 1)[0].rstrip(b",")
-        if word == b"drop":
-            self.decisions[data] = "DROP"
-            return Verdict.DROP
         # The decision is written down before the verdict: the receiver may see the
         # datagram (and the main thread look the decision up) right after it.
+        if word == b"drop":
+            self._decide(data, "DROP")
+            return Verdict.DROP
         if word == b"mark":
-            self.decisions[data] = "ACCEPT, mark=%d" % MARK
+            self._decide(data, "ACCEPT, mark=%d" % MARK)
             pkt.accept(mark=MARK)
             return None
         if word == b"rewrite":
             new, how = _rewrite(pkt, REWRITTEN)
-            self.decisions[data] = "ACCEPT, rewritten %s" % how
+            self._decide(data, "ACCEPT, rewritten %s" % how)
             pkt.accept(payload=new)
             return None
-        self.decisions[data] = "ACCEPT"
+        self._decide(data, "ACCEPT")
         return Verdict.ACCEPT
+
+    def _decide(self, data: bytes, decision: str) -> None:
+        with self.decided:
+            self.decisions[data] = decision
+            self.decided.notify_all()
+
+    def _decision(self, data: bytes, until: float) -> Optional[str]:
+        """The handler's decision on ``data``, waiting for it a bounded time."""
+        timeout = max(0.0, min(DECIDE_WAIT, until - time.monotonic()))
+        with self.decided:
+            self.decided.wait_for(lambda: data in self.decisions or self.queue_error is not None,
+                                  timeout)
+            return self.decisions.get(data)
 
     def _run_queue(self, q: NfQueue) -> None:
         try:
             q.run(self.handler)
         except BaseException as e:  # reported by the main thread
             self.queue_error = e
+            with self.decided:
+                self.decided.notify_all()
 
-    def _receive(self, sock: socket.socket, marks: bool, until: float) -> Tuple[Optional[bytes], Optional[int]]:
-        sock.settimeout(max(0.01, min(RECV_WAIT, until - time.monotonic())))
+    @staticmethod
+    def _receive(
+        sock: socket.socket, marks: bool, wait: float
+    ) -> Tuple[Optional[bytes], Optional[int]]:
+        sock.settimeout(max(0.01, wait))
         try:
             data, ancdata, _flags, _addr = sock.recvmsg(65535, socket.CMSG_SPACE(4))
         except socket.timeout:
@@ -163,34 +185,48 @@ class Demo:
     def _exchange(self, receiver: socket.socket, sender: socket.socket, marks: bool) -> int:
         until = time.monotonic() + DEADLINE
         ok = True
-        with NfQueue(QUEUE_NUM, netns=self.name) as q:
-            thread = threading.Thread(target=self._run_queue, args=(q,), name="nfbind-demo-queue")
-            thread.daemon = True
-            thread.start()
-            try:
-                width = max(len(repr(p)) for p, _, _ in DATAGRAMS)
-                print("\n%-*s  %-38s  %s" % (width, "sent", "handler decided", "receiver got"))
-                for payload, expected, expected_mark in DATAGRAMS:
-                    if time.monotonic() >= until or self.queue_error is not None:
-                        print("stopping early: %s" % (self.queue_error or "out of time"))
-                        ok = False
-                        break
-                    sender.sendto(payload, ("127.0.0.1", PORT))
-                    got, mark = self._receive(receiver, marks, until)
-                    decision = self.decisions.get(payload, "(no verdict seen)")
-                    if got is None:
-                        result = "nothing within %.1f s" % RECV_WAIT
-                    else:
-                        result = repr(got) + ("" if mark is None else "  mark=%d" % mark)
-                    good = got == expected and (mark is None or mark == expected_mark)
-                    ok = ok and good
-                    print("%-*s  %-38s  %s%s" % (width, repr(payload), decision, result,
-                                                  "" if good else "   <-- unexpected"))
-            finally:
-                q.stop()
-                thread.join(timeout=5)
-                if thread.is_alive():
-                    print("warning: the queue thread did not stop within 5 s")
+        q = NfQueue(QUEUE_NUM, netns=self.name)
+        thread = threading.Thread(target=self._run_queue, args=(q,), name="nfbind-demo-queue")
+        thread.daemon = True
+        thread.start()
+        try:
+            width = max(len(repr(p)) for p, _, _ in DATAGRAMS)
+            print("\n%-*s  %-30s  %s" % (width, "sent", "handler decided", "receiver got"))
+            for payload, expected, expected_mark in DATAGRAMS:
+                if time.monotonic() >= until or self.queue_error is not None:
+                    print("stopping early: %s" % (self.queue_error or "out of time"))
+                    ok = False
+                    break
+                sender.sendto(payload, ("127.0.0.1", PORT))
+                decision = self._decision(payload, until)
+                wait = DROP_WAIT if decision == "DROP" else RECV_WAIT
+                wait = min(wait, until - time.monotonic())
+                got, mark = self._receive(receiver, marks, wait)
+                decided = decision
+                if decision is None:
+                    decision = "(no decision within %.0f s)" % DECIDE_WAIT
+                if got is None:
+                    result = "nothing within %.1f s" % wait
+                else:
+                    result = repr(got) + ("" if mark is None else "  mark=%d" % mark)
+                good = (
+                    decided is not None
+                    and got == expected
+                    and (mark is None or mark == expected_mark)
+                )
+                ok = ok and good
+                print("%-*s  %-30s  %s%s" % (width, repr(payload), decision, result,
+                                              "" if good else "   <-- unexpected"))
+        finally:
+            q.stop()
+            thread.join(timeout=5)
+            if thread.is_alive():
+                # A handler that never returns holds the queue; closing it would wait
+                # as long.  The kernel unbinds the queue when this process exits.
+                print("warning: the queue thread did not stop within 5 s; not closing it")
+                ok = False
+            else:
+                q.close()
         if self.queue_error is not None and not isinstance(self.queue_error, KeyboardInterrupt):
             print("the queue loop failed: %r" % (self.queue_error,))
             ok = False
@@ -218,6 +254,11 @@ def _cleanup(name: str) -> None:
         print("removed network namespace %s" % name)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `timeout` signals twice
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -234,6 +275,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("nfbind demo: `%s` not found: apt-get install iproute2 iptables" % tool,
                   file=sys.stderr)
             return 1
+    # `kill` and `timeout` end the demo like Ctrl-C: through the cleanup below.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        old_int = signal.getsignal(signal.SIGINT)
+        old_term = signal.signal(signal.SIGTERM, _terminate)
+    try:  # the first import takes a while: not while a packet waits for its verdict
+        import scapy.layers.inet  # noqa: F401
+    except ImportError:
+        pass
     name = "nfbind-demo-%d" % os.getpid()
     print("network namespace %s, rule: iptables -A INPUT %s" % (name, " ".join(RULE)))
     try:
@@ -243,11 +293,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("nfbind demo: `%s` failed: %s" % (" ".join(e.cmd), (e.stderr or "").strip()),
               file=sys.stderr)
         return 1
+    except NfbindError as e:
+        print("nfbind demo: %s" % e, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
-        _cleanup(name)
+        # Nothing may interrupt the cleanup: it is short and bounded by its timeouts.
+        if in_main_thread:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            _cleanup(name)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

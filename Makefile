@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+#   make demo    NFQUEUE demo in a throw-away network namespace (root)
+#   make test    the whole test suite, unit and integration (root)
+#   make bench   NFQUEUE throughput benchmark (root)
+#   make deps    the Debian packages nfbind builds and tests against
+#   make venv    .venv with nfbind installed in editable mode, extras test+scapy
+#   make clean   remove .venv and every build product
+#
+# On a fresh Debian 12 machine, `make demo` and `make test` install what they need.
+
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.stamp-install
+GOAL    := $(or $(MAKECMDGOALS),all)
+
+# Debian packages: C libraries and headers, the tools the tests cross-check against,
+# and a compiler. python3-venv is added below only when `python3 -m venv` cannot work.
+APT_PACKAGES := libnetfilter-log-dev libnetfilter-queue-dev libnetfilter-conntrack-dev \
+                libnfnetlink-dev libmnl-dev iptables conntrack tcpdump iproute2 nftables \
+                pkg-config gcc
+
+# Everything the compiled modules are built from: a change here rebuilds them.
+BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c)
+
+.PHONY: all deps venv test demo bench clean need-root
+
+all: test
+
+need-root:
+	@if [ "$$(id -u)" != 0 ]; then \
+	    echo "nfbind: 'make $(GOAL)' must run as root: it installs Debian packages and" >&2; \
+	    echo "creates network namespaces and netfilter rules (needs CAP_NET_ADMIN)." >&2; \
+	    echo "Run it again as root, e.g.: sudo make $(GOAL)" >&2; \
+	    exit 1; \
+	fi
+
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed$$' \
+	        || missing="$$missing $$p"; \
+	done; \
+	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+	    dpkg-query -W -f='$${Status}\n' python3-venv 2>/dev/null | grep -q '^install ok installed$$' \
+	        || missing="$$missing python3-venv"; \
+	fi; \
+	if [ -z "$$missing" ]; then \
+	    echo "deps: all Debian packages present"; \
+	    exit 0; \
+	fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	    echo "deps: missing Debian packages:$$missing" >&2; \
+	    echo "deps: installing them needs root: sudo make deps" >&2; \
+	    exit 1; \
+	fi; \
+	echo "deps: installing$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq && \
+	apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+venv: $(STAMP)
+
+$(VPY): | deps
+	$(PYTHON) -m venv $(VENV)
+
+# pip install -e builds the cffi modules into src/nfbind; build_ffi.py then recompiles
+# in place with cffi's own dependency check, so an edited cdef/*.h or cdef/*.c always
+# ends up in the .so files even when setuptools thinks the extension is up to date.
+$(STAMP): $(VPY) $(BUILD_INPUTS) | deps
+	$(VPY) -m pip install -q -e '.[test,scapy]'
+	$(VPY) build_ffi.py
+	@touch $@
+
+# A hung test must not hold CI until its own limit: after TEST_TIMEOUT seconds pytest
+# gets SIGINT (fixtures still tear down their namespaces), 30 s later SIGKILL.
+TEST_TIMEOUT ?= 1800
+
+test: need-root deps venv
+	timeout --signal=INT --kill-after=30 $(TEST_TIMEOUT) $(VPY) -m pytest -q tests
+
+demo: need-root deps venv
+	$(VPY) -m nfbind.demo
+
+bench: need-root deps venv
+	$(VPY) benchmarks/bench_nfqueue.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .hypothesis benchmarks/bin
+	rm -rf src/*.egg-info
+	rm -f src/nfbind/_nfqueue.c src/nfbind/_nflog.c src/nfbind/_conntrack.c
+	rm -f src/nfbind/_*.so src/nfbind/_*.o
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
