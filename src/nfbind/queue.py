@@ -54,6 +54,17 @@ _STEP = {1: "binding", 2: "setting the copy mode of", 3: "setting max_len of",
          4: "setting the flags of"}
 
 
+def _c_counter(field: str, key: str, doc: str) -> property:
+    """A counter kept by the C helper (kept in ``_final`` once closed)."""
+
+    def get(self: "QueueStats") -> int:
+        c = self._q._c
+        return int(getattr(c, field)) if c is not None else self._q._final[key]
+
+    get.__doc__ = doc
+    return property(get)
+
+
 class QueueStats:
     """Counters of one NfQueue (read live)."""
 
@@ -67,40 +78,22 @@ class QueueStats:
         """Packets received."""
         return self._q._npackets
 
-    @property
-    def overruns(self) -> int:
-        """Times the kernel reported ENOBUFS (messages lost to a full buffer)."""
-        c = self._q._c
-        return int(c.overruns) if c is not None else self._q._final["overruns"]
-
-    @property
-    def verdict_errors(self) -> int:
-        """Verdicts the kernel refused (e.g. for an id it no longer holds)."""
-        c = self._q._c
-        return int(c.async_errors) if c is not None else self._q._final["verdict_errors"]
+    overruns = _c_counter(
+        "overruns", "overruns", "Times the kernel reported ENOBUFS (messages lost to a full buffer).")
+    verdict_errors = _c_counter(
+        "async_errors", "verdict_errors",
+        "Verdicts the kernel refused (e.g. for an id it no longer holds).")
 
     @property
     def handler_errors(self) -> int:
         """Packets whose handler raised (they got ``on_error``)."""
         return self._q._handler_errors
 
-    @property
-    def batch_verdicts(self) -> int:
-        """Kernel batch verdicts sent for runs of equal verdicts."""
-        c = self._q._c
-        return int(c.batch_verdicts) if c is not None else self._q._final["batch_verdicts"]
-
-    @property
-    def recv_calls(self) -> int:
-        """Receive syscalls made."""
-        c = self._q._c
-        return int(c.recv_calls) if c is not None else self._q._final["recv_calls"]
-
-    @property
-    def send_calls(self) -> int:
-        """Send syscalls made for verdicts and configuration."""
-        c = self._q._c
-        return int(c.send_calls) if c is not None else self._q._final["send_calls"]
+    batch_verdicts = _c_counter(
+        "batch_verdicts", "batch_verdicts", "Kernel batch verdicts sent for runs of equal verdicts.")
+    recv_calls = _c_counter("recv_calls", "recv_calls", "Receive syscalls made.")
+    send_calls = _c_counter(
+        "send_calls", "send_calls", "Send syscalls made for verdicts and configuration.")
 
     @property
     def pending(self) -> int:
