@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from . import NfbindError, NfQueue, Verdict
 from . import netns as _netns
+from ._lib import lib as _lib
 
 if TYPE_CHECKING:
     from .queue import Packet
@@ -53,9 +54,10 @@ DATAGRAMS: List[Tuple[bytes, Optional[bytes], int]] = [
 ]
 
 # setsockopt(SOL_SOCKET, SO_RCVMARK) (Linux >= 5.19) delivers the packet's mark with
-# each datagram as an SO_MARK control message.  Python's socket module does not name it.
-SO_RCVMARK = getattr(socket, "SO_RCVMARK", 75)
-SO_MARK = getattr(socket, "SO_MARK", 36)
+# each datagram as an SO_MARK control message.  Python's socket module does not name
+# it, so the value comes from the system headers through nfbind's compiled module.
+SO_RCVMARK = _lib.SO_RCVMARK
+SO_MARK = _lib.SO_MARK
 
 
 def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
