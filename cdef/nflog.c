@@ -1,6 +1,331 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
- * nfbind's C helper for NFLOG. */
+ *
+ * nfbind's C helper for NFLOG: batched receive (recvmmsg, chan_src.h) and
+ * packet parsing against the kernel's NFULA_* enum, because
+ * libnetfilter_log 1.0.2's parser drops NFULA_VLAN and NFULA_L2HDR.
+ * Configuration messages are built with libnetfilter_log's nflog_nlmsg_*.
+ */
 #include "common_src.h"
 #include <linux/netfilter/nfnetlink_log.h>
 #include <libnetfilter_log/libnetfilter_log.h>
-#include "packet_src.h"
+#include "chan_src.h"
+#include "ctnl_src.h"
+
+struct nfb_log {
+    struct nfb_rx rx;
+    int family;             /* keep only packets of this family; -1: all */
+    uint64_t filtered;      /* packets skipped by the family filter */
+};
+
+struct nfb_logcfg {
+    int cmd;                /* NFULNL_CFG_CMD_BIND / _UNBIND, or 0 */
+    int copy_mode;          /* NFULNL_COPY_*, or -1: unchanged */
+    uint32_t copy_range;
+    int64_t nlbufsiz;       /* -1: unchanged */
+    int64_t timeout;        /* 1/100 s, -1: unchanged */
+    int64_t qthresh;        /* -1: unchanged */
+    int flags;              /* NFULNL_CFG_F_*, or -1: unchanged */
+};
+
+struct nfb_log *nfb_log_new(int fd, uint32_t slot_size, int nslots, int family)
+{
+    struct nfb_log *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->family = family;
+    if (nfb_rx_init(&l->rx, fd, slot_size, nslots) < 0) {
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void nfb_log_free(struct nfb_log *l)
+{
+    if (!l)
+        return;
+    nfb_rx_release(&l->rx);
+    free(l);
+}
+
+int nfb_log_resize(struct nfb_log *l, uint32_t slot_size, int nslots)
+{
+    return nfb_rx_alloc(&l->rx, slot_size, nslots);
+}
+
+/* NFULA_* attribute -> nfbind's presence bit in NFB_F_ATTRS */
+static const uint32_t nfb_nfula_bit[NFULA_MAX + 1] = {
+    [NFULA_MARK] = NFB_A_MARK,
+    [NFULA_TIMESTAMP] = NFB_A_TIMESTAMP,
+    [NFULA_IFINDEX_INDEV] = NFB_A_INDEV,
+    [NFULA_IFINDEX_OUTDEV] = NFB_A_OUTDEV,
+    [NFULA_IFINDEX_PHYSINDEV] = NFB_A_PHYSINDEV,
+    [NFULA_IFINDEX_PHYSOUTDEV] = NFB_A_PHYSOUTDEV,
+    [NFULA_HWADDR] = NFB_A_HWADDR,
+    [NFULA_PAYLOAD] = NFB_A_PAYLOAD,
+    [NFULA_PREFIX] = NFB_A_PREFIX,
+    [NFULA_UID] = NFB_A_UID,
+    [NFULA_SEQ] = NFB_A_SEQ,
+    [NFULA_SEQ_GLOBAL] = NFB_A_SEQ_GLOBAL,
+    [NFULA_GID] = NFB_A_GID,
+    [NFULA_HWTYPE] = NFB_A_HWTYPE,
+    [NFULA_HWHEADER] = NFB_A_HWHDR,
+    [NFULA_CT] = NFB_A_CT,
+    [NFULA_CT_INFO] = NFB_A_CTINFO,
+    [NFULA_VLAN] = NFB_A_VLAN,
+    [NFULA_L2HDR] = NFB_A_L2HDR,
+};
+
+static inline uint64_t nfb_log_be64(const void *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return be64toh(v);
+}
+
+/* Parse one NFULNL_MSG_PACKET message into rec; offsets relative to base. */
+static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
+                                const char *base, uint32_t *rec)
+{
+    struct nfb_log *l = ctx;
+    const struct nfgenmsg *nfg = mnl_nlmsg_get_payload(nlh);
+    const struct nlattr *attr;
+    uint32_t attrs = 0;
+    uint16_t hwlen = 0;
+    int has_hwlen = 0;
+
+    if (l->family >= 0 && nfg->nfgen_family != l->family) {
+        l->filtered++;
+        return 0;
+    }
+    rec[NFB_F_FAMILY] = nfg->nfgen_family;
+    rec[NFB_F_QUEUE] = ntohs(nfg->res_id);
+
+    mnl_attr_for_each(attr, nlh, sizeof(struct nfgenmsg)) {
+        uint16_t type = mnl_attr_get_type(attr);
+        uint16_t len = mnl_attr_get_payload_len(attr);
+        const char *p = mnl_attr_get_payload(attr);
+        uint32_t off = (uint32_t)(p - base);
+
+        if (type > NFULA_MAX)
+            continue;
+        switch (type) {
+        case NFULA_PACKET_HDR: {
+            const struct nfulnl_msg_packet_hdr *ph = (const void *)p;
+            if (len < sizeof(*ph))
+                continue;
+            rec[NFB_F_HWPROTO] = ntohs(ph->hw_protocol);
+            rec[NFB_F_HOOK] = ph->hook;
+            break;
+        }
+        case NFULA_MARK:
+        case NFULA_IFINDEX_INDEV:
+        case NFULA_IFINDEX_OUTDEV:
+        case NFULA_IFINDEX_PHYSINDEV:
+        case NFULA_IFINDEX_PHYSOUTDEV:
+        case NFULA_UID:
+        case NFULA_GID:
+        case NFULA_SEQ:
+        case NFULA_SEQ_GLOBAL:
+        case NFULA_CT_INFO: {
+            uint32_t v;
+            int idx;
+            if (len < 4)
+                continue;
+            memcpy(&v, p, 4);
+            v = ntohl(v);
+            switch (type) {
+            case NFULA_MARK: idx = NFB_F_MARK; break;
+            case NFULA_IFINDEX_INDEV: idx = NFB_F_INDEV; break;
+            case NFULA_IFINDEX_OUTDEV: idx = NFB_F_OUTDEV; break;
+            case NFULA_IFINDEX_PHYSINDEV: idx = NFB_F_PHYSINDEV; break;
+            case NFULA_IFINDEX_PHYSOUTDEV: idx = NFB_F_PHYSOUTDEV; break;
+            case NFULA_UID: idx = NFB_F_UID; break;
+            case NFULA_GID: idx = NFB_F_GID; break;
+            case NFULA_SEQ: idx = NFB_F_SEQ; break;
+            case NFULA_SEQ_GLOBAL: idx = NFB_F_SEQ_GLOBAL; break;
+            default: idx = NFB_F_CTINFO; break;
+            }
+            rec[idx] = v;
+            break;
+        }
+        case NFULA_TIMESTAMP: {
+            uint64_t sec;
+            if (len < 16)
+                continue;
+            sec = nfb_log_be64(p);
+            rec[NFB_F_TS_SEC_HI] = (uint32_t)(sec >> 32);
+            rec[NFB_F_TS_SEC_LO] = (uint32_t)sec;
+            rec[NFB_F_TS_USEC] = (uint32_t)nfb_log_be64(p + 8);
+            break;
+        }
+        case NFULA_HWADDR: {
+            const struct nfulnl_msg_packet_hw *hw = (const void *)p;
+            uint16_t alen;
+            if (len < sizeof(*hw))
+                continue;
+            alen = ntohs(hw->hw_addrlen);
+            if (alen > sizeof(hw->hw_addr))
+                alen = sizeof(hw->hw_addr);
+            rec[NFB_F_HWADDR_OFF] = (uint32_t)((const char *)hw->hw_addr - base);
+            rec[NFB_F_HWADDR_LEN] = alen;
+            break;
+        }
+        case NFULA_HWTYPE:
+            if (len < 2)
+                continue;
+            rec[NFB_F_HWTYPE] = ntohs(mnl_attr_get_u16(attr));
+            break;
+        case NFULA_HWLEN:
+            if (len < 2)
+                continue;
+            hwlen = ntohs(mnl_attr_get_u16(attr));
+            has_hwlen = 1;
+            continue;
+        case NFULA_HWHEADER:
+            rec[NFB_F_HWHDR_OFF] = off;
+            rec[NFB_F_HWHDR_LEN] = len;
+            break;
+        case NFULA_PAYLOAD:
+            rec[NFB_F_PAYLOAD_OFF] = off;
+            rec[NFB_F_PAYLOAD_LEN] = len;
+            break;
+        case NFULA_PREFIX:
+            /* a NUL-terminated string; keep the text only */
+            while (len > 0 && p[len - 1] == '\0')
+                len--;
+            rec[NFB_F_PREFIX_OFF] = off;
+            rec[NFB_F_PREFIX_LEN] = len;
+            break;
+        case NFULA_L2HDR:
+            rec[NFB_F_L2HDR_OFF] = off;
+            rec[NFB_F_L2HDR_LEN] = len;
+            break;
+        case NFULA_CT:
+            rec[NFB_F_CT_OFF] = off;
+            rec[NFB_F_CT_LEN] = len;
+            break;
+        case NFULA_VLAN: {
+            const struct nlattr *va;
+            mnl_attr_for_each_nested(va, attr) {
+                if (mnl_attr_get_payload_len(va) < 2)
+                    continue;
+                if (mnl_attr_get_type(va) == NFULA_VLAN_PROTO)
+                    rec[NFB_F_VLAN_PROTO] = ntohs(mnl_attr_get_u16(va));
+                else if (mnl_attr_get_type(va) == NFULA_VLAN_TCI)
+                    rec[NFB_F_VLAN_TCI] = ntohs(mnl_attr_get_u16(va));
+            }
+            break;
+        }
+        default:
+            continue;
+        }
+        attrs |= nfb_nfula_bit[type];
+    }
+    /* the kernel's HWLEN bounds the hardware header it sent */
+    if (has_hwlen && (attrs & NFB_A_HWHDR) && hwlen < rec[NFB_F_HWHDR_LEN])
+        rec[NFB_F_HWHDR_LEN] = hwlen;
+    /* NFLOG sends no original length: take it from the IP header, so that a
+     * payload cut by copy_range or --nflog-size shows as truncated */
+    if (attrs & NFB_A_PAYLOAD) {
+        const unsigned char *ip = (const unsigned char *)base + rec[NFB_F_PAYLOAD_OFF];
+        uint32_t plen = rec[NFB_F_PAYLOAD_LEN], full = 0;
+        if (plen >= 4 && (ip[0] >> 4) == 4)
+            full = ((uint32_t)ip[2] << 8) | ip[3];
+        else if (plen >= 6 && (ip[0] >> 4) == 6)
+            full = 40 + (((uint32_t)ip[4] << 8) | ip[5]);
+        if (full > plen) {
+            rec[NFB_F_CAPLEN] = full;
+            attrs |= NFB_A_CAPLEN;
+        }
+    }
+    rec[NFB_F_ATTRS] = attrs;
+    return 1;
+}
+
+int nfb_log_recv(struct nfb_log *l)
+{
+    return nfb_rx_recv(&l->rx, (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET,
+                       nfb_log_parse_packet, l);
+}
+
+/* Configure groups[0..ngroups) alike; waits for the kernel's answers.
+ * Returns 0 or -errno; *failed_group and *failed_step say what failed
+ * (step 1 command, 2 mode, 3 nlbufsiz, 4 timeout, 5 qthresh, 6 flags). */
+int nfb_log_config(struct nfb_log *l, const uint16_t *groups, int ngroups,
+                   const struct nfb_logcfg *cfg, int timeout_ms,
+                   int *failed_group, int *failed_step)
+{
+    enum { PER_GROUP = 6 };
+    char *buf;
+    uint32_t *seqs;
+    int *steps, *results, *owner;
+    size_t off = 0;
+    int nmsg = 0, rc = -ENOMEM, g, i;
+    struct nlmsghdr *nlh;
+
+    *failed_group = -1;
+    *failed_step = 0;
+    buf = calloc((size_t)ngroups * PER_GROUP, 128);
+    seqs = calloc((size_t)ngroups * PER_GROUP, sizeof(*seqs));
+    steps = calloc((size_t)ngroups * PER_GROUP, sizeof(*steps));
+    results = calloc((size_t)ngroups * PER_GROUP, sizeof(*results));
+    owner = calloc((size_t)ngroups * PER_GROUP, sizeof(*owner));
+    if (!buf || !seqs || !steps || !results || !owner)
+        goto out;
+
+#define NFB_MSG(step) do {                                                  \
+        nlh = nflog_nlmsg_put_header(buf + off, NFULNL_MSG_CONFIG, AF_UNSPEC, \
+                                     groups[g]);                            \
+        nlh->nlmsg_flags |= NLM_F_ACK;                                      \
+        nlh->nlmsg_seq = seqs[nmsg] = ++l->rx.seq;                          \
+        steps[nmsg] = (step);                                               \
+        owner[nmsg] = g;                                                    \
+    } while (0)
+#define NFB_END() do { off += NLMSG_ALIGN(nlh->nlmsg_len); nmsg++; } while (0)
+    for (g = 0; g < ngroups; g++) {
+        if (cfg->cmd) {
+            NFB_MSG(1);
+            nflog_attr_put_cfg_cmd(nlh, (uint8_t)cfg->cmd);
+            NFB_END();
+        }
+        if (cfg->copy_mode >= 0) {
+            NFB_MSG(2);
+            nflog_attr_put_cfg_mode(nlh, (uint8_t)cfg->copy_mode, cfg->copy_range);
+            NFB_END();
+        }
+        if (cfg->nlbufsiz >= 0) {
+            NFB_MSG(3);
+            mnl_attr_put_u32(nlh, NFULA_CFG_NLBUFSIZ, htonl((uint32_t)cfg->nlbufsiz));
+            NFB_END();
+        }
+        if (cfg->timeout >= 0) {
+            NFB_MSG(4);
+            mnl_attr_put_u32(nlh, NFULA_CFG_TIMEOUT, htonl((uint32_t)cfg->timeout));
+            NFB_END();
+        }
+        if (cfg->qthresh >= 0) {
+            NFB_MSG(5);
+            mnl_attr_put_u32(nlh, NFULA_CFG_QTHRESH, htonl((uint32_t)cfg->qthresh));
+            NFB_END();
+        }
+        if (cfg->flags >= 0) {
+            NFB_MSG(6);
+            mnl_attr_put_u16(nlh, NFULA_CFG_FLAGS, htons((uint16_t)cfg->flags));
+            NFB_END();
+        }
+    }
+#undef NFB_MSG
+#undef NFB_END
+    rc = nfb_rx_transact(&l->rx, buf, off, nmsg, seqs, results, timeout_ms);
+    rc = nfb_rx_first_error(rc, nmsg, results, steps, failed_step);
+    if (rc < 0)
+        for (i = 0; i < nmsg; i++)
+            if (results[i] != 0) {
+                *failed_group = groups[owner[i]];
+                break;
+            }
+out:
+    free(buf); free(seqs); free(steps); free(results); free(owner);
+    return rc;
+}

@@ -1,17 +1,51 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  *
- * nfbind._nflog: the NFLOG channel (libnetfilter_log).
+ * nfbind._nflog: the NFLOG channel.
+ *
+ * Configuration messages are built with libnetfilter_log's nflog_nlmsg_*;
+ * packets are parsed by nfbind's own C helper (cdef/nflog.c) against the
+ * kernel's NFULA_* enum, because libnetfilter_log 1.0.2 drops NFULA_VLAN and
+ * NFULA_L2HDR (and its header lacks nflog_get_ctid).
  */
+
+/* <linux/netfilter/nfnetlink_log.h> */
 #define NFULNL_MSG_PACKET ...
 #define NFULNL_MSG_CONFIG ...
 #define NFULNL_COPY_NONE ...
 #define NFULNL_COPY_META ...
 #define NFULNL_COPY_PACKET ...
+#define NFULNL_CFG_CMD_BIND ...
+#define NFULNL_CFG_CMD_UNBIND ...
 #define NFULNL_CFG_F_SEQ ...
 #define NFULNL_CFG_F_SEQ_GLOBAL ...
 #define NFULNL_CFG_F_CONNTRACK ...
 
-struct nlmsghdr *nflog_nlmsg_put_header(char *buf, uint8_t type, uint8_t family,
-                                        uint16_t gnum);
-int nflog_attr_put_cfg_mode(struct nlmsghdr *nlh, uint8_t mode, uint32_t range);
-int nflog_attr_put_cfg_cmd(struct nlmsghdr *nlh, uint8_t cmd);
+struct nfb_log {
+    struct nfb_rx rx;
+    int family;
+    uint64_t filtered;
+    ...;
+};
+
+struct nfb_logcfg {
+    int cmd;
+    int copy_mode;
+    uint32_t copy_range;
+    int64_t nlbufsiz;
+    int64_t timeout;
+    int64_t qthresh;
+    int flags;
+};
+
+struct nfb_log *nfb_log_new(int fd, uint32_t slot_size, int nslots, int family);
+void nfb_log_free(struct nfb_log *l);
+int nfb_log_resize(struct nfb_log *l, uint32_t slot_size, int nslots);
+int nfb_log_recv(struct nfb_log *l);
+int nfb_log_config(struct nfb_log *l, const uint16_t *groups, int ngroups,
+                   const struct nfb_logcfg *cfg, int timeout_ms,
+                   int *failed_group, int *failed_step);
+
+/* Conntrack by packet over ctnetlink (see cdef/nfqueue.h). */
+int nfb_ct_by_packet(int fd, const char *pkt, uint32_t len, uint16_t zone,
+                     int set_mark, uint32_t mark, char *out, uint32_t out_cap,
+                     uint32_t *out_len);

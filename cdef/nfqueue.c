@@ -7,7 +7,7 @@
 #include "common_src.h"
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
-#include "packet_src.h"
+#include "chan_src.h"
 #include "ctnl_src.h"
 
 #define NFB_MAX_PAYLOAD (0xFFFF - NLA_HDRLEN)
@@ -26,65 +26,21 @@
 #define NFB_SBUF_SIZE (160 * 1024)
 
 struct nfb_q {
-    int fd;
+    struct nfb_rx rx;
     uint16_t queue;
-    char *data;             /* current batch: contiguous netlink messages */
-    size_t data_len;
-    uint32_t *recs;         /* npkts records of NFB_F_COUNT words */
-    int npkts;
-    uint64_t overruns;
-    uint64_t async_errors;
-    int last_async_error;
-    uint64_t truncated_msgs;
-    uint64_t recv_calls;
-    uint64_t send_calls;
     uint64_t batch_verdicts;
-    /* private */
-    uint32_t seq;
-    uint32_t slot_size;
-    int nslots;
-    char *rbuf;             /* nslots * slot_size */
-    struct mmsghdr *mm;
-    struct iovec *iov;
-    int rec_cap;
-    char *stash;            /* packet messages read while waiting for acks */
-    size_t stash_len, stash_cap;
-    int stash_ready;        /* the current batch was parsed from the stash */
     char *sbuf;             /* pending verdict messages */
     size_t slen;
 };
-
-static int nfb_q_alloc_rx(struct nfb_q *q, uint32_t slot_size, int nslots)
-{
-    char *rbuf = malloc((size_t)slot_size * nslots);
-    struct mmsghdr *mm = calloc(nslots, sizeof(*mm));
-    struct iovec *iov = calloc(nslots, sizeof(*iov));
-    uint32_t *recs = malloc(sizeof(uint32_t) * NFB_F_COUNT * nslots);
-    if (!rbuf || !mm || !iov || !recs) {
-        free(rbuf); free(mm); free(iov); free(recs);
-        return -ENOMEM;
-    }
-    free(q->rbuf); free(q->mm); free(q->iov); free(q->recs);
-    q->rbuf = rbuf; q->mm = mm; q->iov = iov; q->recs = recs;
-    q->rec_cap = nslots;
-    q->slot_size = slot_size;
-    q->nslots = nslots;
-    q->data = rbuf;
-    q->data_len = 0;
-    q->npkts = 0;
-    return 0;
-}
 
 struct nfb_q *nfb_q_new(int fd, uint16_t queue, uint32_t slot_size, int nslots)
 {
     struct nfb_q *q = calloc(1, sizeof(*q));
     if (!q)
         return NULL;
-    q->fd = fd;
     q->queue = queue;
-    q->seq = (uint32_t)time(NULL);
     q->sbuf = malloc(NFB_SBUF_SIZE);
-    if (!q->sbuf || nfb_q_alloc_rx(q, slot_size, nslots) < 0) {
+    if (!q->sbuf || nfb_rx_init(&q->rx, fd, slot_size, nslots) < 0) {
         free(q->sbuf);
         free(q);
         return NULL;
@@ -96,30 +52,14 @@ void nfb_q_free(struct nfb_q *q)
 {
     if (!q)
         return;
-    free(q->rbuf); free(q->mm); free(q->iov); free(q->recs);
-    free(q->stash); free(q->sbuf);
+    nfb_rx_release(&q->rx);
+    free(q->sbuf);
     free(q);
 }
 
 int nfb_q_resize(struct nfb_q *q, uint32_t slot_size, int nslots)
 {
-    return nfb_q_alloc_rx(q, slot_size, nslots);
-}
-
-static int nfb_grow_recs(struct nfb_q *q, int need)
-{
-    uint32_t *r;
-    int cap = q->rec_cap;
-    if (need <= cap)
-        return 0;
-    while (cap < need)
-        cap *= 2;
-    r = realloc(q->recs, sizeof(uint32_t) * NFB_F_COUNT * cap);
-    if (!r)
-        return -ENOMEM;
-    q->recs = r;
-    q->rec_cap = cap;
-    return 0;
+    return nfb_rx_alloc(&q->rx, slot_size, nslots);
 }
 
 static inline uint64_t nfb_be64(const void *p)
@@ -153,14 +93,14 @@ static const uint32_t nfb_nfqa_bit[NFQA_MAX + 1] = {
 };
 
 /* Parse one NFQNL_MSG_PACKET message into rec; offsets relative to base. */
-static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
-                               uint32_t *rec)
+static int nfb_q_parse_packet(void *ctx, const struct nlmsghdr *nlh,
+                              const char *base, uint32_t *rec)
 {
     const struct nfgenmsg *nfg = mnl_nlmsg_get_payload(nlh);
     const struct nlattr *attr;
     uint32_t attrs = 0;
 
-    memset(rec, 0, sizeof(uint32_t) * NFB_F_COUNT);
+    (void)ctx;
     rec[NFB_F_FAMILY] = nfg->nfgen_family;
     rec[NFB_F_QUEUE] = ntohs(nfg->res_id);
 
@@ -279,87 +219,13 @@ static void nfb_q_parse_packet(const struct nlmsghdr *nlh, const char *base,
         attrs |= nfb_nfqa_bit[type];
     }
     rec[NFB_F_ATTRS] = attrs;
-}
-
-/* Parse the messages in data[0..len): packets into records, errors counted. */
-static int nfb_q_parse(struct nfb_q *q, char *data, size_t len)
-{
-    const struct nlmsghdr *nlh = (const struct nlmsghdr *)data;
-    int remaining = (int)len;
-    int n = 0;
-
-    q->data = data;
-    q->data_len = len;
-    while (mnl_nlmsg_ok(nlh, remaining)) {
-        if (nlh->nlmsg_type == NLMSG_ERROR) {
-            const struct nlmsgerr *err = mnl_nlmsg_get_payload(nlh);
-            if (nlh->nlmsg_len >= mnl_nlmsg_size(sizeof(*err)) && err->error) {
-                q->async_errors++;
-                q->last_async_error = -err->error;
-            }
-        } else if (nlh->nlmsg_type ==
-                   ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)) {
-            if (nfb_grow_recs(q, n + 1) < 0)
-                return -ENOMEM;
-            nfb_q_parse_packet(nlh, data, q->recs + (size_t)n * NFB_F_COUNT);
-            n++;
-        }
-        nlh = mnl_nlmsg_next(nlh, &remaining);
-    }
-    q->npkts = n;
-    return n;
+    return 1;
 }
 
 int nfb_q_recv(struct nfb_q *q)
 {
-    int i, r;
-    size_t used = 0;
-
-    q->npkts = 0;
-    q->data_len = 0;
-    if (q->stash_ready) {
-        /* the previous batch came from the stash: it is consumed now */
-        q->stash_ready = 0;
-        q->stash_len = 0;
-    }
-    if (q->stash_len) {
-        q->stash_ready = 1;
-        return nfb_q_parse(q, q->stash, q->stash_len);
-    }
-    for (i = 0; i < q->nslots; i++) {
-        q->iov[i].iov_base = q->rbuf + (size_t)i * q->slot_size;
-        q->iov[i].iov_len = q->slot_size;
-        memset(&q->mm[i].msg_hdr, 0, sizeof(q->mm[i].msg_hdr));
-        q->mm[i].msg_hdr.msg_iov = &q->iov[i];
-        q->mm[i].msg_hdr.msg_iovlen = 1;
-        q->mm[i].msg_len = 0;
-    }
-    q->recv_calls++;
-    r = recvmmsg(q->fd, q->mm, q->nslots, MSG_DONTWAIT, NULL);
-    if (r < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return 0;
-        if (errno == ENOBUFS)
-            q->overruns++;
-        return -errno;
-    }
-    /* compact the datagrams into one contiguous run of messages */
-    for (i = 0; i < r; i++) {
-        size_t l = q->mm[i].msg_len;
-        char *src = q->rbuf + (size_t)i * q->slot_size;
-        if (q->mm[i].msg_hdr.msg_flags & MSG_TRUNC) {
-            /* keep what arrived: the header still carries the packet id, so
-             * the packet gets its verdict; the cut attribute is ignored */
-            q->truncated_msgs++;
-            l = q->slot_size & ~(size_t)(NLMSG_ALIGNTO - 1);
-            if (l >= NLMSG_HDRLEN)
-                ((struct nlmsghdr *)src)->nlmsg_len = (uint32_t)l;
-        }
-        if (src != q->rbuf + used)
-            memmove(q->rbuf + used, src, l);
-        used += NLMSG_ALIGN(l);
-    }
-    return nfb_q_parse(q, q->rbuf, used);
+    return nfb_rx_recv(&q->rx, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET,
+                       nfb_q_parse_packet, NULL);
 }
 
 /* ---- configuration ------------------------------------------------------ */
@@ -373,164 +239,49 @@ struct nfb_qcfg {
     uint32_t flags;
 };
 
-static void nfb_stash(struct nfb_q *q, const struct nlmsghdr *nlh)
-{
-    size_t l = NLMSG_ALIGN(nlh->nlmsg_len);
-    if (q->stash_len + l > q->stash_cap) {
-        size_t cap = q->stash_cap ? q->stash_cap : 65536;
-        char *s;
-        while (cap < q->stash_len + l)
-            cap *= 2;
-        s = realloc(q->stash, cap);
-        if (!s)
-            return;
-        q->stash = s;
-        q->stash_cap = cap;
-    }
-    memcpy(q->stash + q->stash_len, nlh, nlh->nlmsg_len);
-    q->stash_len += l;
-}
-
 int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
                  int *failed_step)
 {
-    char *buf;
+    char buf[4 * 256];
     size_t off = 0;
     uint32_t seqs[4];
-    int steps[4];
-    int results[4];
-    int nmsg = 0, nack = 0, i, rc = 0, failed = 0;
+    int steps[4], results[4];
+    int nmsg = 0, rc;
     struct nlmsghdr *nlh;
-    char *rx;
 
-    *failed_step = 0;
-    buf = calloc(1, 4 * MNL_SOCKET_BUFFER_SIZE);
-    rx = malloc(q->slot_size > 65536 + 8192 ? q->slot_size : 65536 + 8192);
-    if (!buf || !rx) {
-        free(buf); free(rx);
-        return -ENOMEM;
-    }
-
-#define NFB_NEXT_MSG(step) do {                                           \
+    memset(buf, 0, sizeof(buf));
+#define NFB_MSG(step) do {                                                \
         nlh = nfq_nlmsg_put(buf + off, NFQNL_MSG_CONFIG, q->queue);       \
         nlh->nlmsg_flags |= NLM_F_ACK;                                    \
-        nlh->nlmsg_seq = seqs[nmsg] = ++q->seq;                           \
+        nlh->nlmsg_seq = seqs[nmsg] = ++q->rx.seq;                        \
         steps[nmsg] = (step);                                             \
-        results[nmsg] = 1;                                                \
     } while (0)
-#define NFB_END_MSG() do { off += NLMSG_ALIGN(nlh->nlmsg_len); nmsg++; } while (0)
-
+#define NFB_END() do { off += NLMSG_ALIGN(nlh->nlmsg_len); nmsg++; } while (0)
     if (cfg->cmd) {
-        NFB_NEXT_MSG(1);
+        NFB_MSG(1);
         nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, cfg->cmd);
-        NFB_END_MSG();
+        NFB_END();
     }
     if (cfg->copy_mode >= 0) {
-        NFB_NEXT_MSG(2);
+        NFB_MSG(2);
         nfq_nlmsg_cfg_put_params(nlh, cfg->copy_mode, cfg->copy_range);
-        NFB_END_MSG();
+        NFB_END();
     }
     if (cfg->max_len >= 0) {
-        NFB_NEXT_MSG(3);
+        NFB_MSG(3);
         nfq_nlmsg_cfg_put_qmaxlen(nlh, (uint32_t)cfg->max_len);
-        NFB_END_MSG();
+        NFB_END();
     }
     if (cfg->flags_mask) {
-        NFB_NEXT_MSG(4);
+        NFB_MSG(4);
         mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(cfg->flags));
         mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(cfg->flags_mask));
-        NFB_END_MSG();
+        NFB_END();
     }
-#undef NFB_NEXT_MSG
-#undef NFB_END_MSG
-
-    if (nmsg == 0)
-        goto out;
-    q->send_calls++;
-    if (send(q->fd, buf, off, 0) < 0) {
-        rc = -errno;
-        *failed_step = steps[0];
-        goto out;
-    }
-    while (nack < nmsg) {
-        struct pollfd pfd = { .fd = q->fd, .events = POLLIN };
-        /* Once one step failed, the rest may never be answered: without
-         * CAP_NET_ADMIN nfnetlink answers only the first message of a send. */
-        int pr = poll(&pfd, 1, failed ? 100 : timeout_ms);
-        ssize_t n;
-        const struct nlmsghdr *h;
-        int remaining;
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr <= 0) {
-            rc = pr < 0 ? -errno : -ETIMEDOUT;
-            break;
-        }
-        n = recv(q->fd, rx, q->slot_size > 65536 + 8192 ? q->slot_size : 65536 + 8192,
-                 MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                continue;
-            if (errno == ENOBUFS) {
-                q->overruns++;
-                continue;
-            }
-            rc = -errno;
-            break;
-        }
-        h = (const struct nlmsghdr *)rx;
-        remaining = (int)n;
-        while (mnl_nlmsg_ok(h, remaining)) {
-            if (h->nlmsg_type == NLMSG_ERROR) {
-                const struct nlmsgerr *err = mnl_nlmsg_get_payload(h);
-                int matched = 0;
-                for (i = 0; i < nmsg; i++) {
-                    if (results[i] == 1 && h->nlmsg_seq == seqs[i]) {
-                        results[i] = err->error;
-                        if (err->error)
-                            failed = 1;
-                        nack++;
-                        matched = 1;
-                        break;
-                    }
-                }
-                if (!matched && err->error) {
-                    q->async_errors++;
-                    q->last_async_error = -err->error;
-                }
-            } else if (h->nlmsg_type != NLMSG_NOOP && h->nlmsg_type != NLMSG_DONE) {
-                nfb_stash(q, h);
-            }
-            h = mnl_nlmsg_next(h, &remaining);
-        }
-    }
-    if (rc == 0) {
-        for (i = 0; i < nmsg; i++) {
-            if (results[i] < 0) {
-                rc = results[i];
-                *failed_step = steps[i];
-                break;
-            }
-        }
-    } else {
-        /* report an error the kernel already gave before the timeout */
-        for (i = 0; i < nmsg; i++)
-            if (results[i] < 0) {
-                rc = results[i];
-                *failed_step = steps[i];
-                break;
-            }
-        if (!*failed_step)
-            for (i = 0; i < nmsg; i++)
-                if (results[i] == 1) {
-                    *failed_step = steps[i];
-                    break;
-                }
-    }
-out:
-    free(buf);
-    free(rx);
-    return rc;
+#undef NFB_MSG
+#undef NFB_END
+    rc = nfb_rx_transact(&q->rx, buf, off, nmsg, seqs, results, timeout_ms);
+    return nfb_rx_first_error(rc, nmsg, results, steps, failed_step);
 }
 
 /* ---- verdicts ------------------------------------------------------------ */
@@ -571,9 +322,9 @@ int nfb_q_flush(struct nfb_q *q)
     ssize_t r;
     if (!q->slen)
         return 0;
-    q->send_calls++;
+    q->rx.send_calls++;
     do {
-        r = send(q->fd, q->sbuf, q->slen, 0);
+        r = send(q->rx.fd, q->sbuf, q->slen, 0);
     } while (r < 0 && errno == EINTR);
     q->slen = 0;
     return r < 0 ? -errno : 0;
@@ -620,11 +371,11 @@ int nfb_q_put_verdicts(struct nfb_q *q, const int64_t *verdicts, int n,
         }                                                                  \
     } while (0)
 
-    if (n > q->npkts)
-        n = q->npkts;
+    if (n > q->rx.npkts)
+        n = q->rx.npkts;
     for (i = 0; i < n; i++) {
         int64_t v = verdicts[i];
-        uint32_t id = q->recs[(size_t)i * NFB_F_COUNT + NFB_F_ID];
+        uint32_t id = q->rx.recs[(size_t)i * NFB_F_COUNT + NFB_F_ID];
         if (v == NFB_V_DONE)
             continue;
         if (v < 0) {           /* deferred: later packets can't be batched */

@@ -70,20 +70,8 @@
 #define NFB_VF_BATCH ...
 
 struct nfb_q {
-    int fd;
+    struct nfb_rx rx;
     uint16_t queue;
-    /* received batch: contiguous netlink messages and one record per packet */
-    char *data;
-    size_t data_len;
-    uint32_t *recs;
-    int npkts;
-    /* counters */
-    uint64_t overruns;
-    uint64_t async_errors;
-    int last_async_error;
-    uint64_t truncated_msgs;
-    uint64_t recv_calls;
-    uint64_t send_calls;
     uint64_t batch_verdicts;
     ...;
 };

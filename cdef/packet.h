@@ -73,3 +73,19 @@
 #define NFB_A_SEQ_GLOBAL ...
 #define NFB_A_HWTYPE ...
 #define NFB_A_HWHDR ...
+
+/* The receive state NFQUEUE and NFLOG share (cdef/chan_src.h). */
+struct nfb_rx {
+    int fd;
+    char *data;
+    size_t data_len;
+    uint32_t *recs;
+    int npkts;
+    uint64_t overruns;
+    uint64_t async_errors;
+    int last_async_error;
+    uint64_t truncated_msgs;
+    uint64_t recv_calls;
+    uint64_t send_calls;
+    ...;
+};

@@ -3,8 +3,7 @@
 
 * :class:`NfQueue` — NFQUEUE: decide each packet's fate (accept, drop, mark,
   rewrite).
-* netfilter logging (NFLOG) and the connection tracking table live in the
-  ``_nflog`` and ``_conntrack`` compiled modules.
+* :class:`NfLog` — NFLOG: watch the packets a rule logged.
 
 Exceptions are in :mod:`nfbind.errors`, enumerations in :mod:`nfbind.enums`.
 """
@@ -20,6 +19,7 @@ from .errors import (
 )
 from ._channel import OverrunWarning
 from .packet import CtSummary, Vlan
+from .log import LogPacket, LogStats, NfLog
 from .queue import NfQueue, Packet, QueueStats
 
 __version__ = "0.1.0"
@@ -28,6 +28,9 @@ __all__ = [
     "NfQueue",
     "Packet",
     "QueueStats",
+    "NfLog",
+    "LogPacket",
+    "LogStats",
     "Verdict",
     "CopyMode",
     "QueueFlag",

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable, Deque, Iterator, Optional
 
 from ._lib import lib
 from . import netns as _netns
-from .errors import ClosedError, Overrun, check_neg
+from .errors import ClosedError, Overrun, error_from_errno
 
 __all__ = ["Channel", "OverrunWarning", "ON_OVERRUN"]
 
@@ -101,6 +101,12 @@ class Channel:
 
     _sock: Optional[socket.socket] = None
     _closed = True
+    #: the compiled module (ffi, lib) of the subclass's C library
+    _ffi: Any = None
+    _lib: Any = None
+    #: look conntrack information up over ctnetlink (the kernel can't attach it)
+    _ct_fallback = False
+    _ctsock: Optional[socket.socket] = None
 
     def _init_channel(
         self,
@@ -117,6 +123,7 @@ class Channel:
         self._warned_overrun = False
         self._ifnames: dict = {}
         self._lock = threading.RLock()
+        self._ct_lock = threading.RLock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self._sock = _open_netlink(netns, rcvbuf, no_enobufs)
@@ -195,6 +202,48 @@ class Channel:
     def refresh_ifnames(self) -> None:
         """Forget cached interface names (after interfaces were renamed)."""
         self._ifnames.clear()
+
+    # -- conntrack over ctnetlink -------------------------------------------
+
+    def _ct_request(self, payload: bytes, set_mark: bool, mark: int) -> tuple:
+        """Look up (or re-mark) the connection of an L3 packet over ctnetlink,
+        on a socket of the channel's namespace opened on first use.
+        Returns ``(rc, attrs)``: -errno or 0, and the CTA_* attributes."""
+        ffi, lib = self._ffi, self._lib
+        with self._ct_lock:
+            if self._ctsock is None:
+                def opener() -> socket.socket:
+                    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                      lib.NETLINK_NETFILTER)
+                    s.bind((0, 0))
+                    return s
+
+                self._ctsock = _netns.call_in(self._netns, opener)
+            out = ffi.new("char[]", 4096) if not set_mark else ffi.NULL
+            out_len = ffi.new("uint32_t *")
+            rc = lib.nfb_ct_by_packet(self._ctsock.fileno(), payload, len(payload), 0,
+                                      1 if set_mark else 0, mark, out,
+                                      0 if set_mark else 4096, out_len)
+            data = ffi.buffer(out, out_len[0])[:] if not set_mark and rc >= 0 else b""
+        return rc, data
+
+    def _ct_lookup(self, payload: bytes) -> Any:
+        """The connection of an L3 packet (a CtSummary), or None when the
+        kernel tracks none (yet)."""
+        from .packet import parse_ct
+
+        rc, data = self._ct_request(payload, False, 0)
+        if rc < 0:
+            if rc in (-errno.ENOENT, -errno.EPROTONOSUPPORT, -errno.EINVAL):
+                return None
+            raise error_from_errno(-rc, "looking up the connection of a packet")
+        return parse_ct(data, 0, len(data))
+
+    def _close_ct(self) -> None:
+        with self._ct_lock:
+            if self._ctsock is not None:
+                self._ctsock.close()
+                self._ctsock = None
 
     # -- loops ------------------------------------------------------------
 

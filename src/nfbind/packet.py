@@ -186,11 +186,12 @@ class PacketBase:
     read from the batch record on access.
     """
 
-    __slots__ = ("_ch", "_b", "_o")
+    __slots__ = ("_ch", "_b", "_o", "_ct")
 
     _ch: Any
     _b: Batch
     _o: int
+    _ct: Optional[CtSummary]
 
     # -- header ---------------------------------------------------------------
 
@@ -327,16 +328,29 @@ class PacketBase:
 
     @property
     def ct(self) -> Optional[CtSummary]:
-        """The packet's connection: id, mark, status, TCP state ... or None.
+        """The packet's connection (id, mark, status, TCP state ...), or None.
 
-        Present when the queue/group has the ``conntrack`` flag and the
-        packet is tracked.
+        Needs the ``conntrack`` flag.  The kernel attaches it to the packet
+        when built with CONFIG_NETFILTER_NETLINK_GLUE_CT; otherwise nfbind
+        looks the connection up over ctnetlink on first access (one request,
+        then cached), which finds confirmed connections only: a packet seen
+        before its connection was confirmed (the first packet of a
+        connection at PREROUTING/FORWARD/OUTPUT) then has ``ct`` None, and
+        ``ct_info`` is always None.
         """
+        try:
+            return self._ct
+        except AttributeError:
+            pass
         r = self._b.recs
         o = self._o
+        ct: Optional[CtSummary] = None
         if r[o + _F_ATTRS] & lib.NFB_A_CT:
-            return parse_ct(self._b.data, r[o + lib.NFB_F_CT_OFF], r[o + lib.NFB_F_CT_LEN])
-        return None
+            ct = parse_ct(self._b.data, r[o + lib.NFB_F_CT_OFF], r[o + lib.NFB_F_CT_LEN])
+        elif self._ch._ct_fallback and r[o + _F_ATTRS] & lib.NFB_A_PAYLOAD:
+            ct = self._ch._ct_lookup(self.payload)
+        self._ct = ct
+        return ct
 
     def scapy(self) -> Any:
         """The payload decoded by scapy: ``IP`` or ``IPv6`` by family.

@@ -28,7 +28,7 @@ from ._nfqueue import ffi, lib
 from . import netns as _netns
 from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, check_neg, error_from_errno
-from .packet import NF, Batch, CtSummary, PacketBase, parse_ct
+from .packet import NF, Batch, PacketBase
 
 __all__ = ["NfQueue", "Packet", "QueueStats", "MAX_PAYLOAD"]
 
@@ -55,11 +55,14 @@ _STEP = {1: "binding", 2: "setting the copy mode of", 3: "setting max_len of",
 
 
 def _c_counter(field: str, key: str, doc: str) -> property:
-    """A counter kept by the C helper (kept in ``_final`` once closed)."""
+    """A counter kept by the C helper (kept in ``_final`` once closed);
+    ``field`` names a member of ``struct nfb_q``, or of its ``rx`` part."""
 
     def get(self: "QueueStats") -> int:
         c = self._q._c
-        return int(getattr(c, field)) if c is not None else self._q._final[key]
+        if c is None:
+            return self._q._final[key]
+        return int(getattr(c, field) if field == "batch_verdicts" else getattr(c.rx, field))
 
     get.__doc__ = doc
     return property(get)
@@ -150,10 +153,9 @@ class Packet(PacketBase):
     verdict raises :class:`VerdictError`.
     """
 
-    __slots__ = ("id", "_state", "_ct")
+    __slots__ = ("id", "_state")
 
     id: int
-    _ct: Optional[CtSummary]
 
     def __init__(self, q: "NfQueue", b: Batch, o: int, pid: int) -> None:
         self._ch = q
@@ -161,28 +163,6 @@ class Packet(PacketBase):
         self._o = o
         self.id = pid
         self._state = _OPEN
-
-    @property
-    def ct(self) -> Optional[CtSummary]:
-        """The packet's connection (id, mark, status, TCP state ...), or None.
-
-        Needs ``conntrack=True``.  The kernel attaches it to the packet when
-        built with CONFIG_NETFILTER_NETLINK_GLUE_CT; otherwise nfbind looks
-        the connection up over ctnetlink on first access (one request, then
-        cached), which finds confirmed connections only: the first packet of
-        a new connection has ``ct`` None where it is queued before the
-        connection is confirmed (PREROUTING/FORWARD/OUTPUT of its first
-        packet); ``ct_info`` is then always None.
-        """
-        try:
-            return self._ct
-        except AttributeError:
-            pass
-        ct = PacketBase.ct.fget(self)  # type: ignore[attr-defined]
-        if ct is None and self._ch._ct_fallback and self.payload_len:
-            ct = self._ch._ct_lookup(self.payload)
-        self._ct = ct
-        return ct
 
     # -- queue-only metadata ----------------------------------------------------
 
@@ -282,6 +262,9 @@ class Packet(PacketBase):
 
 
 class NfQueue(Channel):
+    _ffi = ffi
+    _lib = lib
+
     """A netlink socket bound to one NFQUEUE queue.
 
     Args:
@@ -378,7 +361,6 @@ class NfQueue(Channel):
         self._ct_glue = False
         self._ct_fallback = False
         self._seen_async = 0
-        self._ctsock: Any = None
         self._connmarks: List[tuple] = []
 
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
@@ -566,38 +548,6 @@ class NfQueue(Channel):
         ctnetlink instead."""
         return self._ct_glue
 
-    def _ct_socket(self) -> Any:
-        if self._ctsock is None:
-            import socket
-
-            def opener() -> Any:
-                s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  lib.NETLINK_NETFILTER)
-                s.bind((0, 0))
-                return s
-
-            self._ctsock = _netns.call_in(self._netns, opener)
-        return self._ctsock
-
-    def _ct_request(self, payload: bytes, set_mark: bool, mark: int) -> tuple:
-        with self._send_lock:
-            sock = self._ct_socket()
-            out = ffi.new("char[]", 4096) if not set_mark else ffi.NULL
-            out_len = ffi.new("uint32_t *")
-            rc = lib.nfb_ct_by_packet(sock.fileno(), payload, len(payload), 0,
-                                      1 if set_mark else 0, mark, out,
-                                      0 if set_mark else 4096, out_len)
-            data = ffi.buffer(out, out_len[0])[:] if not set_mark and rc >= 0 else b""
-        return rc, data
-
-    def _ct_lookup(self, payload: bytes) -> Optional[CtSummary]:
-        rc, data = self._ct_request(payload, False, 0)
-        if rc < 0:
-            if rc in (-errno.ENOENT, -errno.EPROTONOSUPPORT, -errno.EINVAL):
-                return None
-            raise error_from_errno(-rc, "looking up the connection of a packet")
-        return parse_ct(data, 0, len(data))
-
     def _apply_connmarks(self) -> None:
         """Set the connection marks asked for with accept(connmark=...) once
         their verdicts were sent (the connection is confirmed by then)."""
@@ -618,7 +568,7 @@ class NfQueue(Channel):
 
     def _recv_error(self, rc: int) -> None:
         if rc == -errno.ENOBUFS:
-            self._overrun(int(self._c.overruns))
+            self._overrun(int(self._c.rx.overruns))
             return
         raise error_from_errno(-rc, "receiving from queue %d" % self.queue_num)
 
@@ -626,11 +576,11 @@ class NfQueue(Channel):
         """The kernel refused verdict messages (it answers asynchronously):
         count them, and say so once."""
         first = self._seen_async == 0
-        self._seen_async = int(c.async_errors)
+        self._seen_async = int(c.rx.async_errors)
         if first:
             import warnings
 
-            err = int(c.last_async_error)
+            err = int(c.rx.last_async_error)
             warnings.warn(
                 "queue %d: the kernel refused %d verdict message(s), last with %s (%s); "
                 "ENOENT means a verdict for a packet the kernel no longer holds. "
@@ -655,10 +605,10 @@ class NfQueue(Channel):
                     return 0
             if n == 0:
                 return 0
-            if c.async_errors != self._seen_async:
+            if c.rx.async_errors != self._seen_async:
                 self._warn_async(c)
-            b = Batch(ffi.buffer(c.data, c.data_len)[:],
-                      memoryview(ffi.buffer(c.recs, n * NF * 4)[:]).cast("I"))
+            b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
+                      memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"))
             self._npackets += n
             return self._dispatch(handler, b, n)
 
@@ -909,7 +859,7 @@ class NfQueue(Channel):
                         continue
                     if n <= 0:
                         break
-                    recs = memoryview(ffi.buffer(c.recs, n * NF * 4)[:]).cast("I")
+                    recs = memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I")
                     last = recs[(n - 1) * NF + _F_ID]
                     self._npackets += n
                     if last > self._max_id:
@@ -929,13 +879,11 @@ class NfQueue(Channel):
             cfg.max_len = -1
             lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
         finally:
-            if self._ctsock is not None:
-                self._ctsock.close()
-                self._ctsock = None
+            self._close_ct()
             self._final = {
-                "overruns": int(c.overruns), "verdict_errors": int(c.async_errors),
-                "batch_verdicts": int(c.batch_verdicts), "recv_calls": int(c.recv_calls),
-                "send_calls": int(c.send_calls),
+                "overruns": int(c.rx.overruns), "verdict_errors": int(c.rx.async_errors),
+                "batch_verdicts": int(c.batch_verdicts), "recv_calls": int(c.rx.recv_calls),
+                "send_calls": int(c.rx.send_calls),
             }
             self._c = None
 

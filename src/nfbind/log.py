@@ -1,0 +1,460 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""NFLOG: watch the packets a rule logged.
+
+The rule ``iptables -A INPUT -p tcp --syn -j NFLOG --nflog-group 5
+--nflog-prefix "syn "`` copies each matching packet to log group 5; an
+:class:`NfLog` bound to the group gets each one as a :class:`LogPacket`::
+
+    from nfbind import NfLog
+
+    with NfLog(5) as log:
+        for pkt in log:
+            print(pkt.prefix, pkt.indev_name, pkt.scapy().summary())
+
+Logging never holds packets: they go on whatever the handler does.  One
+``NfLog`` can bind several groups; ``pkt.group`` tells them apart.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+from ._channel import Channel, check_int
+from ._nflog import ffi, lib
+from . import netns as _netns
+from .enums import CopyMode, Family
+from .errors import NetlinkError, error_from_errno
+from .packet import NF, Batch, PacketBase
+
+__all__ = ["NfLog", "LogPacket", "LogStats"]
+
+_U32_MAX = 0xFFFFFFFF
+_FAMILIES = {
+    None: -1,
+    int(Family.IPV4): lib.NFPROTO_IPV4,
+    int(Family.IPV6): lib.NFPROTO_IPV6,
+    int(Family.BRIDGE): lib.NFPROTO_BRIDGE,
+    int(Family.ARP): lib.NFPROTO_ARP,
+}
+_STEP = {1: "binding", 2: "setting the copy mode of", 3: "setting nlbufsiz of",
+         4: "setting the timeout of", 5: "setting qthresh of", 6: "setting the flags of"}
+_NLBUFSIZ_MIN, _NLBUFSIZ_MAX = 4096, 131072
+
+
+class LogPacket(PacketBase):
+    """A logged packet: the metadata every packet has, plus the log group,
+    the rule's prefix, sequence numbers and the hardware header."""
+
+    __slots__ = ()
+
+    def __init__(self, log: "NfLog", b: Batch, o: int) -> None:
+        self._ch = log
+        self._b = b
+        self._o = o
+
+    @property
+    def group(self) -> int:
+        """The log group (``--nflog-group``) the packet came from."""
+        return self._b.recs[self._o + lib.NFB_F_QUEUE]
+
+    @property
+    def prefix(self) -> str:
+        """The rule's ``--nflog-prefix`` (``""`` when it has none)."""
+        r = self._b.recs
+        o = self._o
+        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_PREFIX:
+            start = r[o + lib.NFB_F_PREFIX_OFF]
+            return self._b.data[start : start + r[o + lib.NFB_F_PREFIX_LEN]].decode(
+                "utf-8", "replace")
+        return ""
+
+    @property
+    def seq(self) -> Optional[int]:
+        """The group's sequence number (with ``seq=True``), or None."""
+        r = self._b.recs
+        o = self._o
+        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_SEQ:
+            return r[o + lib.NFB_F_SEQ]
+        return None
+
+    @property
+    def seq_global(self) -> Optional[int]:
+        """The sequence number across all groups (with ``seq_global=True``), or None."""
+        r = self._b.recs
+        o = self._o
+        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_SEQ_GLOBAL:
+            return r[o + lib.NFB_F_SEQ_GLOBAL]
+        return None
+
+    @property
+    def hwtype(self) -> Optional[int]:
+        """The link type of the input device (ARPHRD_*, 1 for Ethernet), or None."""
+        r = self._b.recs
+        o = self._o
+        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_HWTYPE:
+            return r[o + lib.NFB_F_HWTYPE]
+        return None
+
+    @property
+    def hwhdr(self) -> Optional[bytes]:
+        """The link-layer header the packet arrived with (e.g. 14 Ethernet
+        bytes), or None."""
+        r = self._b.recs
+        o = self._o
+        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_HWHDR:
+            start = r[o + lib.NFB_F_HWHDR_OFF]
+            return self._b.data[start : start + r[o + lib.NFB_F_HWHDR_LEN]]
+        return None
+
+    def __repr__(self) -> str:
+        return "<nfbind.LogPacket group=%d prefix=%r %s>" % (
+            self.group, self.prefix, self._repr_fields())
+
+
+class LogStats:
+    """Counters of one NfLog (read live)."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: "NfLog") -> None:
+        self._log = log
+
+    def _c(self, field: str) -> int:
+        c = self._log._c
+        if c is None:
+            return self._log._final.get(field, 0)
+        return int(getattr(c, field) if field == "filtered" else getattr(c.rx, field))
+
+    @property
+    def packets(self) -> int:
+        """Packets received (and handed to the handler)."""
+        return self._log._npackets
+
+    @property
+    def overruns(self) -> int:
+        """Times the kernel reported ENOBUFS (log messages lost to a full buffer)."""
+        return self._c("overruns")
+
+    @property
+    def handler_errors(self) -> int:
+        """Packets whose handler raised."""
+        return self._log._handler_errors
+
+    @property
+    def filtered(self) -> int:
+        """Packets of another family, skipped by the ``family=`` filter."""
+        return self._c("filtered")
+
+    @property
+    def recv_calls(self) -> int:
+        """Receive syscalls made."""
+        return self._c("recv_calls")
+
+    @property
+    def truncated_msgs(self) -> int:
+        """Messages larger than the receive slot (should stay 0)."""
+        return self._c("truncated_msgs")
+
+    def as_dict(self) -> Dict[str, int]:
+        names = ("packets", "overruns", "handler_errors", "filtered", "recv_calls",
+                 "truncated_msgs")
+        return {n: getattr(self, n) for n in names}
+
+    def __repr__(self) -> str:
+        return "LogStats(%s)" % ", ".join("%s=%d" % kv for kv in self.as_dict().items())
+
+
+def _groups(groups: Union[int, Iterable[int]]) -> Tuple[int, ...]:
+    if isinstance(groups, (str, bytes)):
+        raise TypeError("groups must be an int or an iterable of ints, not %s"
+                        % type(groups).__name__)
+    if isinstance(groups, int) and not isinstance(groups, bool):
+        items: List[Any] = [groups]
+    else:
+        try:
+            items = list(groups)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError("groups must be an int or an iterable of ints, not %s"
+                            % type(groups).__name__) from None
+    if not items:
+        raise ValueError("groups must name at least one log group")
+    out = tuple(check_int("group", g, 0, 0xFFFF) for g in items)
+    if len(set(out)) != len(out):
+        raise ValueError("groups has duplicates: %r" % (out,))
+    return out
+
+
+class NfLog(Channel):
+    """A netlink socket bound to one or more NFLOG groups.
+
+    Args:
+        groups: a group number 0..65535 (``--nflog-group``), or several.
+        family: None (default: every family), or only :class:`Family` IPV4,
+            IPV6, BRIDGE or ARP packets.  The kernel sends every family to a
+            group; nfbind drops the others in C before they cost anything.
+        copy_mode: :class:`CopyMode`; ``PACKET`` (default), ``META`` or ``NONE``.
+        copy_range: bytes of each packet to copy, 0..65535 (0: the whole
+            packet).  A rule's ``--nflog-size`` takes precedence.
+        qthresh: the kernel sends a batch once this many packets are waiting
+            (a rule's ``--nflog-threshold`` takes precedence).
+        timeout: seconds the kernel waits before sending a batch that is not
+            full (resolution 0.01 s; 0: no waiting).
+        nlbufsiz: the kernel's batch buffer in bytes (4096..131072), or None
+            for the kernel's default.
+        seq, seq_global: attach per-group / global sequence numbers.
+        conntrack: attach conntrack information (``pkt.ct``).
+        rcvbuf: receive buffer in bytes (default 4 MiB).
+        netns: a network namespace name, path or fd.
+        on_overrun: ``"count"`` (default) or ``"raise"``.
+        no_enobufs: set NETLINK_NO_ENOBUFS.
+
+    Raises:
+        ValueError, TypeError: an argument out of range, before any syscall.
+        PermissionDenied: no CAP_NET_ADMIN.
+        QueueBusy: another process (socket) has bound one of the groups.
+        NetlinkError: any other refusal from the kernel.
+        FileNotFoundError: ``netns`` does not exist.
+    """
+
+    _ffi = ffi
+    _lib = lib
+
+    def __init__(
+        self,
+        groups: Union[int, Iterable[int]],
+        *,
+        family: Optional[Union[Family, int]] = None,
+        copy_mode: Union[CopyMode, int] = CopyMode.PACKET,
+        copy_range: int = 0xFFFF,
+        qthresh: int = 1,
+        timeout: float = 0.0,
+        nlbufsiz: Optional[int] = None,
+        seq: bool = False,
+        seq_global: bool = False,
+        conntrack: bool = False,
+        rcvbuf: Optional[int] = None,
+        netns: _netns.NetNS = None,
+        on_overrun: str = "count",
+        no_enobufs: bool = False,
+    ) -> None:
+        self._c: Any = None
+        self.groups = _groups(groups)
+        if family is not None:
+            check_int("family", family, 0, 255)
+        if family not in _FAMILIES:
+            raise ValueError("family must be None, Family.IPV4, IPV6, BRIDGE or ARP, got %r"
+                             % (family,))
+        self._family = None if family is None else Family(family)
+        copy_mode = check_int("copy_mode", copy_mode, 0, 255)
+        if copy_mode not in {int(m) for m in CopyMode}:
+            raise ValueError("copy_mode must be a CopyMode (NONE, META, PACKET), got %r" % copy_mode)
+        self._copy_mode = CopyMode(copy_mode)
+        self._copy_range = check_int("copy_range", copy_range, 0, 0xFFFF)
+        self._qthresh = check_int("qthresh", qthresh, 1, _U32_MAX)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError("timeout must be a number of seconds, not %s" % type(timeout).__name__)
+        if not 0 <= timeout <= _U32_MAX / 100:
+            raise ValueError("timeout must be 0..%d seconds, got %r" % (_U32_MAX // 100, timeout))
+        self._timeout = float(timeout)
+        if nlbufsiz is not None:
+            nlbufsiz = check_int("nlbufsiz", nlbufsiz, _NLBUFSIZ_MIN, _NLBUFSIZ_MAX)
+        self._nlbufsiz = nlbufsiz
+        flags = 0
+        for name, value, bit in (("seq", seq, lib.NFULNL_CFG_F_SEQ),
+                                 ("seq_global", seq_global, lib.NFULNL_CFG_F_SEQ_GLOBAL),
+                                 ("conntrack", conntrack, lib.NFULNL_CFG_F_CONNTRACK)):
+            if not isinstance(value, bool):
+                raise TypeError("%s must be True or False, not %r" % (name, value))
+            if value:
+                flags |= bit
+        for name, value in (("no_enobufs", no_enobufs),):
+            if not isinstance(value, bool):
+                raise TypeError("%s must be True or False, not %r" % (name, value))
+        rcvbuf = check_int("rcvbuf", 4 << 20 if rcvbuf is None else rcvbuf, 4096, 1 << 30)
+        _netns.resolve(netns)
+
+        self._npackets = 0
+        self._handler_errors = 0
+        self._backlog: List[LogPacket] = []
+        self._final: Dict[str, int] = {}
+        self._ct_glue = False
+        self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
+                           no_enobufs=no_enobufs)
+        try:
+            slot, nslots = self._slots()
+            c = lib.nfb_log_new(self._fd, slot, nslots, _FAMILIES[family])
+            if c == ffi.NULL:
+                raise MemoryError("allocating the NFLOG buffers")
+            self._c = ffi.gc(c, lib.nfb_log_free)
+            ct = lib.NFULNL_CFG_F_CONNTRACK
+            self._configure(self.groups, cmd=lib.NFULNL_CFG_CMD_BIND,
+                            copy_mode=self._copy_mode, copy_range=self._copy_range,
+                            nlbufsiz=nlbufsiz, timeout=round(self._timeout * 100),
+                            qthresh=self._qthresh, flags=flags & ~ct)
+            if flags & ct:
+                try:
+                    self._configure(self.groups, flags=flags)
+                    self._ct_glue = True
+                except NetlinkError as e:
+                    if e.errno != errno.EOPNOTSUPP:
+                        raise
+                    self._ct_fallback = True  # the kernel lacks the conntrack glue
+            self._flags = flags
+        except BaseException:
+            self._c = None
+            self._closed = True
+            assert self._sock is not None
+            self._sock.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
+
+    # -- configuration ------------------------------------------------------------
+
+    def _slots(self) -> Tuple[int, int]:
+        size = max(self._nlbufsiz or 8192, 8192)
+        if self._copy_mode == CopyMode.PACKET:
+            size = max(size, (self._copy_range or 0xFFFF) + 8192)
+        size = (size + 4095) & ~4095
+        return size, max(8, min(64, (4 << 20) // size))
+
+    def _describe(self) -> str:
+        return "NfLog(%s)" % ",".join(map(str, self.groups))
+
+    def _configure(self, groups: Tuple[int, ...], *, cmd: int = 0,
+                   copy_mode: Optional[int] = None, copy_range: int = 0,
+                   nlbufsiz: Optional[int] = None, timeout: Optional[int] = None,
+                   qthresh: Optional[int] = None, flags: Optional[int] = None) -> None:
+        cfg = ffi.new("struct nfb_logcfg *")
+        cfg.cmd = cmd
+        cfg.copy_mode = -1 if copy_mode is None else int(copy_mode)
+        cfg.copy_range = copy_range
+        cfg.nlbufsiz = -1 if nlbufsiz is None else nlbufsiz
+        cfg.timeout = -1 if timeout is None else timeout
+        cfg.qthresh = -1 if qthresh is None else qthresh
+        cfg.flags = -1 if flags is None else flags
+        garr = ffi.new("uint16_t[]", list(groups))
+        fg = ffi.new("int *")
+        step = ffi.new("int *")
+        with self._lock:
+            rc = lib.nfb_log_config(self._c, garr, len(groups), cfg, 2000, fg, step)
+        if rc >= 0:
+            return
+        group = fg[0] if fg[0] >= 0 else groups[0]
+        what = "%s log group %d" % (_STEP.get(step[0], "configuring"), group)
+        err = -rc
+        if err == errno.EBUSY:
+            err = errno.EPERM
+        if step[0] == 1:
+            raise error_from_errno(
+                err, what,
+                busy_hint="log group %d is already bound by another socket (another "
+                "process or another NfLog); stop that reader (ulogd?) or use "
+                "another --nflog-group" % group)
+        if err == errno.EOPNOTSUPP and step[0] == 6:
+            raise NetlinkError(err, what, "this kernel does not support one of the flags")
+        raise error_from_errno(err, what)
+
+    @property
+    def family(self) -> Optional[Family]:
+        """The family filter, or None for every family."""
+        return self._family
+
+    @property
+    def copy_mode(self) -> CopyMode:
+        return self._copy_mode
+
+    @property
+    def copy_range(self) -> int:
+        return self._copy_range
+
+    @property
+    def ct_glue(self) -> bool:
+        """True when the kernel attaches conntrack information itself; False
+        when ``pkt.ct`` is looked up over ctnetlink instead."""
+        return self._ct_glue
+
+    @property
+    def stats(self) -> LogStats:
+        """Live counters: packets, overruns, handler_errors, filtered ..."""
+        return LogStats(self)
+
+    # -- receive and dispatch ------------------------------------------------------
+
+    def _recv(self) -> int:
+        c = self._c
+        for _ in range(64):
+            n = lib.nfb_log_recv(c)
+            if n < 0:
+                if n != -errno.ENOBUFS:
+                    raise error_from_errno(-n, "receiving from %s" % self._describe())
+                self._overrun(int(c.rx.overruns))  # raises, or counts
+                continue  # the socket is still readable after an overrun
+            if n == 0 and c.rx.data_len:
+                continue  # every packet of this batch was of another family
+            return n
+        return 0
+
+    def _drain_once(self, handler: Callable[[LogPacket], Any]) -> int:
+        with self._lock:
+            if self._closed:
+                return 0
+            if self._backlog:
+                todo, self._backlog = self._backlog, []
+                return self._dispatch(handler, todo)
+            n = self._recv()
+            if n <= 0:
+                return 0
+            c = self._c
+            b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
+                      memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"))
+            self._npackets += n
+            return self._dispatch(handler, [LogPacket(self, b, i * NF) for i in range(n)])
+
+    def _dispatch(self, handler: Callable[[LogPacket], Any], pkts: List[LogPacket]) -> int:
+        error: Optional[BaseException] = None
+        k = 0
+        try:
+            for k, p in enumerate(pkts):
+                try:
+                    handler(p)
+                except Exception as e:
+                    self._handler_errors += 1
+                    if error is None:
+                        error = e
+        except BaseException:
+            # Ctrl-C and the like: the packets not yet handled wait for the
+            # next run() or iteration
+            self._backlog = pkts[k + 1:] + self._backlog
+            raise
+        if error is not None:
+            raise error
+        return len(pkts)
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def _close_channel(self) -> None:
+        if self._c is None:
+            return
+        c = self._c
+        try:
+            cfg = ffi.new("struct nfb_logcfg *")
+            cfg.cmd = lib.NFULNL_CFG_CMD_UNBIND
+            cfg.copy_mode = -1
+            cfg.nlbufsiz = cfg.timeout = cfg.qthresh = -1
+            cfg.flags = -1
+            lib.nfb_log_config(c, ffi.new("uint16_t[]", list(self.groups)), len(self.groups),
+                               cfg, 500, ffi.new("int *"), ffi.new("int *"))
+        finally:
+            self._close_ct()
+            self._final = {
+                "overruns": int(c.rx.overruns), "filtered": int(c.filtered),
+                "recv_calls": int(c.rx.recv_calls), "truncated_msgs": int(c.rx.truncated_msgs),
+            }
+            self._backlog.clear()
+            self._c = None
+
+    def __repr__(self) -> str:
+        return "<nfbind.NfLog %s %s>" % (",".join(map(str, self.groups)),
+                                         "closed" if self._closed else "open")
