@@ -134,6 +134,14 @@ class Channel:
         self._fd = self._sock.fileno()
         self._closed = False
 
+    def _abort_open(self) -> None:
+        """Undo ``_init_channel`` when the subclass's set-up failed."""
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
     # -- plumbing ---------------------------------------------------------
 
     def fileno(self) -> int:

@@ -17,7 +17,6 @@ Logging never holds packets: they go on whatever the handler does.  One
 from __future__ import annotations
 
 import errno
-import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._channel import Channel, check_int
@@ -303,11 +302,7 @@ class NfLog(Channel):
             self._flags = flags
         except BaseException:
             self._c = None
-            self._closed = True
-            assert self._sock is not None
-            self._sock.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._abort_open()
             raise
 
     # -- configuration ------------------------------------------------------------

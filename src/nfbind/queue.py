@@ -379,11 +379,7 @@ class NfQueue(Channel):
             self._ct_fallback = conntrack and not self._ct_glue
         except BaseException:
             self._c = None
-            self._closed = True
-            assert self._sock is not None
-            self._sock.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._abort_open()
             raise
 
     # -- configuration ------------------------------------------------------------
