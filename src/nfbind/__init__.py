@@ -7,7 +7,7 @@
 
 Exceptions are in :mod:`nfbind.errors`, enumerations in :mod:`nfbind.enums`.
 """
-from .enums import CopyMode, CtInfo, CtStatus, Family, Hook, QueueFlag, TcpState, Verdict
+from .enums import ArpHook, CopyMode, CtInfo, CtStatus, Family, Hook, QueueFlag, TcpState, Verdict
 from .errors import (
     ClosedError,
     NetlinkError,
@@ -35,6 +35,7 @@ __all__ = [
     "CopyMode",
     "QueueFlag",
     "Hook",
+    "ArpHook",
     "Family",
     "CtInfo",
     "CtStatus",

@@ -107,6 +107,9 @@ class Channel:
     #: look conntrack information up over ctnetlink (the kernel can't attach it)
     _ct_fallback = False
     _ctsock: Optional[socket.socket] = None
+    #: packets read from the socket but not yet handed to a handler (a list
+    #: or a deque, the subclass's choice)
+    _backlog: Any
 
     def _init_channel(
         self,
@@ -219,6 +222,7 @@ class Channel:
         Returns ``(rc, attrs)``: -errno or 0, and the CTA_* attributes."""
         ffi, lib = self._ffi, self._lib
         with self._ct_lock:
+            self._check_open()
             if self._ctsock is None:
                 def opener() -> socket.socket:
                     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
@@ -287,6 +291,16 @@ class Channel:
             os.write(self._wake_w, b"x")
         except OSError:  # closed or full: the flag is enough
             pass
+
+    def _push_back(self, items: Any) -> None:
+        """Packets read but not handed out yet (an iterator was left): the
+        next loop hands them out first."""
+        if not items or self._closed:
+            return
+        if isinstance(self._backlog, deque):
+            self._backlog.extendleft(reversed(list(items)))
+        else:
+            self._backlog = list(items) + self._backlog
 
     def _consume_stop(self) -> None:
         """A stop() ends exactly one run() or iteration: the one running when
@@ -368,6 +382,7 @@ class Channel:
                         return
                     self._poll(poller, None)
         finally:
+            self._push_back(buf)
             self._consume_stop()
 
     def __iter__(self) -> Iterator[Any]:
@@ -394,6 +409,7 @@ class Channel:
                     await ready.wait()
                     self._clear_wake()
         finally:
+            self._push_back(buf)
             self._consume_stop()
             for fd in (self._fd, self._wake_r):
                 try:

@@ -11,6 +11,7 @@ __all__ = [
     "Verdict",
     "CopyMode",
     "Hook",
+    "ArpHook",
     "Family",
     "CtInfo",
     "CtStatus",
@@ -62,6 +63,13 @@ Hook = _enum(
         "POST_ROUTING": lib.NF_INET_POST_ROUTING,
     },
     "The netfilter hook a packet was seen at (INPUT is LOCAL_IN, OUTPUT is LOCAL_OUT).",
+)
+
+ArpHook = _enum(
+    enum.IntEnum,
+    "ArpHook",
+    {"IN": lib.NF_ARP_IN, "OUT": lib.NF_ARP_OUT, "FORWARD": lib.NF_ARP_FORWARD},
+    "The hook of an ARP-family packet (arptables numbers its hooks apart).",
 )
 
 Family = _enum(

@@ -194,9 +194,9 @@ class NfLog(Channel):
             group; nfbind drops the others in C before they cost anything.
         copy_mode: :class:`CopyMode`; ``PACKET`` (default), ``META`` or ``NONE``.
         copy_range: bytes of each packet to copy, 0..65535 (0: the whole
-            packet).  A rule's ``--nflog-size`` takes precedence.
+            packet).  A rule's ``--nflog-size`` lowers it (the smaller wins).
         qthresh: the kernel sends a batch once this many packets are waiting
-            (a rule's ``--nflog-threshold`` takes precedence).
+            (a rule's ``--nflog-threshold`` lowers it; the smaller wins).
         timeout: seconds the kernel waits before sending a batch that is not
             full (resolution 0.01 s; 0: no waiting).
         nlbufsiz: the kernel's batch buffer in bytes (4096..131072), or None

@@ -16,7 +16,7 @@ try:
     from ._nfqueue import lib
 except ImportError:  # pragma: no cover - depends on the machine
     from ._nflog import lib
-from .enums import CtInfo, CtStatus, Family, Hook, TcpState
+from .enums import ArpHook, CtInfo, CtStatus, Family, Hook, TcpState
 
 __all__ = ["PacketBase", "Vlan", "CtSummary", "scapy_payload"]
 
@@ -197,9 +197,13 @@ class PacketBase:
 
     @property
     def hook(self) -> int:
-        """The netfilter hook (a :class:`Hook`)."""
-        v = self._b.recs[self._o + lib.NFB_F_HOOK]
+        """The netfilter hook: a :class:`Hook`, or an :class:`ArpHook` for
+        ARP-family packets."""
+        r = self._b.recs
+        v = r[self._o + lib.NFB_F_HOOK]
         try:
+            if r[self._o + lib.NFB_F_FAMILY] == lib.NFPROTO_ARP:
+                return ArpHook(v)
             return Hook(v)
         except ValueError:
             return v
