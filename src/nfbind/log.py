@@ -39,6 +39,20 @@ _FAMILIES = {
 _STEP = {1: "binding", 2: "setting the copy mode of", 3: "setting nlbufsiz of",
          4: "setting the timeout of", 5: "setting qthresh of", 6: "setting the flags of"}
 _NLBUFSIZ_MIN, _NLBUFSIZ_MAX = 4096, 131072
+_F_ATTRS = lib.NFB_F_ATTRS
+_F_QUEUE = lib.NFB_F_QUEUE
+_F_PREFIX_OFF = lib.NFB_F_PREFIX_OFF
+_F_PREFIX_LEN = lib.NFB_F_PREFIX_LEN
+_F_SEQ = lib.NFB_F_SEQ
+_F_SEQ_GLOBAL = lib.NFB_F_SEQ_GLOBAL
+_F_HWTYPE = lib.NFB_F_HWTYPE
+_F_HWHDR_OFF = lib.NFB_F_HWHDR_OFF
+_F_HWHDR_LEN = lib.NFB_F_HWHDR_LEN
+_A_PREFIX = lib.NFB_A_PREFIX
+_A_SEQ = lib.NFB_A_SEQ
+_A_SEQ_GLOBAL = lib.NFB_A_SEQ_GLOBAL
+_A_HWTYPE = lib.NFB_A_HWTYPE
+_A_HWHDR = lib.NFB_A_HWHDR
 
 
 class LogPacket(PacketBase):
@@ -47,25 +61,32 @@ class LogPacket(PacketBase):
 
     __slots__ = ()
 
-    def __init__(self, log: "NfLog", b: Batch, o: int) -> None:
-        self._ch = log
+    def __init__(self, b: Batch, o: int) -> None:
         self._b = b
         self._o = o
 
     @property
     def group(self) -> int:
         """The log group (``--nflog-group``) the packet came from."""
-        return self._b.recs[self._o + lib.NFB_F_QUEUE]
+        return self._b.recs[self._o + _F_QUEUE]
 
     @property
     def prefix(self) -> str:
         """The rule's ``--nflog-prefix`` (``""`` when it has none)."""
-        r = self._b.recs
+        b = self._b
+        r = b.recs
         o = self._o
-        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_PREFIX:
-            start = r[o + lib.NFB_F_PREFIX_OFF]
-            return self._b.data[start : start + r[o + lib.NFB_F_PREFIX_LEN]].decode(
-                "utf-8", "replace")
+        if r[o + _F_ATTRS] & _A_PREFIX:
+            start = r[o + _F_PREFIX_OFF]
+            raw = b.data[start : start + r[o + _F_PREFIX_LEN]]
+            cache = b.ch._prefixes
+            try:
+                return cache[raw]
+            except KeyError:
+                text = raw.decode("utf-8", "replace")
+                if len(cache) < 4096:  # a rule set has few distinct prefixes
+                    cache[raw] = text
+                return text
         return ""
 
     @property
@@ -73,8 +94,8 @@ class LogPacket(PacketBase):
         """The group's sequence number (with ``seq=True``), or None."""
         r = self._b.recs
         o = self._o
-        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_SEQ:
-            return r[o + lib.NFB_F_SEQ]
+        if r[o + _F_ATTRS] & _A_SEQ:
+            return r[o + _F_SEQ]
         return None
 
     @property
@@ -82,8 +103,8 @@ class LogPacket(PacketBase):
         """The sequence number across all groups (with ``seq_global=True``), or None."""
         r = self._b.recs
         o = self._o
-        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_SEQ_GLOBAL:
-            return r[o + lib.NFB_F_SEQ_GLOBAL]
+        if r[o + _F_ATTRS] & _A_SEQ_GLOBAL:
+            return r[o + _F_SEQ_GLOBAL]
         return None
 
     @property
@@ -91,8 +112,8 @@ class LogPacket(PacketBase):
         """The link type of the input device (ARPHRD_*, 1 for Ethernet), or None."""
         r = self._b.recs
         o = self._o
-        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_HWTYPE:
-            return r[o + lib.NFB_F_HWTYPE]
+        if r[o + _F_ATTRS] & _A_HWTYPE:
+            return r[o + _F_HWTYPE]
         return None
 
     @property
@@ -101,9 +122,9 @@ class LogPacket(PacketBase):
         bytes), or None."""
         r = self._b.recs
         o = self._o
-        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_HWHDR:
-            start = r[o + lib.NFB_F_HWHDR_OFF]
-            return self._b.data[start : start + r[o + lib.NFB_F_HWHDR_LEN]]
+        if r[o + _F_ATTRS] & _A_HWHDR:
+            start = r[o + _F_HWHDR_OFF]
+            return self._b.data[start : start + r[o + _F_HWHDR_LEN]]
         return None
 
     def __repr__(self) -> str:
@@ -275,6 +296,7 @@ class NfLog(Channel):
 
         self._npackets = 0
         self._handler_errors = 0
+        self._prefixes: Dict[bytes, str] = {}
         self._backlog: List[LogPacket] = []
         self._final: Dict[str, int] = {}
         self._ct_glue = False
@@ -397,17 +419,45 @@ class NfLog(Channel):
                 return 0
             if self._backlog:
                 todo, self._backlog = self._backlog, []
-                return self._dispatch(handler, todo)
+                return self._dispatch_list(handler, todo)
             n = self._recv()
             if n <= 0:
                 return 0
             c = self._c
             b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
-                      memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"))
+                      memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"), self)
             self._npackets += n
-            return self._dispatch(handler, [LogPacket(self, b, i * NF) for i in range(n)])
+            return self._dispatch(handler, b, n)
 
-    def _dispatch(self, handler: Callable[[LogPacket], Any], pkts: List[LogPacket]) -> int:
+    def _dispatch(self, handler: Callable[[LogPacket], Any], b: Batch, n: int) -> int:
+        """Hand each packet of a fresh batch to the handler; the hot loop."""
+        error: Optional[BaseException] = None
+        new = object.__new__
+        cls = LogPacket
+        o = 0
+        end = n * NF
+        try:
+            while o < end:
+                p = new(cls)
+                p._b = b
+                p._o = o
+                o += NF
+                try:
+                    handler(p)
+                except Exception as e:
+                    self._handler_errors += 1
+                    if error is None:
+                        error = e
+        except BaseException:
+            # Ctrl-C and the like: the packets not yet handled wait for the
+            # next run() or iteration
+            self._backlog = [LogPacket(b, k) for k in range(o, end, NF)] + self._backlog
+            raise
+        if error is not None:
+            raise error
+        return n
+
+    def _dispatch_list(self, handler: Callable[[LogPacket], Any], pkts: List[LogPacket]) -> int:
         error: Optional[BaseException] = None
         k = 0
         try:
@@ -419,8 +469,6 @@ class NfLog(Channel):
                     if error is None:
                         error = e
         except BaseException:
-            # Ctrl-C and the like: the packets not yet handled wait for the
-            # next run() or iteration
             self._backlog = pkts[k + 1:] + self._backlog
             raise
         if error is not None:

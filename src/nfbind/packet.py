@@ -28,15 +28,48 @@ _U16 = struct.Struct(">H")
 _NLA = struct.Struct("=HH")
 _NLA_TYPE_MASK = lib.NLA_TYPE_MASK
 
+# Record indices and presence bits as module globals: a cffi ``lib.X`` lookup
+# costs more than the memoryview read it would guard.
+_F_HOOK = lib.NFB_F_HOOK
+_F_HWPROTO = lib.NFB_F_HWPROTO
+_F_FAMILY = lib.NFB_F_FAMILY
+_F_PAYLOAD_OFF = lib.NFB_F_PAYLOAD_OFF
+_F_PAYLOAD_LEN = lib.NFB_F_PAYLOAD_LEN
+_F_CAPLEN = lib.NFB_F_CAPLEN
+_F_SECCTX_OFF = lib.NFB_F_SECCTX_OFF
+_F_SECCTX_LEN = lib.NFB_F_SECCTX_LEN
+_F_TS_SEC_HI = lib.NFB_F_TS_SEC_HI
+_F_TS_SEC_LO = lib.NFB_F_TS_SEC_LO
+_F_TS_USEC = lib.NFB_F_TS_USEC
+_F_VLAN_PROTO = lib.NFB_F_VLAN_PROTO
+_F_VLAN_TCI = lib.NFB_F_VLAN_TCI
+_F_CTINFO = lib.NFB_F_CTINFO
+_F_CT_OFF = lib.NFB_F_CT_OFF
+_F_CT_LEN = lib.NFB_F_CT_LEN
+_A_PAYLOAD = lib.NFB_A_PAYLOAD
+_A_CAPLEN = lib.NFB_A_CAPLEN
+_A_SECCTX = lib.NFB_A_SECCTX
+_A_TIMESTAMP = lib.NFB_A_TIMESTAMP
+_A_VLAN = lib.NFB_A_VLAN
+_A_CTINFO = lib.NFB_A_CTINFO
+_A_CT = lib.NFB_A_CT
+_NFPROTO_ARP = lib.NFPROTO_ARP
+_HOOKS = {int(h): h for h in Hook}
+_ARP_HOOKS = {int(h): h for h in ArpHook}
+_FAMILIES = {int(f): f for f in Family}
+_CTINFOS = {int(c): c for c in CtInfo}
+
 
 class Batch:
-    """One receive batch: the raw messages and the parsed records."""
+    """One receive batch: the raw messages, the parsed records, and the
+    channel they came from."""
 
-    __slots__ = ("data", "recs")
+    __slots__ = ("data", "recs", "ch")
 
-    def __init__(self, data: bytes, recs: memoryview) -> None:
+    def __init__(self, data: bytes, recs: memoryview, ch: Any) -> None:
         self.data = data
         self.recs = recs
+        self.ch = ch
 
 
 class Vlan(NamedTuple):
@@ -151,7 +184,7 @@ def _name(index: int, bit: int, doc: str) -> property:
         r = self._b.recs
         o = self._o
         if r[o + _F_ATTRS] & bit:
-            return self._ch._ifname(r[o + index])
+            return self._b.ch._ifname(r[o + index])
         return None
 
     get.__doc__ = doc
@@ -186,9 +219,8 @@ class PacketBase:
     read from the batch record on access.
     """
 
-    __slots__ = ("_ch", "_b", "_o", "_ct")
+    __slots__ = ("_b", "_o", "_ct")
 
-    _ch: Any
     _b: Batch
     _o: int
     _ct: Optional[CtSummary]
@@ -200,27 +232,20 @@ class PacketBase:
         """The netfilter hook: a :class:`Hook`, or an :class:`ArpHook` for
         ARP-family packets."""
         r = self._b.recs
-        v = r[self._o + lib.NFB_F_HOOK]
-        try:
-            if r[self._o + lib.NFB_F_FAMILY] == lib.NFPROTO_ARP:
-                return ArpHook(v)
-            return Hook(v)
-        except ValueError:
-            return v
+        v = r[self._o + _F_HOOK]
+        table = _ARP_HOOKS if r[self._o + _F_FAMILY] == _NFPROTO_ARP else _HOOKS
+        return table.get(v, v)
 
     @property
     def hw_protocol(self) -> int:
         """The link-layer protocol (EtherType), e.g. 0x0800 for IPv4."""
-        return self._b.recs[self._o + lib.NFB_F_HWPROTO]
+        return self._b.recs[self._o + _F_HWPROTO]
 
     @property
     def family(self) -> int:
         """The protocol family (:class:`Family`): IPV4, IPV6, BRIDGE ..."""
-        v = self._b.recs[self._o + lib.NFB_F_FAMILY]
-        try:
-            return Family(v)
-        except ValueError:
-            return v
+        v = self._b.recs[self._o + _F_FAMILY]
+        return _FAMILIES.get(v, v)
 
     # -- payload ----------------------------------------------------------------
 
@@ -230,9 +255,9 @@ class PacketBase:
         (``b""`` when the copy mode sends none)."""
         r = self._b.recs
         o = self._o
-        if r[o + _F_ATTRS] & lib.NFB_A_PAYLOAD:
-            start = r[o + lib.NFB_F_PAYLOAD_OFF]
-            return self._b.data[start : start + r[o + lib.NFB_F_PAYLOAD_LEN]]
+        if r[o + _F_ATTRS] & _A_PAYLOAD:
+            start = r[o + _F_PAYLOAD_OFF]
+            return self._b.data[start : start + r[o + _F_PAYLOAD_LEN]]
         return b""
 
     @property
@@ -240,7 +265,7 @@ class PacketBase:
         """``len(pkt.payload)`` without copying it."""
         r = self._b.recs
         o = self._o
-        return r[o + lib.NFB_F_PAYLOAD_LEN] if r[o + _F_ATTRS] & lib.NFB_A_PAYLOAD else 0
+        return r[o + _F_PAYLOAD_LEN] if r[o + _F_ATTRS] & _A_PAYLOAD else 0
 
     @property
     def cap_len(self) -> int:
@@ -248,9 +273,10 @@ class PacketBase:
         copied; 0 with ``CopyMode.META``, where the kernel sends no length."""
         r = self._b.recs
         o = self._o
-        if r[o + _F_ATTRS] & lib.NFB_A_CAPLEN:
-            return r[o + lib.NFB_F_CAPLEN]
-        return self.payload_len
+        a = r[o + _F_ATTRS]
+        if a & _A_CAPLEN:
+            return r[o + _F_CAPLEN]
+        return r[o + _F_PAYLOAD_LEN] if a & _A_PAYLOAD else 0
 
     @property
     def truncated(self) -> bool:
@@ -291,9 +317,9 @@ class PacketBase:
         """The security context (SELinux/Smack label), or None."""
         r = self._b.recs
         o = self._o
-        if r[o + _F_ATTRS] & lib.NFB_A_SECCTX:
-            start = r[o + lib.NFB_F_SECCTX_OFF]
-            raw = self._b.data[start : start + r[o + lib.NFB_F_SECCTX_LEN]]
+        if r[o + _F_ATTRS] & _A_SECCTX:
+            start = r[o + _F_SECCTX_OFF]
+            raw = self._b.data[start : start + r[o + _F_SECCTX_LEN]]
             return raw.decode("utf-8", "replace")
         return None
 
@@ -303,9 +329,8 @@ class PacketBase:
         packets only on input hooks)."""
         r = self._b.recs
         o = self._o
-        if r[o + _F_ATTRS] & lib.NFB_A_TIMESTAMP:
-            sec = (r[o + lib.NFB_F_TS_SEC_HI] << 32) | r[o + lib.NFB_F_TS_SEC_LO]
-            return sec + r[o + lib.NFB_F_TS_USEC] / 1e6
+        if r[o + _F_ATTRS] & _A_TIMESTAMP:
+            return ((r[o + _F_TS_SEC_HI] << 32) | r[o + _F_TS_SEC_LO]) + r[o + _F_TS_USEC] / 1e6
         return None
 
     @property
@@ -313,8 +338,8 @@ class PacketBase:
         """The 802.1Q tag the packet carried, or None."""
         r = self._b.recs
         o = self._o
-        if r[o + _F_ATTRS] & lib.NFB_A_VLAN:
-            return Vlan(r[o + lib.NFB_F_VLAN_PROTO], r[o + lib.NFB_F_VLAN_TCI])
+        if r[o + _F_ATTRS] & _A_VLAN:
+            return Vlan(r[o + _F_VLAN_PROTO], r[o + _F_VLAN_TCI])
         return None
 
     @property
@@ -322,12 +347,9 @@ class PacketBase:
         """How the packet relates to its connection (:class:`CtInfo`), or None."""
         r = self._b.recs
         o = self._o
-        if r[o + _F_ATTRS] & lib.NFB_A_CTINFO:
-            v = r[o + lib.NFB_F_CTINFO]
-            try:
-                return CtInfo(v)
-            except ValueError:
-                return v
+        if r[o + _F_ATTRS] & _A_CTINFO:
+            v = r[o + _F_CTINFO]
+            return _CTINFOS.get(v, v)
         return None
 
     @property
@@ -349,10 +371,10 @@ class PacketBase:
         r = self._b.recs
         o = self._o
         ct: Optional[CtSummary] = None
-        if r[o + _F_ATTRS] & lib.NFB_A_CT:
-            ct = parse_ct(self._b.data, r[o + lib.NFB_F_CT_OFF], r[o + lib.NFB_F_CT_LEN])
-        elif self._ch._ct_fallback and r[o + _F_ATTRS] & lib.NFB_A_PAYLOAD:
-            ct = self._ch._ct_lookup(self.payload)
+        if r[o + _F_ATTRS] & _A_CT:
+            ct = parse_ct(self._b.data, r[o + _F_CT_OFF], r[o + _F_CT_LEN])
+        elif self._b.ch._ct_fallback and r[o + _F_ATTRS] & _A_PAYLOAD:
+            ct = self._b.ch._ct_lookup(self.payload)
         self._ct = ct
         return ct
 
@@ -361,7 +383,7 @@ class PacketBase:
 
         Raises ImportError naming the extra to install when scapy is missing.
         """
-        return scapy_payload(self.payload, self._b.recs[self._o + lib.NFB_F_FAMILY],
+        return scapy_payload(self.payload, self._b.recs[self._o + _F_FAMILY],
                              self.hw_protocol)
 
     def _repr_fields(self) -> str:

@@ -157,8 +157,7 @@ class Packet(PacketBase):
 
     id: int
 
-    def __init__(self, q: "NfQueue", b: Batch, o: int, pid: int) -> None:
-        self._ch = q
+    def __init__(self, b: Batch, o: int, pid: int) -> None:
         self._b = b
         self._o = o
         self.id = pid
@@ -222,18 +221,18 @@ class Packet(PacketBase):
         are sent as given; a scapy packet gets its lengths and checksums
         recomputed.  Raises VerdictError, ValueError, TypeError, NetlinkError.
         """
-        self._ch._verdict(self, lib.NF_ACCEPT, mark, connmark, payload)
+        self._b.ch._verdict(self, lib.NF_ACCEPT, mark, connmark, payload)
 
     def drop(self) -> None:
         """Drop the packet."""
-        self._ch._verdict(self, lib.NF_DROP, None, None, None)
+        self._b.ch._verdict(self, lib.NF_DROP, None, None, None)
 
     def repeat(self, mark: Optional[int] = None) -> None:
         """Send the packet through the same hook again, from its first rule.
 
         Set a ``mark`` that a rule before the NFQUEUE one matches, or it
         comes straight back."""
-        self._ch._verdict(self, lib.NF_REPEAT, mark, None, None)
+        self._b.ch._verdict(self, lib.NF_REPEAT, mark, None, None)
 
     def queue(self, num: int, *, bypass: bool = False) -> None:
         """Hand the packet to queue ``num``.  With ``bypass`` the packet is
@@ -242,7 +241,7 @@ class Packet(PacketBase):
         v = lib.NF_QUEUE | (num << lib.NF_VERDICT_QBITS)
         if bypass:
             v |= lib.NF_VERDICT_FLAG_QUEUE_BYPASS
-        self._ch._verdict(self, v, None, None, None)
+        self._b.ch._verdict(self, v, None, None, None)
 
     def verdict(self, verdict: Union[Verdict, int], mark: Optional[int] = None,
                 connmark: Optional[int] = None, payload: Any = None) -> None:
@@ -254,7 +253,7 @@ class Packet(PacketBase):
                 "verdict must be Verdict.ACCEPT, DROP, REPEAT or STOP (use "
                 "pkt.queue(num) to queue), got %r" % (verdict,)
             )
-        self._ch._verdict(self, v, mark, connmark, payload)
+        self._b.ch._verdict(self, v, mark, connmark, payload)
 
     def __repr__(self) -> str:
         return "<nfbind.Packet id=%d %s%s>" % (
@@ -604,7 +603,7 @@ class NfQueue(Channel):
             if c.rx.async_errors != self._seen_async:
                 self._warn_async(c)
             b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
-                      memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"))
+                      memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"), self)
             self._npackets += n
             return self._dispatch(handler, b, n)
 
@@ -615,6 +614,7 @@ class NfQueue(Channel):
         older = 1 if pending else 0
         floor = self._floor
         plain = _PLAIN
+        new = object.__new__
         error: Optional[BaseException] = None
         self._cur_batch = b
         self._cur_vbuf = vbuf
@@ -627,7 +627,11 @@ class NfQueue(Channel):
                 if pid <= floor:
                     vbuf[i] = _V_DONE
                     continue
-                p = Packet(self, b, o, pid)
+                p = new(Packet)
+                p._b = b
+                p._o = o
+                p.id = pid
+                p._state = _OPEN
                 try:
                     v = handler(p)
                 except Exception as e:
@@ -670,7 +674,7 @@ class NfQueue(Channel):
                 o = j * NF
                 pid = recs[o + _F_ID]
                 if pid > floor:
-                    p = Packet(self, b, o, pid)
+                    p = Packet(b, o, pid)
                     pending[pid] = p
                     self._backlog.append(p)
         finally:
