@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""NFLOG throughput: nfbind vs. a plain C consumer, side by side.
+
+Run as root:
+
+    python benchmarks/bench_nflog.py [--packets 200000] [--rounds 5]
+                                     [--size 100] [--impl both|c|nfbind]
+                                     [--fields prefix,payload_len,...] [--json]
+
+Each round runs every implementation once (interleaved: c, nfbind, c, ...).
+One run:
+
+1. a throw-away network namespace is created, ``lo`` brought up, and
+   ``iptables -A INPUT -p udp --dport PORT -j NFLOG --nflog-group G
+   --nflog-threshold 1 --nflog-prefix nfb-bench`` added;
+2. a UDP receiver (``bin/nfb_udp recv``) binds 127.0.0.1:PORT, so that the
+   sender's datagrams have somewhere to go (it is not part of the
+   measurement and keeps running);
+3. the consumer (``bin/nflog_ref`` or ``nflog_nfbind.py``) binds the log
+   group with a receive buffer big enough for all N messages and prints
+   READY; the driver finds its netlink socket (by inode, in the namespace's
+   /proc/net/netlink) and checks that it is the group's peer
+   (/proc/net/netfilter/nfnetlink_log); then the consumer is SIGSTOPped;
+4. ``bin/nfb_udp send`` sends N datagrams of SIZE payload bytes; logging
+   copies them, so nothing waits for the consumer.  Before the consumer
+   goes on, the rule's packet counter must be N, the kernel must hold no
+   unsent batch for the group, and the consumer's socket must hold the
+   messages (Rmem > 0, stable) with no drop (Drops 0);
+5. the consumer is SIGCONTed; it reads the N messages and prints its own
+   timing (first packet received -> N-th packet handled), its count, and
+   whether it saw ENOBUFS / overruns or more than N packets.
+
+The namespace is always deleted and only processes started here are killed.
+The result per round is the ratio nfbind pps / C pps; the summary is the
+median over rounds of each rate and of that per-round ratio.  Exit status is
+non-zero if any run failed or any message went missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+# the process, build and /proc helpers are the NFQUEUE driver's
+from bench_nfqueue import (  # noqa: E402
+    Proc, RunError, _build, _exe_name, _run, _wait_stopped,
+)
+from nflog_nfbind import ALL_FIELDS, parse_fields  # noqa: E402
+
+NFLOG_PROC = "/proc/net/netfilter/nfnetlink_log"
+NETLINK_PROC = "/proc/net/netlink"
+NETLINK_NETFILTER = 12
+
+GROUP = 7
+PORT = 9999
+PREFIX = "nfb-bench"
+RCVBUF_MAX = 1 << 30             # the largest request (nfbind's limit too)
+READY_TIMEOUT = 30.0             # python startup + import may be slow-ish
+IDLE_SECONDS = 3                 # consumers give up this long after the last packet
+
+_ns_counter = 0
+
+
+# --------------------------------------------------------------------------
+# finding nfbind
+
+
+def _probe_python(py: str, env: dict[str, str]) -> str | None:
+    code = "import nfbind; nfbind.NfLog; nfbind.CopyMode; print(nfbind.__file__)"
+    try:
+        r = subprocess.run([py, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def find_nfbind_python(override: str | None) -> tuple[str, dict[str, str], str]:
+    """(python, env, nfbind.__file__) for running the nfbind consumer."""
+    src = os.path.join(REPO, "src")
+    base = dict(os.environ)
+    base.pop("PYTHONPATH", None)
+    with_src = dict(base, PYTHONPATH=src)
+    venv_py = os.path.join(REPO, ".venv", "bin", "python")
+    if override:
+        cands = [(override, base), (override, with_src)]
+    else:
+        cands = []
+        if os.path.exists(venv_py):
+            cands += [(venv_py, base), (venv_py, with_src)]
+        cands.append((sys.executable, with_src))
+    tried = []
+    for py, env in cands:
+        where = _probe_python(py, env)
+        if where:
+            return py, env, where
+        tried.append(py + (" (PYTHONPATH=src)" if "PYTHONPATH" in env else ""))
+    sys.exit("bench: cannot import nfbind.NfLog with any of: " + ", ".join(tried)
+             + "\n(build it with: cd %s && python build_ffi.py)" % REPO)
+
+
+# --------------------------------------------------------------------------
+# what the kernel says
+
+
+def group_peer(ns: str) -> dict | None:
+    """Our group's line in the namespace's nfnetlink_log, or None.
+
+    Columns: group, peer portid, messages batched but not yet sent, copy mode,
+    copy range, flush timeout, use count."""
+    text = _run(["ip", "netns", "exec", ns, "cat", NFLOG_PROC])
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 7 and f[0] == str(GROUP):
+            return {"group": int(f[0]), "peer_portid": int(f[1]), "qlen": int(f[2]),
+                    "copy_mode": int(f[3]), "copy_range": int(f[4])}
+    return None
+
+
+def netlink_socket(ns: str, inode: int) -> dict | None:
+    """The namespace's /proc/net/netlink line of the socket with this inode."""
+    text = _run(["ip", "netns", "exec", ns, "cat", NETLINK_PROC])
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        if len(f) >= 10 and f[9] == str(inode):
+            return {"protocol": int(f[1]), "portid": int(f[2]), "rmem": int(f[4]),
+                    "drops": int(f[8]), "inode": int(f[9])}
+    return None
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process pid has open."""
+    out = set()
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError as e:
+        raise RunError(f"cannot list the consumer's descriptors: {e}") from e
+    for fd in fds:
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
+def rule_packets(ns: str) -> int:
+    """The packet counter of our NFLOG rule."""
+    text = _run(["ip", "netns", "exec", ns, "iptables", "-w", "-L", "INPUT",
+                 "-v", "-x", "-n"])
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 3 and f[2] == "NFLOG" and f"nflog-group {GROUP}" in line:
+            return int(f[0])
+    raise RunError("the NFLOG rule is missing from INPUT:\n" + text)
+
+
+# --------------------------------------------------------------------------
+# one run
+
+
+def default_rcvbuf(npackets: int, size: int) -> int:
+    """Receive buffer to request: about 1 KiB + 2 x SIZE per message, which
+    the kernel doubles.  A message of a 100-byte datagram takes ~830 bytes
+    of the buffer (skb truesize), so this leaves more than 2x headroom."""
+    return max(64 << 20, min(RCVBUF_MAX, npackets * (1024 + 2 * size)))
+
+
+def run_one(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
+            env: dict[str, str] | None, udp_tool: str, npackets: int, size: int,
+            rcvbuf: int, cpu: int | None, verbose: bool) -> dict:
+    global _ns_counter
+    _ns_counter += 1
+    ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
+    procs: list[Proc] = []
+    result: dict = {"impl": impl, "ok": False}
+    consumer_timeout = 60 + npackets // 10000
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(f"  [{impl} {ns}] {msg}", file=sys.stderr, flush=True)
+
+    _run(["ip", "netns", "add", ns])
+    try:
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-p", "udp",
+              "--dport", str(PORT), "-j", "NFLOG", "--nflog-group", str(GROUP),
+              "--nflog-threshold", "1", "--nflog-prefix", PREFIX])
+
+        recv = Proc("receiver", ["ip", "netns", "exec", ns, udp_tool, "recv",
+                                 str(PORT), str(npackets), str(consumer_timeout + 60)])
+        procs.append(recv)
+        recv.wait_line(b"READY", 10.0)
+
+        cmd = list(consumer_cmd)
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        cons = Proc(impl, ["ip", "netns", "exec", ns, *cmd, str(GROUP), str(npackets),
+                           str(rcvbuf), str(consumer_timeout), str(IDLE_SECONDS),
+                           *consumer_tail], env=env)
+        procs.append(cons)
+        cons.wait_line(b"READY", READY_TIMEOUT)
+        # `ip netns exec` execs the command in place, so the pid is the consumer
+        if _exe_name(cons.p.pid) in ("ip", "taskset"):
+            raise RunError(f"pid {cons.p.pid} is still {_exe_name(cons.p.pid)!r}")
+
+        # the consumer's own socket must be the group's peer
+        peer = group_peer(ns)
+        if peer is None:
+            raise RunError(f"log group {GROUP} is not bound (no line in {NFLOG_PROC})")
+        sock = None
+        for inode in socket_inodes(cons.p.pid):
+            s = netlink_socket(ns, inode)
+            if s and s["protocol"] == NETLINK_NETFILTER and s["portid"] == peer["peer_portid"]:
+                sock = s
+        if sock is None:
+            raise RunError(f"log group {GROUP}'s peer (portid {peer['peer_portid']}) "
+                           f"is not a socket of the {impl} consumer (pid {cons.p.pid})")
+        log(f"consumer ready, socket inode {sock['inode']} portid {sock['portid']}")
+
+        cons.signal(signal.SIGSTOP)
+        _wait_stopped(cons.p.pid)
+
+        t0 = time.monotonic()
+        r = subprocess.run(["ip", "netns", "exec", ns, udp_tool, "send", str(PORT),
+                            str(npackets), str(size)],
+                           capture_output=True, text=True, timeout=60 + npackets // 5000,
+                           check=False)
+        send_secs = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
+        result["sender"] = json.loads(r.stdout.strip().splitlines()[-1])
+        result["send_seconds"] = round(send_secs, 3)
+        log(f"sent {npackets} in {send_secs:.3f} s")
+
+        # every packet logged, the kernel's batch flushed, and the socket's
+        # queue settled (softirq may lag the sender a little)
+        end = time.monotonic() + 10.0
+        prev = None
+        while True:
+            logged = rule_packets(ns)
+            peer = group_peer(ns)
+            s = netlink_socket(ns, sock["inode"])
+            if s is None or peer is None:
+                raise RunError("the consumer's socket or the group vanished while "
+                               "the consumer was stopped")
+            state = (logged, peer["qlen"], s["rmem"], s["drops"])
+            if state == prev and logged >= npackets and peer["qlen"] == 0:
+                break
+            if time.monotonic() > end:
+                break
+            prev = state
+            time.sleep(0.1)
+        result["logged"] = logged
+        result["queued_bytes"] = s["rmem"]
+        result["socket_drops"] = s["drops"]
+        if logged != npackets:
+            raise RunError(f"the NFLOG rule counted {logged} packets, expected {npackets}")
+        if s["drops"] or peer["qlen"] or not s["rmem"]:
+            raise RunError(
+                f"the consumer's socket shows {s['drops']} dropped messages and "
+                f"{s['rmem']} bytes queued, {peer['qlen']} unsent in the kernel"
+                + (" (drops: the receive buffer is too small; raise --rcvbuf or "
+                   "lower --packets)" if s["drops"] else ""))
+        log(f"{logged} logged, {s['rmem']} bytes waiting "
+            f"({s['rmem'] / npackets:.0f} per message), no drops")
+
+        cons.signal(signal.SIGCONT)
+        rc = cons.wait_exit(consumer_timeout + 15)
+        if rc is None:
+            raise RunError(f"{impl} consumer did not exit" + cons.stderr_tail())
+        res = cons.json_line() if rc in (0, 2) else {}
+        if rc != 0:
+            raise RunError(f"{impl} consumer exited {rc} "
+                           f"(handled {res.get('packets', '?')} of {npackets})"
+                           + cons.stderr_tail())
+        result.update(packets=res.get("packets"), seconds=res.get("seconds"),
+                      pps=res.get("pps"))
+        extra = {k: v for k, v in res.items()
+                 if k not in ("impl", "packets", "seconds", "pps")}
+        result["consumer_extra"] = extra
+        log(f"consumer: {res}")
+
+        # the receiver is no part of the measurement: just collect its count
+        rrc = recv.wait_exit(0.5)
+        if rrc is None:
+            recv.signal(signal.SIGTERM)
+            rrc = recv.wait_exit(5.0)
+        if rrc is not None:
+            try:
+                result["udp_received"] = recv.json_line().get("received")
+            except RunError:
+                pass
+
+        problems = []
+        if result["packets"] != npackets:
+            problems.append(f"consumer handled {result['packets']} of {npackets}")
+        lost = extra.get("enobufs", 0) + extra.get("overruns", 0)
+        if lost:
+            problems.append(f"consumer saw {lost} ENOBUFS (messages lost)")
+        if extra.get("extra"):
+            problems.append(f"consumer got {extra['extra']} packets more than {npackets}")
+        # the attributes read must be right: every packet has the prefix, a
+        # timestamp (INPUT hook) and an IPv4+UDP payload of 28 + SIZE bytes
+        fields = extra.get("fields", ALL_FIELDS).split(",")
+        want = {"with_prefix": ("prefix", npackets),
+                "no_timestamp": ("timestamp", 0),
+                "payload_bytes": ("payload_len", npackets * (28 + size))}
+        for key, (field, value) in want.items():
+            if field in fields and extra.get(key) != value:
+                problems.append(f"{key} is {extra.get(key)}, expected {value}")
+        if problems:
+            result["error"] = "; ".join(problems)
+        else:
+            result["ok"] = True
+        return result
+    except RunError as e:
+        result["error"] = str(e)
+        return result
+    except subprocess.TimeoutExpired as e:
+        result["error"] = f"timeout: {e}"
+        return result
+    finally:
+        for p in procs:
+            p.kill()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
+                       timeout=30)
+
+
+# --------------------------------------------------------------------------
+# main
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--packets", type=int, default=200000,
+                    help="packets per run (all logged while the consumer is stopped)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--size", type=int, default=100, help="UDP payload bytes")
+    ap.add_argument("--impl", choices=("both", "c", "nfbind"), default="both")
+    ap.add_argument("--fields", default=ALL_FIELDS,
+                    help="packet fields the nfbind handler reads: a comma-separated "
+                    "subset of %s, or none (default: all four, as the C callback)"
+                    % ALL_FIELDS)
+    ap.add_argument("--rcvbuf", type=int,
+                    help="receive buffer to request, bytes (the kernel doubles it; "
+                    "default: 1 KiB + 2 x SIZE per packet, at least 64 MiB, at most 1 GiB)")
+    ap.add_argument("--python", help="interpreter for the nfbind consumer "
+                    "(default: .venv/bin/python if it imports nfbind, else this "
+                    "one with PYTHONPATH=src)")
+    ap.add_argument("--cpu", type=int, help="pin the consumers to this CPU (taskset)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+
+    if os.geteuid() != 0:
+        sys.exit("bench: must run as root (network namespaces, iptables)")
+    if not 1 <= a.packets <= 10_000_000:
+        sys.exit("bench: --packets must be 1..10000000")
+    if not 0 <= a.size <= 65507:
+        sys.exit("bench: --size must be 0..65507")
+    if not 1 <= a.rounds <= 1000:
+        sys.exit("bench: --rounds must be 1..1000")
+    rcvbuf = a.rcvbuf if a.rcvbuf is not None else default_rcvbuf(a.packets, a.size)
+    if not 4096 <= rcvbuf <= RCVBUF_MAX:
+        sys.exit(f"bench: --rcvbuf must be 4096..{RCVBUF_MAX}")
+    try:
+        parse_fields(a.fields)
+    except ValueError as e:
+        sys.exit(f"bench: --fields: {e}")
+    for tool in ("ip", "iptables") + (("taskset",) if a.cpu is not None else ()):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} not found")
+
+    udp_tool = _build("nfb_udp", "nfb_udp.c", [])
+    impls = ["c", "nfbind"] if a.impl == "both" else [a.impl]
+    # impl -> (command, arguments after the common ones, environment)
+    cmds: dict[str, tuple[list[str], list[str], dict[str, str] | None]] = {}
+    info: dict = {"packets": a.packets, "rounds": a.rounds, "size": a.size,
+                  "rcvbuf_request": rcvbuf, "kernel": platform.release(),
+                  "cpus": os.cpu_count(), "cpu_pin": a.cpu}
+    if "c" in impls:
+        cmds["c"] = ([_build("nflog_ref", "nflog_ref.c", ["-lnetfilter_log"])], [], None)
+    if "nfbind" in impls:
+        py, env, where = find_nfbind_python(a.python)
+        cmds["nfbind"] = ([py, os.path.join(HERE, "nflog_nfbind.py")], [a.fields], env)
+        info["python"] = py
+        info["nfbind"] = where
+        info["pythonpath"] = env.get("PYTHONPATH")
+        info["fields"] = a.fields
+
+    if not a.json:
+        print(f"NFLOG throughput: {a.packets} packets x {a.size} B UDP payload, "
+              f"{a.rounds} rounds, kernel {info['kernel']}, {info['cpus']} CPUs, "
+              f"rcvbuf {rcvbuf >> 20} MiB requested")
+        if "nfbind" in info:
+            print(f"nfbind: {info['nfbind']} ({info['python']}), handler reads: "
+                  f"{a.fields}")
+        print(flush=True)
+
+    rounds = []
+    failed = False
+    for r in range(1, a.rounds + 1):
+        row: dict = {"round": r}
+        for impl in impls:
+            cmd, tail, env = cmds[impl]
+            res = run_one(impl, cmd, tail, env, udp_tool, a.packets, a.size, rcvbuf,
+                          a.cpu, a.verbose)
+            row[impl] = res
+            if not res["ok"]:
+                failed = True
+        if len(impls) == 2 and row["c"]["ok"] and row["nfbind"]["ok"]:
+            row["ratio"] = row["nfbind"]["pps"] / row["c"]["pps"]
+        rounds.append(row)
+        if not a.json:
+            parts = [f"round {r}:"]
+            for impl in impls:
+                res = row[impl]
+                if res["ok"]:
+                    parts.append(f"{impl} {_fmt(res['pps'])} pps "
+                                 f"({res['packets']}/{a.packets})")
+                else:
+                    parts.append(f"{impl} FAILED ({res.get('error')})")
+            if "ratio" in row:
+                parts.append(f"ratio {row['ratio']:.3f}")
+            print("  ".join(parts), flush=True)
+
+    def med(impl: str) -> float | None:
+        vals = [row[impl]["pps"] for row in rounds if row[impl]["ok"]]
+        return statistics.median(vals) if vals else None
+
+    summary: dict = {}
+    for impl in impls:
+        summary[f"{impl}_pps_median"] = med(impl)
+    ratios = [row["ratio"] for row in rounds if "ratio" in row]
+    if len(impls) == 2:
+        summary["ratio_median"] = statistics.median(ratios) if ratios else None
+    summary["ok"] = not failed
+
+    if a.json:
+        print(json.dumps({"benchmark": "nflog_throughput", **info,
+                          "rounds_detail": rounds, **summary}, indent=None))
+    else:
+        print()
+        if "nfbind" in impls:
+            print(f"median nfbind: {_fmt(summary['nfbind_pps_median'])} pps")
+        if "c" in impls:
+            print(f"median C:      {_fmt(summary['c_pps_median'])} pps")
+        if len(impls) == 2:
+            rm = summary["ratio_median"]
+            print("median ratio nfbind/C: " + ("-" if rm is None else f"{rm:.3f}")
+                  + f"  (per-round ratios: {', '.join(f'{x:.3f}' for x in ratios)})")
+        if failed:
+            print("SOME RUNS FAILED OR LOST PACKETS", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
