@@ -770,3 +770,34 @@ def test_netns_by_name_path_fd(ns, how):
     finally:
         if fd is not None:
             os.close(fd)
+
+
+# -- leaving an iteration early ------------------------------------------------------------
+
+
+def test_break_out_of_iteration_keeps_the_rest_of_the_batch(ns):
+    """Packets read in the same batch as the one the loop broke on are handed
+    out by the next loop (to run() here), not lost in the kernel queue."""
+    _queue_rule(ns)
+    r, s = _receiver(ns), _sender(ns)
+    payloads = [b"it-%d" % i for i in range(5)]
+    with NfQueue(QNUM, netns=ns.name) as q:
+        _send(s, payloads)
+        deadline = time.monotonic() + 5
+        while _waiting(ns) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (first,) = _collect(q, 1)
+        first.accept()
+        assert q.stats.packets == 5  # the whole batch was read from the socket
+        rest: List[bytes] = []
+
+        def handler(pkt):
+            rest.append(_udp_data(pkt.payload))
+            if len(rest) == 4:
+                q.stop()
+            return Verdict.ACCEPT
+
+        q.run(handler, timeout=2)
+        assert [_udp_data(first.payload)] + rest == payloads
+        assert sorted(_recv(r)) == sorted(payloads)
+        assert q.stats.pending == 0 and _waiting(ns) == 0
