@@ -2,7 +2,7 @@
 #
 #   make demo    NFQUEUE demo in a throw-away network namespace (root)
 #   make test    the whole test suite, unit and integration (root)
-#   make bench   NFQUEUE throughput benchmark (root)
+#   make bench   the throughput benchmarks, nfbind beside C references (root)
 #   make deps    the Debian packages nfbind builds and tests against
 #   make venv    .venv with nfbind installed in editable mode, extras test+scapy
 #   make clean   remove .venv and every build product
@@ -86,6 +86,8 @@ demo: need-root deps venv
 
 bench: need-root deps venv
 	$(VPY) benchmarks/bench_nfqueue.py
+	$(VPY) benchmarks/bench_nflog.py
+	$(VPY) benchmarks/bench_conntrack.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis benchmarks/bin

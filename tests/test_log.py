@@ -14,6 +14,7 @@ import asyncio
 import errno
 import gc
 import json
+import ipaddress
 import os
 import re
 import select
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import pytest
+
+import nfbind
 
 from nfbind import (
     ClosedError,
@@ -876,6 +879,10 @@ def test_conntrack_info(ns):
         entry = _conntrack_entry(ns, port)
         assert ct is not None
         assert ct.id == entry["id"]
+        # the full conntrack Flow, with the connection's own tuple
+        assert isinstance(ct, nfbind.Flow)
+        assert ct.orig.src == ipaddress.ip_address("127.0.0.1") and ct.orig.dport == port
+        assert ct.reply.sport == port
         assert ct.mark == entry["mark"] == 0x2A
         assert ct.proto == socket.IPPROTO_TCP
         assert entry["state"] == "ESTABLISHED" and ct.state == TcpState.ESTABLISHED

@@ -55,7 +55,7 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
     version = _project_version()
     dist = tmp_path / "dist"
 
-    _run([sys.executable, "-m", "build", "--sdist", "--outdir", str(dist), str(ROOT)], ROOT, env)
+    _run([sys.executable, "-m", "build", "--sdist", "--outdir", str(dist), str(ROOT)], tmp_path, env)  # not the repo: a build/ there would shadow the module
     sdists = list(dist.glob("nfbind-*.tar.gz"))
     assert len(sdists) == 1, sdists
     sdist = sdists[0]

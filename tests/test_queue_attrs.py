@@ -9,6 +9,7 @@ does is written next to each assertion.
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import os
 import re
 import socket
@@ -19,6 +20,8 @@ import time
 from typing import Callable, List, Optional
 
 import pytest
+
+import nfbind
 
 from nfbind import CopyMode, CtStatus, Family, Hook, NfQueue, QueueFlag, TcpState, Verdict
 
@@ -743,6 +746,10 @@ def test_conntrack_flow_info_set_and_cleared(ns):
         entry = _conntrack_entry(ns, port)
         assert ct is not None
         assert ct.id == entry["id"]
+        # the full conntrack Flow, with the connection's own tuple
+        assert isinstance(ct, nfbind.Flow)
+        assert ct.orig.src == ipaddress.ip_address("127.0.0.1") and ct.orig.dport == port
+        assert ct.reply.sport == port
         assert ct.mark == entry["mark"] == 0x2A
         assert ct.proto == entry["protonum"] == socket.IPPROTO_TCP
         assert entry["state"] == "ESTABLISHED" and ct.state == TcpState.ESTABLISHED

@@ -4,6 +4,8 @@
 * :class:`NfQueue` — NFQUEUE: decide each packet's fate (accept, drop, mark,
   rewrite).
 * :class:`NfLog` — NFLOG: watch the packets a rule logged.
+* :class:`Conntrack` — the connection tracking table: dump, get, create,
+  update, delete, flush, events, labels, expectations, stats.
 
 Exceptions are in :mod:`nfbind.errors`, enumerations in :mod:`nfbind.enums`.
 """
@@ -21,6 +23,35 @@ from ._channel import OverrunWarning
 from .packet import CtSummary, Vlan
 from .log import LogPacket, LogStats, NfLog
 from .queue import NfQueue, Packet, QueueStats
+
+try:  # absent on a machine without libnetfilter_conntrack
+    from .conntrack import (
+        Conntrack,
+        Counters,
+        CpuStats,
+        CtStats,
+        Endpoint,
+        Event,
+        EventFilter,
+        EventStats,
+        EventStream,
+        Expectation,
+        Flow,
+        LabelMap,
+        Nat,
+        NotFound,
+        Timestamps,
+        Tuple,
+    )
+    from .enums import CtEvent, ExpectFlag, IPProto, SctpState
+
+    _CONNTRACK = [
+        "Conntrack", "Flow", "Tuple", "Event", "EventFilter", "EventStream", "EventStats",
+        "Expectation", "Counters", "Timestamps", "Nat", "Endpoint", "CtStats", "CpuStats",
+        "LabelMap", "NotFound", "CtEvent", "IPProto", "SctpState", "ExpectFlag",
+    ]
+except ImportError:  # pragma: no cover - depends on the machine
+    _CONNTRACK = []
 
 __version__ = "0.1.0"
 
@@ -52,3 +83,4 @@ __all__ = [
     "OverrunWarning",
     "__version__",
 ]
+__all__ += _CONNTRACK

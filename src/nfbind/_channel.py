@@ -240,16 +240,17 @@ class Channel:
         return rc, data
 
     def _ct_lookup(self, payload: bytes) -> Any:
-        """The connection of an L3 packet (a CtSummary), or None when the
-        kernel tracks none (yet)."""
-        from .packet import parse_ct
+        """The connection of an L3 packet (a Flow), or None when the kernel
+        tracks none (yet)."""
+        from .packet import ct_from_attrs
 
         rc, data = self._ct_request(payload, False, 0)
         if rc < 0:
             if rc in (-errno.ENOENT, -errno.EPROTONOSUPPORT, -errno.EINVAL):
                 return None
             raise error_from_errno(-rc, "looking up the connection of a packet")
-        return parse_ct(data, 0, len(data))
+        family = self._lib.NFPROTO_IPV6 if payload[0] >> 4 == 6 else self._lib.NFPROTO_IPV4
+        return ct_from_attrs(data, 0, len(data), family)
 
     def _close_ct(self) -> None:
         with self._ct_lock:

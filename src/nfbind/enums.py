@@ -154,3 +154,69 @@ QueueFlag = _enum(
     },
     "NFQUEUE configuration flags (``NfQueue(fail_open=..., gso=...)``).",
 )
+
+
+# -- conntrack (values from nfbind._conntrack, i.e. libnetfilter_conntrack's and
+#    the kernel's headers); absent on a machine without libnetfilter_conntrack --
+
+try:
+    from ._conntrack import lib as _ct
+except ImportError:  # pragma: no cover - depends on the machine
+    _ct = None
+
+if _ct is not None:
+    CtEvent = _enum(
+        enum.IntFlag,
+        "CtEvent",
+        {"NEW": _ct.NFCT_T_NEW, "UPDATE": _ct.NFCT_T_UPDATE, "DESTROY": _ct.NFCT_T_DESTROY,
+         "ALL": _ct.NFCT_T_ALL},
+        "Conntrack event types (libnetfilter_conntrack's NFCT_T_*): "
+        "``ct.events(CtEvent.NEW | CtEvent.DESTROY)``; ``ALL`` is all three.",
+    )
+
+    IPProto = _enum(
+        enum.IntEnum,
+        "IPProto",
+        {
+            "ICMP": _ct.IPPROTO_ICMP,
+            "TCP": _ct.IPPROTO_TCP,
+            "UDP": _ct.IPPROTO_UDP,
+            "DCCP": _ct.IPPROTO_DCCP,
+            "GRE": _ct.IPPROTO_GRE,
+            "ICMPV6": _ct.IPPROTO_ICMPV6,
+            "SCTP": _ct.IPPROTO_SCTP,
+            "UDPLITE": _ct.IPPROTO_UDPLITE,
+        },
+        "Layer-4 protocols conntrack tracks by name (``flow.proto``); other "
+        "protocol numbers stay plain ints.",
+    )
+
+    SctpState = _enum(
+        enum.IntEnum,
+        "SctpState",
+        {
+            "NONE": _ct.SCTP_CONNTRACK_NONE,
+            "CLOSED": _ct.SCTP_CONNTRACK_CLOSED,
+            "COOKIE_WAIT": _ct.SCTP_CONNTRACK_COOKIE_WAIT,
+            "COOKIE_ECHOED": _ct.SCTP_CONNTRACK_COOKIE_ECHOED,
+            "ESTABLISHED": _ct.SCTP_CONNTRACK_ESTABLISHED,
+            "SHUTDOWN_SENT": _ct.SCTP_CONNTRACK_SHUTDOWN_SENT,
+            "SHUTDOWN_RECD": _ct.SCTP_CONNTRACK_SHUTDOWN_RECD,
+            "SHUTDOWN_ACK_SENT": _ct.SCTP_CONNTRACK_SHUTDOWN_ACK_SENT,
+            "HEARTBEAT_SENT": _ct.SCTP_CONNTRACK_HEARTBEAT_SENT,
+        },
+        "Conntrack's SCTP state machine (``flow.state`` of SCTP flows).",
+    )
+
+    ExpectFlag = _enum(
+        enum.IntFlag,
+        "ExpectFlag",
+        {
+            "PERMANENT": _ct.NF_CT_EXPECT_PERMANENT,
+            "INACTIVE": _ct.NF_CT_EXPECT_INACTIVE,
+            "USERSPACE": _ct.NF_CT_EXPECT_USERSPACE,
+        },
+        "Flags of a conntrack expectation.",
+    )
+
+    __all__ += ["CtEvent", "IPProto", "SctpState", "ExpectFlag"]

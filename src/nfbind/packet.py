@@ -154,6 +154,22 @@ def parse_ct(data: bytes, off: int, length: int) -> CtSummary:
     return CtSummary(ct_id, mark, CtStatus(status), state, zone, timeout, use, proto)
 
 
+def ct_from_attrs(data: bytes, off: int, length: int, family: int) -> Any:
+    """A packet's connection from the nested CTA_* attributes the kernel
+    sends (NFQA_CT, NFULA_CT, or a ctnetlink answer): a full conntrack
+    :class:`~nfbind.Flow` when the conntrack module is installed, else a
+    :class:`CtSummary` (the same id, mark, status, state, zone, timeout, use
+    and proto attributes)."""
+    try:
+        from .conntrack import flow_from_ct_attrs
+    except ImportError:  # pragma: no cover - depends on the machine
+        return parse_ct(data, off, length)
+    try:
+        return flow_from_ct_attrs(data, off, length, family)
+    except ValueError:  # no original tuple: keep what is there
+        return parse_ct(data, off, length)
+
+
 def _field(index: int, bit: int, doc: str) -> property:
     def get(self: "PacketBase") -> Optional[int]:
         r = self._b.recs
@@ -223,7 +239,7 @@ class PacketBase:
 
     _b: Batch
     _o: int
-    _ct: Optional[CtSummary]
+    _ct: Any
 
     # -- header ---------------------------------------------------------------
 
@@ -353,8 +369,9 @@ class PacketBase:
         return None
 
     @property
-    def ct(self) -> Optional[CtSummary]:
-        """The packet's connection (id, mark, status, TCP state ...), or None.
+    def ct(self) -> Any:
+        """The packet's connection: a conntrack :class:`~nfbind.Flow` (id,
+        mark, status, TCP state, tuples, zone, labels ...), or None.
 
         Needs the ``conntrack`` flag.  The kernel attaches it to the packet
         when built with CONFIG_NETFILTER_NETLINK_GLUE_CT; otherwise nfbind
@@ -370,9 +387,10 @@ class PacketBase:
             pass
         r = self._b.recs
         o = self._o
-        ct: Optional[CtSummary] = None
+        ct: Any = None
         if r[o + _F_ATTRS] & _A_CT:
-            ct = parse_ct(self._b.data, r[o + _F_CT_OFF], r[o + _F_CT_LEN])
+            ct = ct_from_attrs(self._b.data, r[o + _F_CT_OFF], r[o + _F_CT_LEN],
+                               r[o + _F_FAMILY])
         elif self._b.ch._ct_fallback and r[o + _F_ATTRS] & _A_PAYLOAD:
             ct = self._b.ch._ct_lookup(self.payload)
         self._ct = ct
