@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-#   make demo    NFQUEUE demo in a throw-away network namespace (root)
+#   make demo    NFLOG, NFQUEUE and conntrack in a throw-away network namespace (root)
 #   make test    the whole test suite, unit and integration (root)
 #   make bench   the throughput benchmarks, nfbind beside C references (root)
+#   make docs    the Sphinx site in docs/_build/html, warnings as errors
 #   make deps    the Debian packages nfbind builds and tests against
 #   make venv    .venv with nfbind installed in editable mode, extras test+scapy
 #   make clean   remove .venv and every build product
@@ -25,7 +26,7 @@ APT_PACKAGES := libnetfilter-log-dev libnetfilter-queue-dev libnetfilter-conntra
 # Everything the compiled modules are built from: a change here rebuilds them.
 BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c)
 
-.PHONY: all deps venv test demo bench clean need-root
+.PHONY: all deps venv test demo bench docs clean need-root
 
 all: test
 
@@ -82,12 +83,17 @@ test: need-root deps venv
 	timeout --signal=INT --kill-after=30 $(TEST_TIMEOUT) $(VPY) -m pytest -q tests
 
 demo: need-root deps venv
-	$(VPY) -m nfbind.demo
+	$(VPY) -m nfbind demo
 
 bench: need-root deps venv
 	$(VPY) benchmarks/bench_nfqueue.py
 	$(VPY) benchmarks/bench_nflog.py
 	$(VPY) benchmarks/bench_conntrack.py
+
+# The Sphinx site, warnings as errors.
+docs: venv
+	$(VPY) -m pip install -q -e '.[docs]'
+	$(VPY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis benchmarks/bin

@@ -1,20 +1,33 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""``python -m nfbind.demo``: NFQUEUE in a throw-away network namespace.
+"""``nfbind demo`` (or ``python -m nfbind.demo``): NFLOG, NFQUEUE and conntrack
+on real traffic, in a throw-away network namespace, in a few seconds.
 
-Needs root.  The demo creates the namespace ``nfbind-demo-<pid>``, queues the
-UDP datagrams to port 9999 with::
+Needs root.  The demo creates the namespace ``nfbind-demo-<pid>`` with these
+rules (all traffic stays on its loopback interface)::
 
+    iptables -A INPUT -m conntrack --ctstate INVALID -j DROP
+    iptables -A INPUT -p tcp --dport 8080 -j NFLOG --nflog-group 5 --nflog-prefix "tcp-8080 "
     iptables -A INPUT -p udp --dport 9999 -j NFQUEUE --queue-num 7
 
-and lets a Python handler decide each one by its first word: ``drop`` is
-dropped, ``mark`` is accepted with mark 7, ``rewrite`` gets a new UDP payload,
-anything else is accepted as it is.  For every datagram it prints the decision
-next to what the receiving socket in the namespace actually got (payload and
-the packet's mark), then the kernel's rule counters.  The namespace and its
-rules are deleted at the end, also on errors and Ctrl-C.
+and shows, each step checking its own result:
+
+1. NFLOG: a TCP connection to port 8080; every logged packet, decoded (by
+   scapy when it is installed), with the rule's prefix.
+2. NFQUEUE: UDP datagrams to port 9999 decided by a Python handler by their
+   first word: ``drop`` is dropped, ``mark`` is accepted with mark 7,
+   ``rewrite`` gets a new payload, anything else is accepted as it is; each
+   decision is shown next to what the receiving socket actually got.
+3. conntrack: the table of flows, a flow's mark updated (read back to check),
+   and the NEW/UPDATE/DESTROY events of new traffic as they happen.
+4. cleanup: the namespace (and with it every rule) is deleted, also on
+   errors, Ctrl-C and SIGTERM.
+
+Exit status: 0 when every step showed what it should, 1 otherwise, 130 when
+interrupted.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import shutil
@@ -26,22 +39,40 @@ import threading
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from . import NfbindError, NfQueue, Verdict
+from . import NfbindError, NfLog, NfQueue, Verdict
 from . import netns as _netns
 from ._lib import lib as _lib
 
 if TYPE_CHECKING:
+    from .conntrack import Conntrack, Event, EventStream, Flow
+    from .enums import CtEvent
+    from .conntrack import Tuple as CtTuple
+    from .log import LogPacket
     from .queue import Packet
 
+LOG_GROUP = 5
+LOG_PORT = 8080
+PREFIX = "tcp-8080 "
 QUEUE_NUM = 7
 PORT = 9999
 MARK = 7
-RULE = ["-p", "udp", "--dport", str(PORT), "-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM)]
+CT_MARK = 42
+EVENT_PORT = 7777  # the UDP flow the events step creates and deletes
+RULES: List[List[str]] = [
+    ["-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"],
+    ["-p", "tcp", "--dport", str(LOG_PORT), "-j", "NFLOG", "--nflog-group", str(LOG_GROUP),
+     "--nflog-prefix", PREFIX],
+    ["-p", "udp", "--dport", str(PORT), "-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM)],
+]
+RULE = RULES[2]  # the NFQUEUE rule (kept for callers of the first version)
 REWRITTEN = b"rewritten by nfbind"
+IO_WAIT = 2.0  # seconds for any one socket operation
 DECIDE_WAIT = 3.0  # seconds for the handler to decide one datagram
 RECV_WAIT = 2.0  # seconds for an accepted datagram to reach the receiver
 DROP_WAIT = 0.3  # seconds to watch for a dropped datagram that arrives anyway
-DEADLINE = 12.0  # seconds for the whole exchange
+LOG_WAIT = 1.0  # seconds to wait for the logged packets
+EVENT_WAIT = 2.0  # seconds to wait for the events of the traffic
+DEADLINE = 12.0  # seconds for the whole NFQUEUE exchange
 
 # What is sent and what the receiver should get: (payload, expected payload or None, mark)
 DATAGRAMS: List[Tuple[bytes, Optional[bytes], int]] = [
@@ -59,9 +90,74 @@ DATAGRAMS: List[Tuple[bytes, Optional[bytes], int]] = [
 SO_RCVMARK = _lib.SO_RCVMARK
 SO_MARK = _lib.SO_MARK
 
+_print_lock = threading.Lock()
+
+
+def say(text: str = "") -> None:
+    """Print a line at once (the event thread prints too)."""
+    with _print_lock:
+        print(text, flush=True)
+
+
+def header(title: str) -> None:
+    say("\n== %s ==" % title)
+
+
+def verdict_line(ok: bool, text: str) -> None:
+    say("%s: %s" % ("ok" if ok else "FAILED", text))
+
 
 def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=10)
+
+
+def _quote(arg: str) -> str:
+    return '"%s"' % arg if (" " in arg or not arg) else arg
+
+
+def _rule_text(rule: List[str]) -> str:
+    return "iptables -A INPUT " + " ".join(_quote(a) for a in rule)
+
+
+# -- packets by hand (for checks, and for the summary without scapy) -----------------------
+
+_TCP_FLAGS = "FSRPAUEC"
+
+
+def _ipv4(payload: bytes) -> Optional[Tuple[int, str, str, bytes]]:
+    """(protocol, source, destination, L4 bytes) of an IPv4 packet, or None."""
+    if len(payload) < 20 or payload[0] >> 4 != 4:
+        return None
+    ihl = (payload[0] & 0x0F) * 4
+    return (payload[9], socket.inet_ntoa(payload[12:16]), socket.inet_ntoa(payload[16:20]),
+            payload[ihl:])
+
+
+def _tcp_flags(l4: bytes) -> str:
+    bits = l4[13] if len(l4) > 13 else 0
+    return "".join(f for i, f in enumerate(_TCP_FLAGS) if bits & (1 << i))
+
+
+def _tcp_data(l4: bytes) -> bytes:
+    return l4[(l4[12] >> 4) * 4:] if len(l4) > 12 else b""
+
+
+def _short_summary(payload: bytes) -> str:
+    """A one-line summary like scapy's, for when scapy is not installed."""
+    ip = _ipv4(payload)
+    if ip is None:
+        return "%d bytes" % len(payload)
+    proto, src, dst, l4 = ip
+    if proto in (6, 17) and len(l4) >= 4:
+        sport, dport = struct.unpack("!HH", l4[:4])
+        text = "IP / %s %s:%d > %s:%d" % ("TCP" if proto == 6 else "UDP", src, sport, dst, dport)
+        if proto == 6:
+            text += " " + _tcp_flags(l4)
+            data = _tcp_data(l4)
+            if data:
+                text += " / Raw %r" % data
+        return text
+    return "IP %s > %s proto %d" % (src, dst, proto)
 
 
 def _udp_payload(ip: bytes) -> bytes:
@@ -76,6 +172,105 @@ def _ipv4_checksum(header: bytes) -> int:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
 
+
+def _have_scapy() -> bool:
+    try:
+        import scapy.layers.inet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _tcp_exchange(ns: str, data: bytes) -> Tuple[int, bytes]:
+    """Connect to 127.0.0.1:LOG_PORT inside ``ns``, send ``data``, close; the
+    client's port and what the server received."""
+    server = _netns.socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    client = _netns.socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    conn = None
+    try:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", LOG_PORT))
+        server.listen(1)
+        server.settimeout(IO_WAIT)
+        client.settimeout(IO_WAIT)
+        client.connect(("127.0.0.1", LOG_PORT))
+        port = client.getsockname()[1]
+        conn, _ = server.accept()
+        conn.settimeout(IO_WAIT)
+        client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        conn.close()
+        return port, got
+    finally:
+        for s in (conn, client, server):
+            if s is not None:
+                s.close()
+
+
+# -- 1. NFLOG ---------------------------------------------------------------------------------
+
+def step_nflog(ns: str) -> bool:
+    header("1. NFLOG: the packets a rule logged, decoded")
+    say("rule:    %s" % _rule_text(RULES[1]))
+    scapy = _have_scapy()
+    message = b"hello over tcp"
+    rows: List[Tuple[str, str, str, str]] = []
+    flags_seen: List[str] = []
+    data_seen: List[bytes] = []
+    prefixes: List[str] = []
+
+    def handler(pkt: "LogPacket") -> None:
+        payload = pkt.payload
+        if scapy:
+            try:
+                summary = pkt.scapy().summary()
+            except Exception as e:  # a decoding failure is shown, not fatal
+                summary = "(scapy: %s) %s" % (e, _short_summary(payload))
+        else:
+            summary = _short_summary(payload)
+        ip = _ipv4(payload)
+        if ip is not None and ip[0] == 6:
+            flags_seen.append(_tcp_flags(ip[3]))
+            data_seen.append(_tcp_data(ip[3]))
+        prefixes.append(pkt.prefix)
+        if scapy and ip is not None and ip[0] == 6 and _tcp_data(ip[3]) and "Raw" in summary:
+            summary += " %r" % _tcp_data(ip[3])[:32]
+        rows.append((str(pkt.group), repr(pkt.prefix), pkt.indev_name or "-", summary))
+        if len(rows) >= 50:
+            log.stop()
+
+    with NfLog(LOG_GROUP, netns=ns) as log:
+        say("traffic: a TCP connection to 127.0.0.1:%d sends %r and closes" % (LOG_PORT, message))
+        port, got = _tcp_exchange(ns, message)
+        log.run(handler, timeout=LOG_WAIT)  # returns once nothing came for LOG_WAIT s
+        if _interrupted.is_set():  # run() absorbs Ctrl-C: the demo must stop all the same
+            raise KeyboardInterrupt
+    say("decoded by %s:" % ("scapy" if scapy else "nfbind's own summary (scapy is not installed)"))
+    table = [("group", "prefix", "in", "packet")] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(3)]
+    for r in table:
+        say("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+    ok = (
+        got == message
+        and len(rows) >= 3
+        and all(p == PREFIX for p in prefixes)
+        and any("S" in f and "A" not in f for f in flags_seen)
+        and message in data_seen
+    )
+    verdict_line(ok, "%d packets logged with prefix %r: the SYN and the data among them"
+                 % (len(rows), PREFIX) if ok else
+                 "expected the SYN and %r with prefix %r among the logged packets"
+                 % (message, PREFIX))
+    return ok
+
+
+# -- 2. NFQUEUE -------------------------------------------------------------------------------
 
 def _rewrite(pkt: "Packet", new: bytes) -> Tuple[object, str]:
     """A copy of the queued packet with a new UDP payload, and how it was made.
@@ -104,7 +299,7 @@ def _rewrite(pkt: "Packet", new: bytes) -> Tuple[object, str]:
     return packet, "(scapy)"
 
 
-class Demo:
+class QueueDemo:
     def __init__(self, name: str) -> None:
         self.name = name
         self.decisions: Dict[bytes, str] = {}
@@ -169,7 +364,11 @@ class Demo:
                 mark = struct.unpack("=I", value[:4])[0]
         return data, mark
 
-    def run(self) -> int:
+    def run(self) -> bool:
+        header("2. NFQUEUE: a Python handler decides each packet")
+        say("rule:    %s" % _rule_text(RULES[2]))
+        say("handler: 'drop ...' is dropped, 'mark ...' gets mark %d, 'rewrite ...' a new "
+            "payload, the rest is accepted" % MARK)
         receiver = _netns.socket(self.name, socket.AF_INET, socket.SOCK_DGRAM)
         sender = _netns.socket(self.name, socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -184,7 +383,7 @@ class Demo:
             receiver.close()
             sender.close()
 
-    def _exchange(self, receiver: socket.socket, sender: socket.socket, marks: bool) -> int:
+    def _exchange(self, receiver: socket.socket, sender: socket.socket, marks: bool) -> bool:
         until = time.monotonic() + DEADLINE
         ok = True
         q = NfQueue(QUEUE_NUM, netns=self.name)
@@ -193,10 +392,11 @@ class Demo:
         thread.start()
         try:
             width = max(len(repr(p)) for p, _, _ in DATAGRAMS)
-            print("\n%-*s  %-30s  %s" % (width, "sent", "handler decided", "receiver got"))
+            dw = len("ACCEPT, rewritten (by hand, no scapy)")
+            say("  %-*s  %-*s  %s" % (width, "sent", dw, "handler decided", "receiver got"))
             for payload, expected, expected_mark in DATAGRAMS:
                 if time.monotonic() >= until or self.queue_error is not None:
-                    print("stopping early: %s" % (self.queue_error or "out of time"))
+                    say("  stopping early: %s" % (self.queue_error or "out of time"))
                     ok = False
                     break
                 sender.sendto(payload, ("127.0.0.1", PORT))
@@ -217,7 +417,7 @@ class Demo:
                     and (mark is None or mark == expected_mark)
                 )
                 ok = ok and good
-                print("%-*s  %-30s  %s%s" % (width, repr(payload), decision, result,
+                say("  %-*s  %-*s  %s%s" % (width, repr(payload), dw, decision, result,
                                               "" if good else "   <-- unexpected"))
         finally:
             q.stop()
@@ -225,40 +425,231 @@ class Demo:
             if thread.is_alive():
                 # A handler that never returns holds the queue; closing it would wait
                 # as long.  The kernel unbinds the queue when this process exits.
-                print("warning: the queue thread did not stop within 5 s; not closing it")
+                say("warning: the queue thread did not stop within 5 s; not closing it")
                 ok = False
             else:
                 q.close()
         if self.queue_error is not None and not isinstance(self.queue_error, KeyboardInterrupt):
-            print("the queue loop failed: %r" % (self.queue_error,))
+            say("the queue loop failed: %r" % (self.queue_error,))
             ok = False
         if not marks:
-            print("(this kernel cannot report marks to the receiver: SO_RCVMARK needs Linux 5.19)")
-        print("\nnfbind handled %d packets on queue %d" % (self.seen, QUEUE_NUM))
+            say("(this kernel cannot report marks to the receiver: SO_RCVMARK needs Linux 5.19)")
         counters = _sh("ip", "netns", "exec", self.name,
-                       "iptables", "-L", "INPUT", "-v", "-n", "-x", check=False)
-        print("\nkernel counters (iptables -L INPUT -v -n -x inside %s):" % self.name)
-        print((counters.stdout or counters.stderr).rstrip())
-        print("\n%s" % ("every datagram got what the handler decided" if ok
-                        else "some datagrams did not get what the handler decided"))
-        return 0 if ok else 1
+                       "iptables", "-w", "-L", "INPUT", "-v", "-n", "-x", check=False)
+        say("kernel counters (iptables -L INPUT -v -n -x):")
+        for line in (counters.stdout or counters.stderr).rstrip().splitlines():
+            say("  " + line.rstrip())
+        verdict_line(ok, "nfbind handled %d packets on queue %d; every datagram got what the "
+                     "handler decided" % (self.seen, QUEUE_NUM) if ok else
+                     "some datagrams did not get what the handler decided")
+        return ok
 
+
+# -- 3. conntrack -----------------------------------------------------------------------------
+
+def _state(flow: "Flow") -> str:
+    state = getattr(flow, "state", None)
+    return "-" if state is None else getattr(state, "name", str(state))
+
+
+def _endpoint(addr: object, port: Optional[int]) -> str:
+    return str(addr) if port is None else "%s:%d" % (addr, port)
+
+
+def _flow_table(flows: List["Flow"]) -> List[str]:
+    rows = [("proto", "source", "destination", "state", "mark", "timeout")]
+    for f in flows:
+        o = f.orig
+        rows.append((getattr(o.proto, "name", str(o.proto)).lower(),
+                     _endpoint(o.src, o.sport), _endpoint(o.dst, o.dport), _state(f),
+                     str(f.mark), "-" if f.timeout is None else str(f.timeout)))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    right = {4, 5}
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w)
+                      for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+
+
+def _conntrack_L(ns: str, *filters: str) -> Optional[str]:
+    """What the `conntrack` tool says about the matching flows, when installed."""
+    if shutil.which("conntrack") is None:
+        return None
+    r = _sh("ip", "netns", "exec", ns, "conntrack", "-L", *filters, check=False)
+    return r.stdout.strip()
+
+
+def step_conntrack(ns: str) -> bool:
+    header("3. conntrack: the flows, a mark update, live events")
+    try:
+        from .conntrack import Conntrack
+    except ImportError as e:
+        say("conntrack support is not built (%s)" % e)
+        verdict_line(False, "no conntrack")
+        return False
+    with Conntrack(netns=ns, timeout=IO_WAIT) as ct:
+        ok_list, tcp_flow = _ct_list(ct)
+        ok_mark = _ct_mark(ns, ct, tcp_flow)
+        ok_events = _ct_events(ns, ct)
+    return ok_list and ok_mark and ok_events
+
+
+def _ct_list(ct: "Conntrack") -> Tuple[bool, Optional["Flow"]]:
+    flows = sorted(ct.dump(), key=lambda f: (int(f.orig.proto), f.orig.dport or 0,
+                                             f.orig.sport or 0))
+    say("flows (ct.dump()), made by the traffic of steps 1 and 2:")
+    for line in _flow_table(flows):
+        say("  " + line)
+    tcp = [f for f in flows if f.orig.proto == socket.IPPROTO_TCP and f.orig.dport == LOG_PORT]
+    udp = [f for f in flows if f.orig.proto == socket.IPPROTO_UDP and f.orig.dport == PORT]
+    ok = bool(tcp and udp)
+    verdict_line(ok, "%d flows, the TCP connection of step 1 and the UDP datagrams of step 2 "
+                 "among them" % len(flows) if ok else
+                 "expected a tcp flow to port %d and a udp flow to port %d" % (LOG_PORT, PORT))
+    return ok, (tcp[0] if tcp else None)
+
+
+def _ct_mark(ns: str, ct: "Conntrack", flow: Optional["Flow"]) -> bool:
+    if flow is None:
+        say("update mark: no flow to update")
+        return False
+    say("update mark: ct.update(flow, mark=%d) on %s" % (CT_MARK, flow.orig))
+    say("  before:  mark=%d" % flow.mark)
+    ct.update(flow, mark=CT_MARK)
+    again = ct.get(flow.orig)
+    say("  after:   mark=%d  (read back with ct.get())" % again.mark)
+    ok = again.mark == CT_MARK
+    line = _conntrack_L(ns, "-p", "tcp", "--dport", str(LOG_PORT), "--mark", str(CT_MARK))
+    if line is not None:
+        say("  conntrack -L -p tcp --dport %d --mark %d:" % (LOG_PORT, CT_MARK))
+        for text in line.splitlines() or ["(nothing)"]:
+            say("    " + text)
+        ok = ok and "mark=%d" % CT_MARK in line
+    verdict_line(ok, "the flow's mark went from %d to %d" % (flow.mark, again.mark)
+                 if ok else "the mark was not updated as asked")
+    return ok
+
+
+def _ct_events(ns: str, ct: "Conntrack") -> bool:
+    from .conntrack import Tuple as CtTuple
+    from .enums import CtEvent
+
+    say("events (ct.events() in a thread, printed as they arrive):")
+    seen: List[Tuple["CtEvent", "Flow"]] = []
+    cond = threading.Condition()
+    t0 = time.monotonic()
+
+    def handler(ev: "Event") -> None:
+        f = ev.flow
+        extra = "" if not f.mark else "  mark=%d" % f.mark
+        say("  %+7.3fs  %-7s  %s  %s%s" % (time.monotonic() - t0, ev.type.name, f.orig,
+                                          _state(f), extra))
+        with cond:
+            seen.append((ev.type, f))
+            cond.notify_all()
+
+    errors: List[BaseException] = []
+
+    def run(stream: "EventStream") -> None:
+        try:
+            stream.run(handler)
+        except BaseException as e:  # reported below
+            errors.append(e)
+            with cond:
+                cond.notify_all()
+
+    stream = ct.events()
+    thread = threading.Thread(target=run, args=(stream,), name="nfbind-demo-events", daemon=True)
+    thread.start()
+    udp_tuple: Optional["CtTuple"] = None
+    try:
+        say("  traffic: a TCP connection to 127.0.0.1:%d" % LOG_PORT)
+        _tcp_exchange(ns, b"events, please")
+        sender = _netns.socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        receiver = _netns.socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            receiver.bind(("127.0.0.1", EVENT_PORT))
+            say("  traffic: a UDP datagram to 127.0.0.1:%d" % EVENT_PORT)
+            sender.sendto(b"one datagram", ("127.0.0.1", EVENT_PORT))
+            sport = sender.getsockname()[1]
+        finally:
+            sender.close()
+            receiver.close()
+        lo = ipaddress.ip_address("127.0.0.1")
+        udp_tuple = CtTuple(lo, lo, socket.IPPROTO_UDP, sport, EVENT_PORT)
+
+        def has(kind: "CtEvent", tup: Optional["CtTuple"] = None) -> bool:
+            return any(t == kind and (tup is None or f.orig == tup) for t, f in seen)
+
+        with cond:  # the flow must be in the table before it can be deleted
+            cond.wait_for(lambda: has(CtEvent.NEW, udp_tuple) or errors, EVENT_WAIT)
+        say("  traffic: ct.delete() the UDP flow %s" % udp_tuple)
+        try:
+            ct.delete(udp_tuple)
+        except NfbindError as e:
+            say("  ct.delete() failed: %s" % e)
+        with cond:
+            cond.wait_for(lambda: has(CtEvent.DESTROY, udp_tuple) or errors, EVENT_WAIT)
+    finally:
+        stream.stop()
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            stream.close()
+    counts = {name: sum(1 for t, _ in seen if t.name == name)
+              for name in ("NEW", "UPDATE", "DESTROY")}
+    if errors:
+        say("  the event loop failed: %r" % (errors[0],))
+    ok = (not errors and not thread.is_alive() and counts["NEW"] >= 2
+          and counts["DESTROY"] + counts["UPDATE"] >= 1
+          and any(t.name == "DESTROY" and f.orig == udp_tuple for t, f in seen))
+    verdict_line(ok, "events: %s" % ", ".join("%s %d" % kv for kv in counts.items())
+                 if ok else "expected NEW events for both flows and the DESTROY of the deleted one"
+                 " (got %s)" % ", ".join("%s %d" % kv for kv in counts.items()))
+    return ok
+
+
+# -- setup, cleanup, main ---------------------------------------------------------------------
 
 def _setup(name: str) -> None:
     _sh("ip", "netns", "add", name)
     _sh("ip", "-n", name, "link", "set", "lo", "up")
-    _sh("ip", "netns", "exec", name, "iptables", "-A", "INPUT", *RULE)
+    for rule in RULES:
+        _sh("ip", "netns", "exec", name, "iptables", "-w", "-A", "INPUT", *rule)
 
 
-def _cleanup(name: str) -> None:
-    if os.path.exists(os.path.join(_netns.NETNS_RUN_DIR, name)):
-        _sh("ip", "netns", "delete", name, check=False)
-        print("removed network namespace %s" % name)
+def _cleanup(name: str) -> bool:
+    """Delete the namespace (and its rules) and say so; True when it is gone."""
+    path = os.path.join(_netns.NETNS_RUN_DIR, name)
+    if not os.path.exists(path):
+        return True
+    r = _sh("ip", "netns", "delete", name, check=False)
+    gone = not os.path.exists(path)
+    if gone:
+        say("removed network namespace %s (its rules, queue and flows went with it)" % name)
+    else:
+        say("could not remove network namespace %s: %s" % (name, r.stderr.strip()))
+    return gone
+
+
+_interrupted = threading.Event()
 
 
 def _terminate(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `timeout` signals twice
+    _interrupted.set()
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `timeout` signals twice
     raise KeyboardInterrupt
+
+
+def _steps(name: str) -> Dict[str, bool]:
+    results: Dict[str, bool] = {}
+    for label, step in (("NFLOG", step_nflog),
+                        ("NFQUEUE", lambda ns: QueueDemo(ns).run()),
+                        ("conntrack", step_conntrack)):
+        try:
+            results[label] = step(name)
+        except (NfbindError, OSError) as e:  # one broken step does not hide the others
+            say("%s step failed: %s" % (label, e))
+            results[label] = False
+    return results
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -267,6 +658,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
+    if argv:
+        print("nfbind demo: takes no arguments (got %s); see --help" % " ".join(argv),
+              file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("nfbind demo: needs root (it creates a network namespace and iptables rules;\n"
               "NFQUEUE needs CAP_NET_ADMIN). Run: sudo %s -m nfbind.demo" % sys.executable,
@@ -280,38 +675,48 @@ def main(argv: Optional[List[str]] = None) -> int:
     # `kill` and `timeout` end the demo like Ctrl-C: through the cleanup below.
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
-        old_int = signal.getsignal(signal.SIGINT)
+        old_int = signal.signal(signal.SIGINT, _terminate)
         old_term = signal.signal(signal.SIGTERM, _terminate)
-    try:  # the first import takes a while: not while a packet waits for its verdict
-        import scapy.layers.inet  # noqa: F401
-    except ImportError:
-        pass
+    _interrupted.clear()
+    _have_scapy()  # the first import takes a while: not while a packet waits for its verdict
+    started = time.monotonic()
     name = "nfbind-demo-%d" % os.getpid()
-    print("network namespace %s, rule: iptables -A INPUT %s" % (name, " ".join(RULE)))
+    say("nfbind demo: network namespace %s, deleted at the end; its rules:" % name)
+    for rule in RULES:
+        say("  " + _rule_text(rule))
+    results: Dict[str, bool] = {}
+    status: Optional[int] = None
     try:
         _setup(name)
-        return Demo(name).run()
+        results = _steps(name)
     except subprocess.CalledProcessError as e:
-        print("nfbind demo: `%s` failed: %s" % (" ".join(e.cmd), (e.stderr or "").strip()),
-              file=sys.stderr)
-        return 1
-    except NfbindError as e:
-        print("nfbind demo: %s" % e, file=sys.stderr)
-        return 1
+        say("nfbind demo: `%s` failed: %s" % (" ".join(e.cmd), (e.stderr or "").strip()))
+        status = 1
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+        say("\ninterrupted")
+        status = 130
     finally:
         # Nothing may interrupt the cleanup: it is short and bounded by its timeouts.
         if in_main_thread:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            _cleanup(name)
+            header("4. cleanup")
+            results["cleanup"] = _cleanup(name)
+            verdict_line(results["cleanup"], "no namespace left behind" if results["cleanup"]
+                         else "namespace %s is still there: ip netns delete %s" % (name, name))
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGINT, old_int)
                 signal.signal(signal.SIGTERM, old_term)
+    if status is not None:
+        return status
+    good = sum(results.values())
+    say("\n%s (%d of %d steps, %.1f s)" % (
+        "every step showed what it should" if good == len(results) else
+        "FAILED: " + ", ".join(k for k, v in results.items() if not v),
+        good, len(results), time.monotonic() - started))
+    return 0 if good == len(results) else 1
 
 
 if __name__ == "__main__":

@@ -261,9 +261,6 @@ class Packet(PacketBase):
 
 
 class NfQueue(Channel):
-    _ffi = ffi
-    _lib = lib
-
     """A netlink socket bound to one NFQUEUE queue.
 
     Args:
@@ -294,6 +291,9 @@ class NfQueue(Channel):
         NetlinkError: any other refusal from the kernel.
         FileNotFoundError: ``netns`` does not exist.
     """
+
+    _ffi = ffi
+    _lib = lib
 
     def __init__(
         self,
