@@ -801,3 +801,28 @@ def test_break_out_of_iteration_keeps_the_rest_of_the_batch(ns):
         assert [_udp_data(first.payload)] + rest == payloads
         assert sorted(_recv(r)) == sorted(payloads)
         assert q.stats.pending == 0 and _waiting(ns) == 0
+
+
+def test_mixed_plain_and_marked_verdicts_keep_the_order(ns):
+    """A verdict with a mark does not overtake the plain verdicts given before
+    it in the same batch: the kernel reinjects the packets in call order."""
+    _queue_rule(ns)
+    r, s = _receiver(ns), _sender(ns)
+    payloads = [b"order-%d" % i for i in range(8)]
+    with NfQueue(QNUM, netns=ns.name) as q:
+        _send(s, payloads)
+        deadline = time.monotonic() + 5
+        while _waiting(ns) < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen = []
+
+        def handler(pkt):
+            seen.append(pkt.id)
+            if len(seen) % 2 == 0:
+                pkt.accept(mark=7)
+                return None
+            return Verdict.ACCEPT
+
+        q.run(handler, timeout=0.5)
+        assert len(seen) == len(payloads)  # all were queued before run(): one batch
+        assert _recv(r) == payloads

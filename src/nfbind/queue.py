@@ -353,6 +353,7 @@ class NfQueue(Channel):
         self._max_id = 0
         self._cur_batch: Optional[Batch] = None
         self._cur_vbuf: Optional[array] = None
+        self._cur_older = 0
         self._dispatch_thread: Optional[int] = None
         self._close_pending = False
         self._send_lock = threading.RLock()
@@ -618,6 +619,7 @@ class NfQueue(Channel):
         error: Optional[BaseException] = None
         self._cur_batch = b
         self._cur_vbuf = vbuf
+        self._cur_older = older
         self._dispatch_thread = threading.get_ident()
         i = 0
         try:
@@ -767,6 +769,7 @@ class NfQueue(Channel):
             if not vflags:
                 self._cur_vbuf[i] = v
                 return
+            self._flush_before(i)  # keep the kernel's reinjection in call order
             self._cur_vbuf[i] = _V_DONE
             rc = lib.nfb_q_put_verdict(self._c, p.id, v, vflags, m, cm,
                                        data if data is not None else ffi.NULL,
@@ -790,6 +793,22 @@ class NfQueue(Channel):
                 self._apply_connmarks()
         if rc < 0:
             raise error_from_errno(-rc, "sending the verdict of packet %d" % p.id)
+
+    def _flush_before(self, i: int) -> None:
+        """Buffer the plain verdicts already given to packets 0..i-1 of the
+        current batch, so that a verdict with a mark or payload does not
+        overtake them."""
+        vbuf = self._cur_vbuf
+        assert vbuf is not None
+        if i == 0:
+            return
+        rc = lib.nfb_q_put_verdicts(self._c, ffi.from_buffer("int64_t[]", vbuf), i,
+                                    self._cur_older)
+        if rc < 0:
+            raise error_from_errno(-rc, "sending verdicts to queue %d" % self.queue_num)
+        for k in range(i):
+            if vbuf[k] >= 0:
+                vbuf[k] = _V_DONE
 
     def verdict_batch(self, up_to_id: int, verdict: Union[Verdict, int] = Verdict.ACCEPT,
                       mark: Optional[int] = None) -> int:
