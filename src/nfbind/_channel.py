@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable, Deque, Iterator, Optional
 
 from ._lib import lib
 from . import netns as _netns
-from .errors import ClosedError, Overrun, error_from_errno
+from .errors import ClosedError, NetlinkError, Overrun, error_from_errno
 
 __all__ = ["Channel", "OverrunWarning", "ON_OVERRUN"]
 
@@ -90,6 +90,23 @@ def check_int(name: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ValueError("%s must be in %d..%d, got %d" % (name, lo, hi, value))
     return int(value)
+
+
+def config_error(err: int, what: str, *, binding: bool, flags: bool,
+                 busy_hint: str) -> NetlinkError:
+    """The exception for a refused NFQUEUE/NFLOG configuration step.
+
+    A bind refused with EPERM (EBUSY: bound by this very socket) means no
+    CAP_NET_ADMIN or another owner: ``error_from_errno`` tells them apart;
+    EOPNOTSUPP on the flags step means this kernel lacks one of them.
+    """
+    if err == errno.EBUSY:
+        err = errno.EPERM
+    if binding:
+        return error_from_errno(err, what, busy_hint=busy_hint)
+    if flags and err == errno.EOPNOTSUPP:
+        return NetlinkError(err, what, "this kernel does not support one of the flags")
+    return error_from_errno(err, what)
 
 
 class Channel:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import errno
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from ._channel import Channel, check_int
+from ._channel import Channel, check_int, config_error
 from ._nflog import ffi, lib
 from . import netns as _netns
 from .enums import CopyMode, Family
 from .errors import NetlinkError, error_from_errno
-from .packet import NF, Batch, PacketBase
+from .packet import NF, Batch, PacketBase, blob, field
 
 __all__ = ["NfLog", "LogPacket", "LogStats"]
 
@@ -47,7 +47,6 @@ _F_SEQ = lib.NFB_F_SEQ
 _F_SEQ_GLOBAL = lib.NFB_F_SEQ_GLOBAL
 _F_HWTYPE = lib.NFB_F_HWTYPE
 _F_HWHDR_OFF = lib.NFB_F_HWHDR_OFF
-_F_HWHDR_LEN = lib.NFB_F_HWHDR_LEN
 _A_PREFIX = lib.NFB_A_PREFIX
 _A_SEQ = lib.NFB_A_SEQ
 _A_SEQ_GLOBAL = lib.NFB_A_SEQ_GLOBAL
@@ -89,43 +88,16 @@ class LogPacket(PacketBase):
                 return text
         return ""
 
-    @property
-    def seq(self) -> Optional[int]:
-        """The group's sequence number (with ``seq=True``), or None."""
-        r = self._b.recs
-        o = self._o
-        if r[o + _F_ATTRS] & _A_SEQ:
-            return r[o + _F_SEQ]
-        return None
-
-    @property
-    def seq_global(self) -> Optional[int]:
-        """The sequence number across all groups (with ``seq_global=True``), or None."""
-        r = self._b.recs
-        o = self._o
-        if r[o + _F_ATTRS] & _A_SEQ_GLOBAL:
-            return r[o + _F_SEQ_GLOBAL]
-        return None
-
-    @property
-    def hwtype(self) -> Optional[int]:
-        """The link type of the input device (ARPHRD_*, 1 for Ethernet), or None."""
-        r = self._b.recs
-        o = self._o
-        if r[o + _F_ATTRS] & _A_HWTYPE:
-            return r[o + _F_HWTYPE]
-        return None
-
-    @property
-    def hwhdr(self) -> Optional[bytes]:
-        """The link-layer header the packet arrived with (e.g. 14 Ethernet
-        bytes), or None."""
-        r = self._b.recs
-        o = self._o
-        if r[o + _F_ATTRS] & _A_HWHDR:
-            start = r[o + _F_HWHDR_OFF]
-            return self._b.data[start : start + r[o + _F_HWHDR_LEN]]
-        return None
+    seq = field(_F_SEQ, _A_SEQ, "The group's sequence number (with ``seq=True``), or None.")
+    seq_global = field(
+        _F_SEQ_GLOBAL, _A_SEQ_GLOBAL,
+        "The sequence number across all groups (with ``seq_global=True``), or None.")
+    hwtype = field(
+        _F_HWTYPE, _A_HWTYPE,
+        "The link type of the input device (ARPHRD_*, 1 for Ethernet), or None.")
+    hwhdr = blob(
+        _F_HWHDR_OFF, _A_HWHDR,
+        "The link-layer header the packet arrived with (e.g. 14 Ethernet bytes), or None.")
 
     def __repr__(self) -> str:
         return "<nfbind.LogPacket group=%d prefix=%r %s>" % (
@@ -359,19 +331,12 @@ class NfLog(Channel):
         if rc >= 0:
             return
         group = fg[0] if fg[0] >= 0 else groups[0]
-        what = "%s log group %d" % (_STEP.get(step[0], "configuring"), group)
-        err = -rc
-        if err == errno.EBUSY:
-            err = errno.EPERM
-        if step[0] == 1:
-            raise error_from_errno(
-                err, what,
-                busy_hint="log group %d is already bound by another socket (another "
-                "process or another NfLog); stop that reader (ulogd?) or use "
-                "another --nflog-group" % group)
-        if err == errno.EOPNOTSUPP and step[0] == 6:
-            raise NetlinkError(err, what, "this kernel does not support one of the flags")
-        raise error_from_errno(err, what)
+        raise config_error(
+            -rc, "%s log group %d" % (_STEP.get(step[0], "configuring"), group),
+            binding=step[0] == 1, flags=step[0] == 6,
+            busy_hint="log group %d is already bound by another socket (another process "
+            "or another NfLog); stop that reader (ulogd?) or use another --nflog-group"
+            % group)
 
     @property
     def family(self) -> Optional[Family]:

@@ -170,7 +170,9 @@ def ct_from_attrs(data: bytes, off: int, length: int, family: int) -> Any:
         return parse_ct(data, off, length)
 
 
-def _field(index: int, bit: int, doc: str) -> property:
+def field(index: int, bit: int, doc: str) -> property:
+    """A packet property: record word ``index`` when the kernel sent the
+    attribute behind presence ``bit``, else None."""
     def get(self: "PacketBase") -> Optional[int]:
         r = self._b.recs
         o = self._o
@@ -182,7 +184,9 @@ def _field(index: int, bit: int, doc: str) -> property:
     return property(get)
 
 
-def _blob(off_index: int, bit: int, doc: str) -> property:
+def blob(off_index: int, bit: int, doc: str) -> property:
+    """A packet property: the bytes at record words ``off_index`` (offset)
+    and ``off_index + 1`` (length), else None."""
     def get(self: "PacketBase") -> Optional[bytes]:
         r = self._b.recs
         o = self._o
@@ -301,16 +305,16 @@ class PacketBase:
 
     # -- metadata -------------------------------------------------------------
 
-    mark = _field(lib.NFB_F_MARK, lib.NFB_A_MARK, "The packet mark (skb->mark), or None.")
-    uid = _field(lib.NFB_F_UID, lib.NFB_A_UID, "UID of the local socket's owner, or None.")
-    gid = _field(lib.NFB_F_GID, lib.NFB_A_GID, "GID of the local socket's owner, or None.")
-    priority = _field(lib.NFB_F_PRIORITY, lib.NFB_A_PRIORITY, "skb->priority, or None.")
-    indev = _field(lib.NFB_F_INDEV, lib.NFB_A_INDEV, "Input interface index, or None.")
-    outdev = _field(lib.NFB_F_OUTDEV, lib.NFB_A_OUTDEV, "Output interface index, or None.")
-    physindev = _field(
+    mark = field(lib.NFB_F_MARK, lib.NFB_A_MARK, "The packet mark (skb->mark), or None.")
+    uid = field(lib.NFB_F_UID, lib.NFB_A_UID, "UID of the local socket's owner, or None.")
+    gid = field(lib.NFB_F_GID, lib.NFB_A_GID, "GID of the local socket's owner, or None.")
+    priority = field(lib.NFB_F_PRIORITY, lib.NFB_A_PRIORITY, "skb->priority, or None.")
+    indev = field(lib.NFB_F_INDEV, lib.NFB_A_INDEV, "Input interface index, or None.")
+    outdev = field(lib.NFB_F_OUTDEV, lib.NFB_A_OUTDEV, "Output interface index, or None.")
+    physindev = field(
         lib.NFB_F_PHYSINDEV, lib.NFB_A_PHYSINDEV, "Bridge port the packet came in on, or None."
     )
-    physoutdev = _field(
+    physoutdev = field(
         lib.NFB_F_PHYSOUTDEV, lib.NFB_A_PHYSOUTDEV, "Bridge port the packet goes out on, or None."
     )
     indev_name = _name(lib.NFB_F_INDEV, lib.NFB_A_INDEV, "Input interface name (cached), or None.")
@@ -323,10 +327,10 @@ class PacketBase:
     physoutdev_name = _name(
         lib.NFB_F_PHYSOUTDEV, lib.NFB_A_PHYSOUTDEV, "Bridge output port name (cached), or None."
     )
-    hwaddr = _blob(
+    hwaddr = blob(
         lib.NFB_F_HWADDR_OFF, lib.NFB_A_HWADDR, "Source link-layer address (bytes), or None."
     )
-    l2hdr = _blob(lib.NFB_F_L2HDR_OFF, lib.NFB_A_L2HDR, "The full link-layer header, or None.")
+    l2hdr = blob(lib.NFB_F_L2HDR_OFF, lib.NFB_A_L2HDR, "The full link-layer header, or None.")
 
     @property
     def secctx(self) -> Optional[str]:

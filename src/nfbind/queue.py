@@ -23,12 +23,12 @@ import threading
 from array import array
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from ._channel import Channel, check_int
+from ._channel import Channel, check_int, config_error
 from ._nfqueue import ffi, lib
 from . import netns as _netns
 from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, check_neg, error_from_errno
-from .packet import NF, Batch, PacketBase
+from .packet import NF, Batch, PacketBase, blob, field
 
 __all__ = ["NfQueue", "Packet", "QueueStats", "MAX_PAYLOAD"]
 
@@ -112,6 +112,29 @@ class QueueStats:
         return "QueueStats(%s)" % ", ".join("%s=%d" % kv for kv in self.as_dict().items())
 
 
+_FLAG_BITS = (("fail_open", QueueFlag.FAIL_OPEN), ("conntrack", QueueFlag.CONNTRACK),
+              ("gso", QueueFlag.GSO), ("uid_gid", QueueFlag.UID_GID),
+              ("secctx", QueueFlag.SECCTX))
+
+
+def _flag_bits(optional: bool, **values: Optional[bool]) -> tuple:
+    """``(mask, flags)`` for the queue flags given as keywords; with
+    ``optional`` a None leaves its flag out of the mask (unchanged)."""
+    mask = flags = 0
+    for name, bit in _FLAG_BITS:
+        value = values[name]
+        if value is None and optional:
+            continue
+        if not isinstance(value, bool):
+            raise TypeError("%s must be %s, not %r"
+                            % (name, "True, False or None" if optional else "True or False",
+                               value))
+        mask |= int(bit)
+        if value:
+            flags |= int(bit)
+    return mask, flags
+
+
 def _check_mark(name: str, value: Any) -> int:
     return check_int(name, value, 0, _U32_MAX)
 
@@ -170,14 +193,7 @@ class Packet(PacketBase):
         """The queue this packet came from."""
         return self._b.recs[self._o + lib.NFB_F_QUEUE]
 
-    @property
-    def skb_info(self) -> Optional[int]:
-        """The raw NFQA_SKB_INFO flags, or None."""
-        r = self._b.recs
-        o = self._o
-        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_SKBINFO:
-            return r[o + lib.NFB_F_SKBINFO]
-        return None
+    skb_info = field(lib.NFB_F_SKBINFO, lib.NFB_A_SKBINFO, "The raw NFQA_SKB_INFO flags, or None.")
 
     @property
     def gso(self) -> bool:
@@ -195,15 +211,8 @@ class Packet(PacketBase):
         """True when nobody verified the L4 checksum yet."""
         return bool((self.skb_info or 0) & lib.NFQA_SKB_CSUM_NOTVERIFIED)
 
-    @property
-    def exp_raw(self) -> Optional[bytes]:
-        """The raw NFQA_EXP attribute (the related expectation), or None."""
-        r = self._b.recs
-        o = self._o
-        if r[o + lib.NFB_F_ATTRS] & lib.NFB_A_EXP:
-            start = r[o + lib.NFB_F_EXP_OFF]
-            return self._b.data[start : start + r[o + lib.NFB_F_EXP_LEN]]
-        return None
+    exp_raw = blob(lib.NFB_F_EXP_OFF, lib.NFB_A_EXP,
+                   "The raw NFQA_EXP attribute (the related expectation), or None.")
 
     @property
     def has_verdict(self) -> bool:
@@ -322,18 +331,8 @@ class NfQueue(Channel):
         self._copy_mode = CopyMode(copy_mode)
         self._copy_range = check_int("copy_range", copy_range, 0, 0xFFFF)
         self._max_len = check_int("max_len", max_len, 1, 65536)
-        flags = 0
-        for name, value, bit in (
-            ("fail_open", fail_open, QueueFlag.FAIL_OPEN),
-            ("conntrack", conntrack, QueueFlag.CONNTRACK),
-            ("gso", gso, QueueFlag.GSO),
-            ("uid_gid", uid_gid, QueueFlag.UID_GID),
-            ("secctx", secctx, QueueFlag.SECCTX),
-        ):
-            if not isinstance(value, bool):
-                raise TypeError("%s must be True or False, not %r" % (name, value))
-            if value:
-                flags |= int(bit)
+        _, flags = _flag_bits(False, fail_open=fail_open, conntrack=conntrack, gso=gso,
+                              uid_gid=uid_gid, secctx=secctx)
         self._flags = flags
         self.on_error = self._check_plain("on_error", on_error)
         self.default_verdict = self._check_plain("default_verdict", default_verdict)
@@ -416,20 +415,12 @@ class NfQueue(Channel):
             rc = lib.nfb_q_config(self._c, cfg, 2000, step)
         if rc >= 0:
             return
-        what = "%s queue %d" % (_STEP.get(step[0], "configuring"), self.queue_num)
-        err = -rc
-        if err == errno.EBUSY:
-            err = errno.EPERM
-        if step[0] == 1:
-            raise error_from_errno(
-                err, what,
-                busy_hint="queue %d is already bound by another socket (another process "
-                "or another NfQueue); stop that consumer or use another --queue-num"
-                % self.queue_num,
-            )
-        if err == errno.EOPNOTSUPP and step[0] == 4:
-            raise NetlinkError(err, what, "this kernel does not support one of the flags")
-        raise error_from_errno(err, what)
+        raise config_error(
+            -rc, "%s queue %d" % (_STEP.get(step[0], "configuring"), self.queue_num),
+            binding=step[0] == 1, flags=step[0] == 4,
+            busy_hint="queue %d is already bound by another socket (another process "
+            "or another NfQueue); stop that consumer or use another --queue-num"
+            % self.queue_num)
 
     def configure(
         self,
@@ -458,21 +449,8 @@ class NfQueue(Channel):
             params = (CopyMode(mode), rng)
         if max_len is not None:
             max_len = check_int("max_len", max_len, 1, 65536)
-        mask = flags = 0
-        for name, value, bit in (
-            ("fail_open", fail_open, QueueFlag.FAIL_OPEN),
-            ("conntrack", conntrack, QueueFlag.CONNTRACK),
-            ("gso", gso, QueueFlag.GSO),
-            ("uid_gid", uid_gid, QueueFlag.UID_GID),
-            ("secctx", secctx, QueueFlag.SECCTX),
-        ):
-            if value is None:
-                continue
-            if not isinstance(value, bool):
-                raise TypeError("%s must be True, False or None, not %r" % (name, value))
-            mask |= int(bit)
-            if value:
-                flags |= int(bit)
+        mask, flags = _flag_bits(True, fail_open=fail_open, conntrack=conntrack, gso=gso,
+                                 uid_gid=uid_gid, secctx=secctx)
         if params is not None:
             old = self._slots()
             self._copy_mode, self._copy_range = params
