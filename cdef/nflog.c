@@ -76,12 +76,19 @@ static const uint32_t nfb_nfula_bit[NFULA_MAX + 1] = {
     [NFULA_L2HDR] = NFB_A_L2HDR,
 };
 
-static inline uint64_t nfb_log_be64(const void *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return be64toh(v);
-}
+/* NFULA_* attributes that carry one be32 -> their record word (0: none) */
+static const int8_t nfb_nfula_u32[NFULA_MAX + 1] = {
+    [NFULA_MARK] = NFB_F_MARK,
+    [NFULA_IFINDEX_INDEV] = NFB_F_INDEV,
+    [NFULA_IFINDEX_OUTDEV] = NFB_F_OUTDEV,
+    [NFULA_IFINDEX_PHYSINDEV] = NFB_F_PHYSINDEV,
+    [NFULA_IFINDEX_PHYSOUTDEV] = NFB_F_PHYSOUTDEV,
+    [NFULA_UID] = NFB_F_UID,
+    [NFULA_GID] = NFB_F_GID,
+    [NFULA_SEQ] = NFB_F_SEQ,
+    [NFULA_SEQ_GLOBAL] = NFB_F_SEQ_GLOBAL,
+    [NFULA_CT_INFO] = NFB_F_CTINFO,
+};
 
 /* Parse one NFULNL_MSG_PACKET message into rec; offsets relative to base. */
 static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
@@ -109,7 +116,11 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
 
         if (type > NFULA_MAX)
             continue;
-        switch (type) {
+        if (nfb_nfula_u32[type]) {
+            if (len < 4)
+                continue;
+            rec[nfb_nfula_u32[type]] = nfb_get_be32(p);
+        } else switch (type) {
         case NFULA_PACKET_HDR: {
             const struct nfulnl_msg_packet_hdr *ph = (const void *)p;
             if (len < sizeof(*ph))
@@ -118,59 +129,14 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
             rec[NFB_F_HOOK] = ph->hook;
             break;
         }
-        case NFULA_MARK:
-        case NFULA_IFINDEX_INDEV:
-        case NFULA_IFINDEX_OUTDEV:
-        case NFULA_IFINDEX_PHYSINDEV:
-        case NFULA_IFINDEX_PHYSOUTDEV:
-        case NFULA_UID:
-        case NFULA_GID:
-        case NFULA_SEQ:
-        case NFULA_SEQ_GLOBAL:
-        case NFULA_CT_INFO: {
-            uint32_t v;
-            int idx;
-            if (len < 4)
+        case NFULA_TIMESTAMP:
+            if (!nfb_rec_timestamp(rec, p, len))
                 continue;
-            memcpy(&v, p, 4);
-            v = ntohl(v);
-            switch (type) {
-            case NFULA_MARK: idx = NFB_F_MARK; break;
-            case NFULA_IFINDEX_INDEV: idx = NFB_F_INDEV; break;
-            case NFULA_IFINDEX_OUTDEV: idx = NFB_F_OUTDEV; break;
-            case NFULA_IFINDEX_PHYSINDEV: idx = NFB_F_PHYSINDEV; break;
-            case NFULA_IFINDEX_PHYSOUTDEV: idx = NFB_F_PHYSOUTDEV; break;
-            case NFULA_UID: idx = NFB_F_UID; break;
-            case NFULA_GID: idx = NFB_F_GID; break;
-            case NFULA_SEQ: idx = NFB_F_SEQ; break;
-            case NFULA_SEQ_GLOBAL: idx = NFB_F_SEQ_GLOBAL; break;
-            default: idx = NFB_F_CTINFO; break;
-            }
-            rec[idx] = v;
             break;
-        }
-        case NFULA_TIMESTAMP: {
-            uint64_t sec;
-            if (len < 16)
+        case NFULA_HWADDR:
+            if (!NFB_REC_HWADDR(rec, p, len, base, struct nfulnl_msg_packet_hw))
                 continue;
-            sec = nfb_log_be64(p);
-            rec[NFB_F_TS_SEC_HI] = (uint32_t)(sec >> 32);
-            rec[NFB_F_TS_SEC_LO] = (uint32_t)sec;
-            rec[NFB_F_TS_USEC] = (uint32_t)nfb_log_be64(p + 8);
             break;
-        }
-        case NFULA_HWADDR: {
-            const struct nfulnl_msg_packet_hw *hw = (const void *)p;
-            uint16_t alen;
-            if (len < sizeof(*hw))
-                continue;
-            alen = ntohs(hw->hw_addrlen);
-            if (alen > sizeof(hw->hw_addr))
-                alen = sizeof(hw->hw_addr);
-            rec[NFB_F_HWADDR_OFF] = (uint32_t)((const char *)hw->hw_addr - base);
-            rec[NFB_F_HWADDR_LEN] = alen;
-            break;
-        }
         case NFULA_HWTYPE:
             if (len < 2)
                 continue;
@@ -183,40 +149,23 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
             has_hwlen = 1;
             continue;
         case NFULA_HWHEADER:
-            rec[NFB_F_HWHDR_OFF] = off;
-            rec[NFB_F_HWHDR_LEN] = len;
+            nfb_rec_range(rec, NFB_F_HWHDR_OFF, off, len);
             break;
         case NFULA_PAYLOAD:
-            rec[NFB_F_PAYLOAD_OFF] = off;
-            rec[NFB_F_PAYLOAD_LEN] = len;
+            nfb_rec_range(rec, NFB_F_PAYLOAD_OFF, off, len);
             break;
-        case NFULA_PREFIX:
-            /* a NUL-terminated string; keep the text only */
-            while (len > 0 && p[len - 1] == '\0')
-                len--;
-            rec[NFB_F_PREFIX_OFF] = off;
-            rec[NFB_F_PREFIX_LEN] = len;
+        case NFULA_PREFIX:  /* NUL-terminated */
+            nfb_rec_string(rec, NFB_F_PREFIX_OFF, p, off, len);
             break;
         case NFULA_L2HDR:
-            rec[NFB_F_L2HDR_OFF] = off;
-            rec[NFB_F_L2HDR_LEN] = len;
+            nfb_rec_range(rec, NFB_F_L2HDR_OFF, off, len);
             break;
         case NFULA_CT:
-            rec[NFB_F_CT_OFF] = off;
-            rec[NFB_F_CT_LEN] = len;
+            nfb_rec_range(rec, NFB_F_CT_OFF, off, len);
             break;
-        case NFULA_VLAN: {
-            const struct nlattr *va;
-            mnl_attr_for_each_nested(va, attr) {
-                if (mnl_attr_get_payload_len(va) < 2)
-                    continue;
-                if (mnl_attr_get_type(va) == NFULA_VLAN_PROTO)
-                    rec[NFB_F_VLAN_PROTO] = ntohs(mnl_attr_get_u16(va));
-                else if (mnl_attr_get_type(va) == NFULA_VLAN_TCI)
-                    rec[NFB_F_VLAN_TCI] = ntohs(mnl_attr_get_u16(va));
-            }
+        case NFULA_VLAN:
+            nfb_rec_vlan(rec, attr, NFULA_VLAN_PROTO, NFULA_VLAN_TCI);
             break;
-        }
         default:
             continue;
         }

@@ -62,12 +62,20 @@ int nfb_q_resize(struct nfb_q *q, uint32_t slot_size, int nslots)
     return nfb_rx_alloc(&q->rx, slot_size, nslots);
 }
 
-static inline uint64_t nfb_be64(const void *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return be64toh(v);
-}
+/* NFQA_* attributes that carry one be32 -> their record word (0: none) */
+static const int8_t nfb_nfqa_u32[NFQA_MAX + 1] = {
+    [NFQA_MARK] = NFB_F_MARK,
+    [NFQA_IFINDEX_INDEV] = NFB_F_INDEV,
+    [NFQA_IFINDEX_OUTDEV] = NFB_F_OUTDEV,
+    [NFQA_IFINDEX_PHYSINDEV] = NFB_F_PHYSINDEV,
+    [NFQA_IFINDEX_PHYSOUTDEV] = NFB_F_PHYSOUTDEV,
+    [NFQA_CT_INFO] = NFB_F_CTINFO,
+    [NFQA_CAP_LEN] = NFB_F_CAPLEN,
+    [NFQA_SKB_INFO] = NFB_F_SKBINFO,
+    [NFQA_UID] = NFB_F_UID,
+    [NFQA_GID] = NFB_F_GID,
+    [NFQA_PRIORITY] = NFB_F_PRIORITY,
+};
 
 /* NFQA_* attribute -> nfbind's presence bit in NFB_F_ATTRS */
 static const uint32_t nfb_nfqa_bit[NFQA_MAX + 1] = {
@@ -112,107 +120,46 @@ static int nfb_q_parse_packet(void *ctx, const struct nlmsghdr *nlh,
 
         if (type > NFQA_MAX)
             continue;
-        switch (type) {
-        case NFQA_PACKET_HDR:
-            if (len < sizeof(struct nfqnl_msg_packet_hdr))
-                continue;
-            {
-                const struct nfqnl_msg_packet_hdr *ph = (const void *)p;
-                rec[NFB_F_ID] = ntohl(ph->packet_id);
-                rec[NFB_F_HWPROTO] = ntohs(ph->hw_protocol);
-                rec[NFB_F_HOOK] = ph->hook;
-            }
-            break;
-        case NFQA_MARK:
-        case NFQA_IFINDEX_INDEV:
-        case NFQA_IFINDEX_OUTDEV:
-        case NFQA_IFINDEX_PHYSINDEV:
-        case NFQA_IFINDEX_PHYSOUTDEV:
-        case NFQA_CT_INFO:
-        case NFQA_CAP_LEN:
-        case NFQA_SKB_INFO:
-        case NFQA_UID:
-        case NFQA_GID:
-        case NFQA_PRIORITY: {
-            uint32_t v;
-            int idx;
+        if (nfb_nfqa_u32[type]) {
             if (len < 4)
                 continue;
-            memcpy(&v, p, 4);
-            v = ntohl(v);
-            switch (type) {
-            case NFQA_MARK: idx = NFB_F_MARK; break;
-            case NFQA_IFINDEX_INDEV: idx = NFB_F_INDEV; break;
-            case NFQA_IFINDEX_OUTDEV: idx = NFB_F_OUTDEV; break;
-            case NFQA_IFINDEX_PHYSINDEV: idx = NFB_F_PHYSINDEV; break;
-            case NFQA_IFINDEX_PHYSOUTDEV: idx = NFB_F_PHYSOUTDEV; break;
-            case NFQA_CT_INFO: idx = NFB_F_CTINFO; break;
-            case NFQA_CAP_LEN: idx = NFB_F_CAPLEN; break;
-            case NFQA_SKB_INFO: idx = NFB_F_SKBINFO; break;
-            case NFQA_UID: idx = NFB_F_UID; break;
-            case NFQA_GID: idx = NFB_F_GID; break;
-            default: idx = NFB_F_PRIORITY; break;
-            }
-            rec[idx] = v;
-            break;
-        }
-        case NFQA_TIMESTAMP: {
-            uint64_t sec;
-            if (len < 16)
+            rec[nfb_nfqa_u32[type]] = nfb_get_be32(p);
+        } else switch (type) {
+        case NFQA_PACKET_HDR: {
+            const struct nfqnl_msg_packet_hdr *ph = (const void *)p;
+            if (len < sizeof(*ph))
                 continue;
-            sec = nfb_be64(p);
-            rec[NFB_F_TS_SEC_HI] = (uint32_t)(sec >> 32);
-            rec[NFB_F_TS_SEC_LO] = (uint32_t)sec;
-            rec[NFB_F_TS_USEC] = (uint32_t)nfb_be64(p + 8);
+            rec[NFB_F_ID] = ntohl(ph->packet_id);
+            rec[NFB_F_HWPROTO] = ntohs(ph->hw_protocol);
+            rec[NFB_F_HOOK] = ph->hook;
             break;
         }
-        case NFQA_HWADDR: {
-            const struct nfqnl_msg_packet_hw *hw = (const void *)p;
-            uint16_t alen;
-            if (len < sizeof(*hw))
+        case NFQA_TIMESTAMP:
+            if (!nfb_rec_timestamp(rec, p, len))
                 continue;
-            alen = ntohs(hw->hw_addrlen);
-            if (alen > sizeof(hw->hw_addr))
-                alen = sizeof(hw->hw_addr);
-            rec[NFB_F_HWADDR_OFF] = (uint32_t)((const char *)hw->hw_addr - base);
-            rec[NFB_F_HWADDR_LEN] = alen;
             break;
-        }
+        case NFQA_HWADDR:
+            if (!NFB_REC_HWADDR(rec, p, len, base, struct nfqnl_msg_packet_hw))
+                continue;
+            break;
         case NFQA_PAYLOAD:
-            rec[NFB_F_PAYLOAD_OFF] = off;
-            rec[NFB_F_PAYLOAD_LEN] = len;
+            nfb_rec_range(rec, NFB_F_PAYLOAD_OFF, off, len);
             break;
         case NFQA_L2HDR:
-            rec[NFB_F_L2HDR_OFF] = off;
-            rec[NFB_F_L2HDR_LEN] = len;
+            nfb_rec_range(rec, NFB_F_L2HDR_OFF, off, len);
             break;
-        case NFQA_SECCTX:
-            /* a NUL-terminated string in recent kernels; keep the text only */
-            while (len > 0 && p[len - 1] == '\0')
-                len--;
-            rec[NFB_F_SECCTX_OFF] = off;
-            rec[NFB_F_SECCTX_LEN] = len;
+        case NFQA_SECCTX:   /* NUL-terminated in recent kernels */
+            nfb_rec_string(rec, NFB_F_SECCTX_OFF, p, off, len);
             break;
         case NFQA_CT:
-            rec[NFB_F_CT_OFF] = off;
-            rec[NFB_F_CT_LEN] = len;
+            nfb_rec_range(rec, NFB_F_CT_OFF, off, len);
             break;
         case NFQA_EXP:
-            rec[NFB_F_EXP_OFF] = off;
-            rec[NFB_F_EXP_LEN] = len;
+            nfb_rec_range(rec, NFB_F_EXP_OFF, off, len);
             break;
-        case NFQA_VLAN: {
-            const struct nlattr *va;
-            mnl_attr_for_each_nested(va, attr) {
-                if (mnl_attr_get_payload_len(va) < 2)
-                    continue;
-                if (mnl_attr_get_type(va) == NFQA_VLAN_PROTO)
-                    rec[NFB_F_VLAN_PROTO] = ntohs(mnl_attr_get_u16(va));
-                else if (mnl_attr_get_type(va) == NFQA_VLAN_TCI)
-                    rec[NFB_F_VLAN_TCI] = ntohs(mnl_attr_get_u16(va));
-            }
+        case NFQA_VLAN:
+            nfb_rec_vlan(rec, attr, NFQA_VLAN_PROTO, NFQA_VLAN_TCI);
             break;
-        }
         default:
             continue;
         }

@@ -74,4 +74,79 @@ enum {
     NFB_A_HWTYPE = 1u << 22,
     NFB_A_HWHDR = 1u << 23,
 };
+
+/* ---- helpers both parsers use (NFQA_* and NFULA_* share these shapes) ---- */
+
+static inline uint32_t nfb_get_be32(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return ntohl(v);
+}
+
+static inline uint64_t nfb_get_be64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return be64toh(v);
+}
+
+/* NFQA_TIMESTAMP / NFULA_TIMESTAMP: struct { be64 sec; be64 usec; } */
+static inline int nfb_rec_timestamp(uint32_t *rec, const char *p, uint16_t len)
+{
+    uint64_t sec;
+    if (len < 16)
+        return 0;
+    sec = nfb_get_be64(p);
+    rec[NFB_F_TS_SEC_HI] = (uint32_t)(sec >> 32);
+    rec[NFB_F_TS_SEC_LO] = (uint32_t)sec;
+    rec[NFB_F_TS_USEC] = (uint32_t)nfb_get_be64(p + 8);
+    return 1;
+}
+
+/* NFQA_HWADDR / NFULA_HWADDR: struct nfqnl_msg_packet_hw or
+ * nfulnl_msg_packet_hw (be16 hw_addrlen, pad, hw_addr[8]). */
+#define NFB_REC_HWADDR(rec, p, len, base, hwtype) ({                          \
+        const hwtype *hw_ = (const void *)(p);                                \
+        int ok_ = (len) >= sizeof(hwtype);                                    \
+        if (ok_) {                                                            \
+            uint16_t alen_ = ntohs(hw_->hw_addrlen);                          \
+            if (alen_ > sizeof(hw_->hw_addr))                                 \
+                alen_ = sizeof(hw_->hw_addr);                                 \
+            (rec)[NFB_F_HWADDR_OFF] = (uint32_t)((const char *)hw_->hw_addr - (base)); \
+            (rec)[NFB_F_HWADDR_LEN] = alen_;                                  \
+        }                                                                     \
+        ok_;                                                                  \
+    })
+
+/* An attribute's bytes as (offset, length) in the words off_field, off_field+1. */
+static inline void nfb_rec_range(uint32_t *rec, int off_field, uint32_t off, uint16_t len)
+{
+    rec[off_field] = off;
+    rec[off_field + 1] = len;
+}
+
+/* A string attribute without its trailing NULs. */
+static inline void nfb_rec_string(uint32_t *rec, int off_field, const char *p, uint32_t off,
+                                  uint16_t len)
+{
+    while (len > 0 && p[len - 1] == '\0')
+        len--;
+    nfb_rec_range(rec, off_field, off, len);
+}
+
+/* NFQA_VLAN / NFULA_VLAN: nested be16 proto and TCI. */
+static inline void nfb_rec_vlan(uint32_t *rec, const struct nlattr *attr,
+                                uint16_t proto_type, uint16_t tci_type)
+{
+    const struct nlattr *va;
+    mnl_attr_for_each_nested(va, attr) {
+        if (mnl_attr_get_payload_len(va) < 2)
+            continue;
+        if (mnl_attr_get_type(va) == proto_type)
+            rec[NFB_F_VLAN_PROTO] = ntohs(mnl_attr_get_u16(va));
+        else if (mnl_attr_get_type(va) == tci_type)
+            rec[NFB_F_VLAN_TCI] = ntohs(mnl_attr_get_u16(va));
+    }
+}
 #endif
