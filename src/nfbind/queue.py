@@ -47,6 +47,11 @@ _ALL_FLAGS = int(
     QueueFlag.FAIL_OPEN | QueueFlag.CONNTRACK | QueueFlag.GSO | QueueFlag.UID_GID | QueueFlag.SECCTX
 )
 
+#: whether this kernel has the NFQUEUE conntrack glue; learnt by the first
+#: NfQueue (CONFIG_NETFILTER_NETLINK_GLUE_CT; a module loaded later is picked up
+#: by nothing but a new process, and the ctnetlink fallback serves meanwhile)
+_CT_GLUE: Optional[bool] = None
+
 # Packet._state
 _OPEN, _DONE, _CLOSED = 0, 1, 2
 
@@ -502,14 +507,25 @@ class NfQueue(Channel):
 
     def _probe_ct_glue(self, want: bool) -> bool:
         """Set the CONNTRACK flag as wanted, and learn whether the kernel can
-        attach conntrack information to queued packets at all."""
+        attach conntrack information to queued packets at all.
+
+        The answer is the kernel's (a global hook), so it is learnt once per
+        process; later queues send the flag only when they want it.
+        """
+        global _CT_GLUE
         ct = int(QueueFlag.CONNTRACK)
+        if _CT_GLUE is not None:
+            if _CT_GLUE and want:
+                self._configure(flags_mask=ct, flags=ct)
+            return _CT_GLUE
         try:
             self._configure(flags_mask=ct, flags=ct)
         except NetlinkError as e:
-            if e.errno == errno.EOPNOTSUPP:
-                return False
-            raise
+            if e.errno != errno.EOPNOTSUPP:
+                raise
+            _CT_GLUE = False
+            return False
+        _CT_GLUE = True
         if not want:
             self._configure(flags_mask=ct, flags=0)
         return True
