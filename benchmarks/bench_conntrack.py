@@ -50,6 +50,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BIN = os.path.join(HERE, "bin")
+sys.path.insert(0, HERE)
+
+# building the C helpers and the failure type are the NFQUEUE driver's
+from bench_nfqueue import RunError, _build  # noqa: E402
+
 SYSCTL = "/proc/sys/net/netfilter/"
 
 ALL_IMPLS = ("c", "nfbind", "pyroute2", "conntrack")
@@ -59,28 +64,6 @@ MAX_FLOWS = 1 << 22
 SUM_KEYS = ("orig_src", "orig_dst", "orig_sport", "orig_dport", "reply_src",
             "reply_dst", "reply_sport", "reply_dport", "with_ports", "proto",
             "mark", "zone")
-
-
-class RunError(Exception):
-    """One implementation's run in one round failed."""
-
-
-# --------------------------------------------------------------------------
-# building the C helpers
-
-
-def _build(name: str, src: str, libs: list[str]) -> str:
-    out = os.path.join(BIN, name)
-    srcpath = os.path.join(HERE, src)
-    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(srcpath):
-        return out
-    os.makedirs(BIN, exist_ok=True)
-    cc = os.environ.get("CC", "gcc")
-    cmd = [cc, "-O2", "-Wall", "-o", out, srcpath, *libs]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        sys.exit(f"bench: compiling {src} failed:\n{' '.join(cmd)}\n{r.stderr}")
-    return out
 
 
 # --------------------------------------------------------------------------
