@@ -17,7 +17,7 @@ import socket
 import threading
 import warnings
 from collections import deque
-from typing import Any, AsyncIterator, Callable, Deque, Iterator, Optional
+from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional, Tuple
 
 from ._lib import lib
 from . import netns as _netns
@@ -90,6 +90,55 @@ def check_int(name: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ValueError("%s must be in %d..%d, got %d" % (name, lo, hi, value))
     return int(value)
+
+
+def c_counter(field: str, doc: str, *, key: Optional[str] = None, rx: bool = True) -> property:
+    """A stats property read from the channel's C state: ``field`` of its
+    ``rx`` part (``rx=False``: of the channel struct itself); once the channel
+    is closed, the value it kept in ``_final[key]``."""
+    key = key or field
+
+    def get(self: "ChannelStats") -> int:
+        c = self._ch._c
+        if c is None:
+            return self._ch._final.get(key, 0)
+        return int(getattr(c.rx if rx else c, field))
+
+    get.__doc__ = doc
+    return property(get)
+
+
+class ChannelStats:
+    """Counters of one channel, read live; subclasses add their own."""
+
+    __slots__ = ("_ch",)
+
+    #: the counters as_dict() and repr() show, in order
+    _NAMES: Tuple[str, ...] = ("packets", "overruns", "handler_errors", "recv_calls")
+
+    def __init__(self, ch: Any) -> None:
+        self._ch = ch
+
+    @property
+    def packets(self) -> int:
+        """Packets received."""
+        return self._ch._npackets
+
+    @property
+    def handler_errors(self) -> int:
+        """Packets whose handler raised."""
+        return self._ch._handler_errors
+
+    overruns = c_counter(
+        "overruns", "Times the kernel reported ENOBUFS (messages lost to a full buffer).")
+    recv_calls = c_counter("recv_calls", "Receive syscalls made.")
+
+    def as_dict(self) -> Dict[str, int]:
+        return {n: getattr(self, n) for n in self._NAMES}
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (type(self).__name__,
+                           ", ".join("%s=%d" % kv for kv in self.as_dict().items()))
 
 
 def config_error(err: int, what: str, *, binding: bool, flags: bool,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from ._channel import Channel, check_int, config_error
+from ._channel import Channel, ChannelStats, c_counter, check_int, config_error
 from ._nflog import ffi, lib
 from . import netns as _netns
 from .enums import CopyMode, Family
@@ -104,57 +104,17 @@ class LogPacket(PacketBase):
             self.group, self.prefix, self._repr_fields())
 
 
-class LogStats:
+class LogStats(ChannelStats):
     """Counters of one NfLog (read live)."""
 
-    __slots__ = ("_log",)
+    __slots__ = ()
+    _NAMES = ("packets", "overruns", "handler_errors", "filtered", "recv_calls",
+              "truncated_msgs")
 
-    def __init__(self, log: "NfLog") -> None:
-        self._log = log
-
-    def _c(self, field: str) -> int:
-        c = self._log._c
-        if c is None:
-            return self._log._final.get(field, 0)
-        return int(getattr(c, field) if field == "filtered" else getattr(c.rx, field))
-
-    @property
-    def packets(self) -> int:
-        """Packets received (and handed to the handler)."""
-        return self._log._npackets
-
-    @property
-    def overruns(self) -> int:
-        """Times the kernel reported ENOBUFS (log messages lost to a full buffer)."""
-        return self._c("overruns")
-
-    @property
-    def handler_errors(self) -> int:
-        """Packets whose handler raised."""
-        return self._log._handler_errors
-
-    @property
-    def filtered(self) -> int:
-        """Packets of another family, skipped by the ``family=`` filter."""
-        return self._c("filtered")
-
-    @property
-    def recv_calls(self) -> int:
-        """Receive syscalls made."""
-        return self._c("recv_calls")
-
-    @property
-    def truncated_msgs(self) -> int:
-        """Messages larger than the receive slot (should stay 0)."""
-        return self._c("truncated_msgs")
-
-    def as_dict(self) -> Dict[str, int]:
-        names = ("packets", "overruns", "handler_errors", "filtered", "recv_calls",
-                 "truncated_msgs")
-        return {n: getattr(self, n) for n in names}
-
-    def __repr__(self) -> str:
-        return "LogStats(%s)" % ", ".join("%s=%d" % kv for kv in self.as_dict().items())
+    filtered = c_counter(
+        "filtered", "Packets of another family, skipped by the ``family=`` filter.", rx=False)
+    truncated_msgs = c_counter(
+        "truncated_msgs", "Messages larger than the receive slot (should stay 0).")
 
 
 def _groups(groups: Union[int, Iterable[int]]) -> Tuple[int, ...]:

@@ -23,7 +23,7 @@ import threading
 from array import array
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from ._channel import Channel, check_int, config_error
+from ._channel import Channel, ChannelStats, c_counter, check_int, config_error
 from ._nfqueue import ffi, lib
 from . import netns as _netns
 from .enums import CopyMode, QueueFlag, Verdict
@@ -59,62 +59,24 @@ _STEP = {1: "binding", 2: "setting the copy mode of", 3: "setting max_len of",
          4: "setting the flags of"}
 
 
-def _c_counter(field: str, key: str, doc: str) -> property:
-    """A counter kept by the C helper (kept in ``_final`` once closed);
-    ``field`` names a member of ``struct nfb_q``, or of its ``rx`` part."""
-
-    def get(self: "QueueStats") -> int:
-        c = self._q._c
-        if c is None:
-            return self._q._final[key]
-        return int(getattr(c, field) if field == "batch_verdicts" else getattr(c.rx, field))
-
-    get.__doc__ = doc
-    return property(get)
-
-
-class QueueStats:
+class QueueStats(ChannelStats):
     """Counters of one NfQueue (read live)."""
 
-    __slots__ = ("_q",)
+    __slots__ = ()
+    _NAMES = ("packets", "overruns", "verdict_errors", "handler_errors",
+              "batch_verdicts", "recv_calls", "send_calls", "pending")
 
-    def __init__(self, q: "NfQueue") -> None:
-        self._q = q
-
-    @property
-    def packets(self) -> int:
-        """Packets received."""
-        return self._q._npackets
-
-    overruns = _c_counter(
-        "overruns", "overruns", "Times the kernel reported ENOBUFS (messages lost to a full buffer).")
-    verdict_errors = _c_counter(
-        "async_errors", "verdict_errors",
-        "Verdicts the kernel refused (e.g. for an id it no longer holds).")
-
-    @property
-    def handler_errors(self) -> int:
-        """Packets whose handler raised (they got ``on_error``)."""
-        return self._q._handler_errors
-
-    batch_verdicts = _c_counter(
-        "batch_verdicts", "batch_verdicts", "Kernel batch verdicts sent for runs of equal verdicts.")
-    recv_calls = _c_counter("recv_calls", "recv_calls", "Receive syscalls made.")
-    send_calls = _c_counter(
-        "send_calls", "send_calls", "Send syscalls made for verdicts and configuration.")
+    verdict_errors = c_counter(
+        "async_errors", "Verdicts the kernel refused (e.g. for an id it no longer holds).",
+        key="verdict_errors")
+    batch_verdicts = c_counter(
+        "batch_verdicts", "Kernel batch verdicts sent for runs of equal verdicts.", rx=False)
+    send_calls = c_counter("send_calls", "Send syscalls made for verdicts and configuration.")
 
     @property
     def pending(self) -> int:
         """Packets received that still wait for their verdict."""
-        return len(self._q._pending)
-
-    def as_dict(self) -> Dict[str, int]:
-        names = ("packets", "overruns", "verdict_errors", "handler_errors",
-                 "batch_verdicts", "recv_calls", "send_calls", "pending")
-        return {n: getattr(self, n) for n in names}
-
-    def __repr__(self) -> str:
-        return "QueueStats(%s)" % ", ".join("%s=%d" % kv for kv in self.as_dict().items())
+        return len(self._ch._pending)
 
 
 _FLAG_BITS = (("fail_open", QueueFlag.FAIL_OPEN), ("conntrack", QueueFlag.CONNTRACK),
