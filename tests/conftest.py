@@ -115,6 +115,24 @@ def ns() -> Iterator[NetNS]:
         n.close()
 
 
+@pytest.fixture
+def more_ns(ns: NetNS):
+    """Factory for extra namespaces (beyond ``ns``); all deleted afterwards."""
+    made: List[NetNS] = []
+
+    def make() -> NetNS:
+        name = "%s-p%d" % (ns.name, len(made))
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        n = NetNS(name)
+        made.append(n)
+        n.run("ip", "link", "set", "lo", "up")
+        return n
+
+    yield make
+    for n in made:
+        n.close()
+
+
 def recv_all(sock: socket.socket, timeout: float = 1.0, limit: int = 100000) -> List[bytes]:
     """Everything ``sock`` receives until it has been quiet for ``timeout``."""
     sock.settimeout(timeout)

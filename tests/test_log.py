@@ -50,10 +50,10 @@ from nfbind import (
     Vlan,
 )
 from nfbind import _channel
+from nethelpers import child_env, ether, ipv4_udp, mac, open_fds, veth  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)  # asm-generic value
 ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
 LO_HWHDR = bytes(12) + b"\x08\x00"  # lo's all-zero Ethernet header, IPv4
@@ -68,29 +68,6 @@ except ImportError:
 
 # -- helpers -----------------------------------------------------------------
 
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-@pytest.fixture
-def more_ns(ns):
-    """Factory for extra namespaces (beyond ``ns``); all deleted afterwards."""
-    made = []
-
-    def make():
-        name = "%s-p%d" % (ns.name, len(made))
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        n = type(ns)(name)
-        made.append(n)
-        n.run("ip", "link", "set", "lo", "up")
-        return n
-
-    yield make
-    for n in made:
-        n.close()
 
 
 def nflog(ns, chain: str, dport, group: int, *extra: str, proto: str = "udp",
@@ -187,45 +164,6 @@ def send(ns, payloads, dst=("127.0.0.1", 5000), family: int = socket.AF_INET) ->
 def sysfs(n, path: str) -> str:
     return n.run("cat", path).strip()
 
-
-def mac(text: str) -> bytes:
-    return bytes.fromhex(text.replace(":", ""))
-
-
-def veth(a, b, name_a: str, name_b: str) -> None:
-    subprocess.run(["ip", "link", "add", name_a, "netns", a.name, "type", "veth",
-                    "peer", "name", name_b, "netns", b.name], check=True, capture_output=True)
-
-
-def csum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def ipv4_udp(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
-    s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    ulen = 8 + len(data)
-    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + data
-    c = csum16(s + d + struct.pack("!BBH", 0, 17, ulen) + udp) or 0xFFFF
-    udp = udp[:6] + struct.pack("!H", c) + udp[8:]
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 1, 0x4000, 64, 17, 0, s, d)
-    return hdr[:10] + struct.pack("!H", csum16(hdr)) + hdr[12:] + udp
-
-
-def ether(dst: str, src: str, l3: bytes, vlan_tci: Optional[int] = None) -> bytes:
-    hdr = mac(dst) + mac(src)
-    if vlan_tci is not None:
-        hdr += struct.pack("!HH", 0x8100, vlan_tci)
-    return hdr + struct.pack("!H", 0x0800) + l3
-
-
-def open_fds() -> int:
-    gc.collect()
-    return len(os.listdir("/proc/self/fd"))
 
 
 # -- loopback: every attribute ---------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 import nfbind
 
 from nfbind import CopyMode, CtStatus, Family, Hook, NfQueue, QueueFlag, TcpState, Verdict
+from nethelpers import csum16, ether, ipv4_udp, veth  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +42,6 @@ except ImportError:
 
 # -- helpers -----------------------------------------------------------------
 
-
-@pytest.fixture
-def more_ns(ns):
-    """Factory for extra namespaces (beyond ``ns``); all deleted afterwards."""
-    made = []
-
-    def make():
-        name = "%s-p%d" % (ns.name, len(made))
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        n = type(ns)(name)
-        made.append(n)
-        n.run("ip", "link", "set", "lo", "up")
-        return n
-
-    yield make
-    for n in made:
-        n.close()
 
 
 def collect(q: NfQueue, n: int, *, timeout: float = 3.0, keep: Optional[Callable] = None,
@@ -107,32 +91,6 @@ def recv_all(sock: socket.socket, timeout: float = 0.3) -> List[bytes]:
             return out
 
 
-def csum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def ipv4_udp(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
-    """An IPv4/UDP packet with correct checksums (for raw frames)."""
-    s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    ulen = 8 + len(data)
-    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + data
-    c = csum16(s + d + struct.pack("!BBH", 0, 17, ulen) + udp) or 0xFFFF
-    udp = udp[:6] + struct.pack("!H", c) + udp[8:]
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 1, 0x4000, 64, 17, 0, s, d)
-    return hdr[:10] + struct.pack("!H", csum16(hdr)) + hdr[12:] + udp
-
-
-def ether(dst: str, src: str, l3: bytes, vlan_tci: Optional[int] = None) -> bytes:
-    hdr = bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", ""))
-    if vlan_tci is not None:
-        hdr += struct.pack("!HH", 0x8100, vlan_tci)
-    return hdr + struct.pack("!H", 0x0800) + l3
-
 
 def tcp_csum_ok(ip: bytes) -> bool:
     """Whether the TCP checksum of an IPv4 packet verifies."""
@@ -152,10 +110,6 @@ def queue_rule(n, chain: str, proto: str, dport, table: str = "filter", v6: bool
 def sysfs(n, path: str) -> str:
     return n.run("cat", path).strip()
 
-
-def veth(a, b, name_a: str, name_b: str) -> None:
-    subprocess.run(["ip", "link", "add", name_a, "netns", a.name, "type", "veth",
-                    "peer", "name", name_b, "netns", b.name], check=True, capture_output=True)
 
 
 def kernel_config(option: str) -> Optional[bool]:

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -36,17 +35,12 @@ from nfbind import _channel
 from nfbind.queue import MAX_PAYLOAD
 
 from conftest import recv_all
+from nethelpers import child_env, open_fds  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 PORT = 9999
 
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def queue_udp(ns, num: int, port: int = PORT) -> None:
@@ -100,10 +94,6 @@ def drain_all(q: NfQueue, handler, quiet: float = 0.3, limit: float = 20.0) -> i
                 break
     return total
 
-
-def open_fds() -> int:
-    gc.collect()  # so that earlier tests' garbage does not move the count
-    return len(os.listdir("/proc/self/fd"))
 
 
 # -- no CAP_NET_ADMIN ----------------------------------------------------------------------
