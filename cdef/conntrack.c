@@ -434,6 +434,25 @@ static uint32_t nfb_parse_counters(const struct nlattr *nest, uint64_t *pk, uint
     return got ? NFB_CT_A_COUNTERS : 0;
 }
 
+/* CTA_* attributes that carry one be32: where it goes in the record, and its
+ * presence bit (0: not such an attribute). */
+static const uint32_t nfb_ct_u32_bit[CTA_MAX + 1] = {
+    [CTA_STATUS] = NFB_CT_A_STATUS,
+    [CTA_TIMEOUT] = NFB_CT_A_TIMEOUT,
+    [CTA_MARK] = NFB_CT_A_MARK,
+    [CTA_SECMARK] = NFB_CT_A_SECMARK,
+    [CTA_USE] = NFB_CT_A_USE,
+    [CTA_ID] = NFB_CT_A_ID,
+};
+static const size_t nfb_ct_u32_off[CTA_MAX + 1] = {
+    [CTA_STATUS] = offsetof(struct nfb_ct_rec, status),
+    [CTA_TIMEOUT] = offsetof(struct nfb_ct_rec, timeout),
+    [CTA_MARK] = offsetof(struct nfb_ct_rec, mark),
+    [CTA_SECMARK] = offsetof(struct nfb_ct_rec, secmark),
+    [CTA_USE] = offsetof(struct nfb_ct_rec, use),
+    [CTA_ID] = offsetof(struct nfb_ct_rec, id),
+};
+
 /* Parse the CTA_* attributes at p[0..len) into r.  When c is given, a
  * security context string is appended to its batch data; otherwise its
  * offset is taken relative to p. */
@@ -447,7 +466,16 @@ static void nfb_parse_ct(struct nfb_ct *c, const char *p, size_t len, uint8_t fa
     r->family = family;
     NFB_FOR_EACH(a, p, len) {
         uint16_t al = mnl_attr_get_payload_len(a);
-        switch (mnl_attr_get_type(a)) {
+        uint16_t type = mnl_attr_get_type(a);
+        if (type <= CTA_MAX && nfb_ct_u32_bit[type]) {
+            if (al >= 4) {
+                uint32_t v = nfb_u32(a);
+                memcpy((char *)r + nfb_ct_u32_off[type], &v, sizeof(v));
+                attrs |= nfb_ct_u32_bit[type];
+            }
+            continue;
+        }
+        switch (type) {
         case CTA_TUPLE_ORIG:
             nfb_parse_tuple(a, &r->orig);
             attrs |= NFB_CT_A_ORIG;
@@ -459,42 +487,6 @@ static void nfb_parse_ct(struct nfb_ct *c, const char *p, size_t len, uint8_t fa
         case CTA_TUPLE_MASTER:
             nfb_parse_tuple(a, &r->master);
             attrs |= NFB_CT_A_MASTER;
-            break;
-        case CTA_STATUS:
-            if (al >= 4) {
-                r->status = nfb_u32(a);
-                attrs |= NFB_CT_A_STATUS;
-            }
-            break;
-        case CTA_TIMEOUT:
-            if (al >= 4) {
-                r->timeout = nfb_u32(a);
-                attrs |= NFB_CT_A_TIMEOUT;
-            }
-            break;
-        case CTA_MARK:
-            if (al >= 4) {
-                r->mark = nfb_u32(a);
-                attrs |= NFB_CT_A_MARK;
-            }
-            break;
-        case CTA_SECMARK:
-            if (al >= 4) {
-                r->secmark = nfb_u32(a);
-                attrs |= NFB_CT_A_SECMARK;
-            }
-            break;
-        case CTA_USE:
-            if (al >= 4) {
-                r->use = nfb_u32(a);
-                attrs |= NFB_CT_A_USE;
-            }
-            break;
-        case CTA_ID:
-            if (al >= 4) {
-                r->id = nfb_u32(a);
-                attrs |= NFB_CT_A_ID;
-            }
             break;
         case CTA_ZONE:
             if (al >= 2) {
