@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import threading
+import time
 import warnings
 from collections import deque
 from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional, Tuple
@@ -188,7 +189,6 @@ class Channel:
         self._on_overrun = check_choice("on_overrun", on_overrun, ON_OVERRUN)
         self._netns = netns
         self._stop_requested = False
-        self._running = 0
         self._warned_overrun = False
         self._ifnames: dict = {}
         self._lock = threading.RLock()
@@ -397,15 +397,12 @@ class Channel:
 
         Raises ClosedError, Overrun (``on_overrun="raise"``), NetlinkError.
         """
-        import time
-
         self._check_open()
         if not callable(handler):
             raise TypeError("handler must be callable, not %s" % type(handler).__name__)
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        self._running += 1
         try:
             idle_since = time.monotonic()
             while not self._stop_requested and not self._closed:
@@ -424,12 +421,7 @@ class Channel:
         except KeyboardInterrupt:
             return
         finally:
-            self._running -= 1
             self._consume_stop()
-            self._after_run()
-
-    def _after_run(self) -> None:
-        """Hook for subclasses: runs when run() or an iterator ends."""
 
     def _collect(self) -> Iterator[Any]:
         """Packets one by one, for ``for pkt in channel``."""
