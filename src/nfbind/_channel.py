@@ -258,6 +258,26 @@ class Channel:
                 stacklevel=4,
             )
 
+    def _recv_batch(self, recv: Callable[[Any], int], c: Any) -> int:
+        """One receive by the C helper ``recv`` into ``c.rx``, never blocking.
+
+        An overrun gets the ENOBUFS policy (counted, or raised) and the read
+        goes on, since the socket stays readable after one; so does a batch
+        that held no packet (only the kernel's error replies, or packets the
+        C filter dropped).  Returns the number of packets, 0 for none.
+        """
+        for _ in range(_MAX_BATCHES_PER_WAKE):
+            n = recv(c)
+            if n < 0:
+                if n != -errno.ENOBUFS:
+                    raise error_from_errno(-n, "receiving from %s" % self._describe())
+                self._overrun(int(c.rx.overruns))
+                continue
+            if n == 0 and c.rx.data_len:
+                continue
+            return n
+        return 0
+
     def _describe(self) -> str:
         return type(self).__name__
 

@@ -324,20 +324,6 @@ class NfLog(Channel):
 
     # -- receive and dispatch ------------------------------------------------------
 
-    def _recv(self) -> int:
-        c = self._c
-        for _ in range(64):
-            n = lib.nfb_log_recv(c)
-            if n < 0:
-                if n != -errno.ENOBUFS:
-                    raise error_from_errno(-n, "receiving from %s" % self._describe())
-                self._overrun(int(c.rx.overruns))  # raises, or counts
-                continue  # the socket is still readable after an overrun
-            if n == 0 and c.rx.data_len:
-                continue  # every packet of this batch was of another family
-            return n
-        return 0
-
     def _drain_once(self, handler: Callable[[LogPacket], Any]) -> int:
         with self._lock:
             if self._closed:
@@ -345,7 +331,7 @@ class NfLog(Channel):
             if self._backlog:
                 todo, self._backlog = self._backlog, []
                 return self._dispatch_list(handler, todo)
-            n = self._recv()
+            n = self._recv_batch(lib.nfb_log_recv, self._c)
             if n <= 0:
                 return 0
             c = self._c

@@ -518,12 +518,6 @@ class NfQueue(Channel):
 
     # -- receive and dispatch ------------------------------------------------------
 
-    def _recv_error(self, rc: int) -> None:
-        if rc == -errno.ENOBUFS:
-            self._overrun(int(self._c.rx.overruns))
-            return
-        raise error_from_errno(-rc, "receiving from queue %d" % self.queue_num)
-
     def _warn_async(self, c: Any) -> None:
         """The kernel refused verdict messages (it answers asynchronously):
         count them, and say so once."""
@@ -548,13 +542,7 @@ class NfQueue(Channel):
             if self._backlog:
                 return self._run_backlog(handler)
             c = self._c
-            n = lib.nfb_q_recv(c)
-            if n < 0:
-                self._recv_error(n)  # raises, or counts an overrun
-                n = lib.nfb_q_recv(c)  # the socket is still readable after one
-                if n < 0:
-                    self._recv_error(n)
-                    return 0
+            n = self._recv_batch(lib.nfb_q_recv, c)
             if n == 0:
                 return 0
             if c.rx.async_errors != self._seen_async:
