@@ -24,10 +24,30 @@ One run:
    and prints its own timing (first packet received -> N-th verdict sent);
 6. the receiver is SIGCONTed and must count all N accepted datagrams.
 
+That is the default scenario, ``--scenario drain``.  The others keep the
+consumer running while ``bin/nfb_udp send`` sends (see run_live()):
+
+``stream``
+    N packets sent as fast as the sender can into a queue of max length
+    65536 and a 64 MiB receive buffer; rate = packets handled / (last -
+    first); losses counted (sent, handled, received at the far side, the
+    queue's drop counters).
+``overload``
+    queue max length 1024 and a 256 KiB receive buffer; the C reference
+    reads everything readable and accepts it with one batch verdict
+    (``nfq_ref --batch``).  Reported: what each consumer lost and where
+    (queue_dropped, user_dropped, sent - received).
+``memory``
+    nfbind only: N packets (default 1,000,000) accepted, sent in chunks the
+    consumer keeps up with; the consumer's RSS every 100,000 packets.
+
+Consumers in those scenarios stop 1 s (memory: 5 s) after their last packet,
+so a stream that lost packets still ends.
+
 The namespace is always deleted and only processes started here are killed.
 The result per round is the ratio nfbind pps / C pps; the summary is the
 median over rounds of each rate and of that per-round ratio.  Exit status is
-non-zero if any run failed or any packet went missing.
+non-zero if any run failed, or (drain only) any packet went missing.
 """
 from __future__ import annotations
 
@@ -55,6 +75,16 @@ NFQUEUE_MAX_PACKETS = 65536      # the queue length we allow ourselves
 CONSUMER_TIMEOUT = 60            # seconds, passed to the consumers
 READY_TIMEOUT = 30.0             # python startup + import may be slow-ish
 SEND_TIMEOUT = 60.0
+
+SCENARIOS = ("drain", "stream", "overload", "memory")
+DEFAULT_PACKETS = {"drain": 60000, "stream": 100000, "overload": 200000,
+                   "memory": 1000000}
+STREAM_QUEUE_LEN = 65536         # stream: the queue holds what the consumer lags
+STREAM_RCVBUF = 64 << 20
+OVERLOAD_QUEUE_LEN = 1024        # overload: a small queue and buffer, both impls
+OVERLOAD_RCVBUF = 256 << 10
+MEMORY_CHUNK = 50000             # memory: packets sent before waiting for the consumer
+RSS_EVERY = 100000               # memory: RSS sample interval, packets
 
 _ns_counter = 0
 
@@ -385,6 +415,186 @@ def run_one(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
 
 
 # --------------------------------------------------------------------------
+# the live scenarios: the consumer runs while the sender sends
+
+
+def live_args(impl: str, scenario: str) -> tuple[list[str], int]:
+    """(consumer options, queue max length) for a live scenario."""
+    if scenario == "stream":
+        return ["--idle", "1", "--rcvbuf", str(STREAM_RCVBUF)], STREAM_QUEUE_LEN
+    if scenario == "overload":
+        opts = ["--idle", "1", "--rcvbuf", str(OVERLOAD_RCVBUF)]
+        return (["--batch"] if impl == "c" else []) + opts, OVERLOAD_QUEUE_LEN
+    if scenario == "memory":
+        return (["--idle", "5", "--rcvbuf", str(STREAM_RCVBUF),
+                 "--rss-every", str(RSS_EVERY)], STREAM_QUEUE_LEN)
+    raise ValueError(scenario)
+
+
+def rss_summary(samples: list | None) -> dict:
+    """RSS after warm-up (the first sample at or past RSS_EVERY packets), the
+    largest later sample, and the growth between them in percent."""
+    if not samples:
+        return {}
+    later = [s for s in samples if s[0] >= RSS_EVERY]
+    if len(later) < 2:
+        return {"rss_samples": samples}
+    base = later[0][1]
+    peak = max(s[1] for s in later[1:])
+    return {"rss_samples": samples, "rss_warm_bytes": base, "rss_max_bytes": peak,
+            "rss_growth_pct": round(100.0 * (peak - base) / base, 2)}
+
+
+def run_live(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
+             udp_tool: str, scenario: str, npackets: int, size: int,
+             cpu: int | None, verbose: bool) -> dict:
+    global _ns_counter
+    _ns_counter += 1
+    ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
+    procs: list[Proc] = []
+    result: dict = {"impl": impl, "scenario": scenario, "ok": False}
+    opts, max_len = live_args(impl, scenario)
+    timeout = CONSUMER_TIMEOUT + npackets // 10000
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(f"  [{impl} {scenario} {ns}] {msg}", file=sys.stderr, flush=True)
+
+    def send(n: int) -> dict:
+        r = subprocess.run(["ip", "netns", "exec", ns, udp_tool, "send", str(PORT),
+                            str(n), str(size)], capture_output=True, text=True,
+                           timeout=SEND_TIMEOUT + n // 10000, check=False)
+        if r.returncode != 0:
+            raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    _run(["ip", "netns", "add", ns])
+    try:
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-p", "udp",
+              "--dport", str(PORT), "-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM)])
+        recv = Proc("receiver", ["ip", "netns", "exec", ns, udp_tool, "recv",
+                                 str(PORT), str(npackets), str(timeout + 60)])
+        procs.append(recv)
+        recv.wait_line(b"READY", 10.0)
+
+        cmd = list(consumer_cmd) + opts
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        cons = Proc(impl, ["ip", "netns", "exec", ns, *cmd, str(QUEUE_NUM),
+                           str(npackets), str(max_len), str(timeout)], env=env)
+        procs.append(cons)
+        cons.wait_line(b"READY", READY_TIMEOUT)
+        if queue_stats(ns) is None:
+            raise RunError("queue is not bound (no line in nfnetlink_queue)")
+        log(f"consumer ready ({' '.join(opts)}, max_len {max_len})")
+
+        t0 = time.monotonic()
+        sent = retries = 0
+        if scenario == "memory":
+            # chunks the consumer keeps up with: wait for the queue to empty
+            # before the next one (bounded by the consumer's own deadline)
+            end = t0 + timeout
+            while sent < npackets:
+                res = send(min(MEMORY_CHUNK, npackets - sent))
+                sent += res["sent"]
+                retries += res.get("retries", 0)
+                while time.monotonic() < end:
+                    st = queue_stats(ns)
+                    if st is None or st["waiting"] <= 1000 or cons.p.poll() is not None:
+                        break
+                    time.sleep(0.02)
+                if cons.p.poll() is not None:
+                    break
+        else:
+            res = send(npackets)
+            sent, retries = res["sent"], res.get("retries", 0)
+        result["sent"] = sent
+        result["sender_retries"] = retries
+        result["send_seconds"] = round(time.monotonic() - t0, 3)
+        log(f"sent {sent} in {result['send_seconds']} s")
+
+        # the drop counters are final once the sender is done; the queue's
+        # line goes away with the consumer, so read it while it runs
+        stats = queue_stats(ns)
+        end = time.monotonic() + timeout + 15
+        while cons.p.poll() is None and time.monotonic() < end:
+            st = queue_stats(ns)
+            if st is not None:
+                stats = st
+            cons.wait_exit(0.2)
+        rc = cons.wait_exit(max(0.0, end - time.monotonic()))
+        result["queue"] = stats
+        if rc is None:
+            raise RunError(f"{impl} consumer did not exit" + cons.stderr_tail())
+        if rc != 0:
+            raise RunError(f"{impl} consumer exited {rc}" + cons.stderr_tail())
+        res = cons.json_line()
+        result.update(packets=res.get("packets"), seconds=res.get("seconds"),
+                      pps=res.get("pps"))
+        extra = {k: v for k, v in res.items()
+                 if k not in ("impl", "packets", "seconds", "pps", "rss")}
+        result["consumer_extra"] = extra
+        result.update(rss_summary(res.get("rss")))
+        log(f"consumer: {extra} handled {result['packets']} at {result['pps']} pps")
+
+        rrc = recv.wait_exit(1.0)
+        if rrc is None:          # not all arrived: ask it for its count
+            recv.signal(signal.SIGTERM)
+            rrc = recv.wait_exit(5.0)
+        if rrc is None:
+            raise RunError("receiver did not report")
+        result["received"] = recv.json_line().get("received")
+        result["lost"] = sent - result["received"]
+        if stats is not None:
+            result["queue_dropped"] = stats["queue_dropped"]
+            result["user_dropped"] = stats["user_dropped"]
+        elif result["packets"] == sent:
+            # the consumer had everything and was gone before the first look:
+            # nothing can have been dropped
+            result["queue_dropped"] = result["user_dropped"] = 0
+        if not result["packets"]:
+            result["error"] = "the consumer handled no packet"
+        elif scenario == "memory" and "rss_growth_pct" not in result:
+            result["error"] = f"too few RSS samples ({result['packets']} packets)"
+        else:
+            result["ok"] = True
+        return result
+    except RunError as e:
+        result["error"] = str(e)
+        return result
+    except subprocess.TimeoutExpired as e:
+        result["error"] = f"timeout: {e}"
+        return result
+    finally:
+        for p in procs:
+            p.kill()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
+                       timeout=30)
+
+
+def live_summary(rounds: list[dict], impls: list[str]) -> dict:
+    """Medians over rounds of what the live scenarios report."""
+    out: dict = {}
+    for impl in impls:
+        ok = [row[impl] for row in rounds if row[impl]["ok"]]
+        for key in ("sent", "packets", "received", "lost", "queue_dropped",
+                    "user_dropped", "rss_warm_bytes", "rss_max_bytes",
+                    "rss_growth_pct"):
+            vals = [r[key] for r in ok if r.get(key) is not None]
+            if vals:
+                out[f"{impl}_{key}_median"] = statistics.median(vals)
+    return out
+
+
+def _install_sigterm() -> None:
+    """SIGTERM runs the finally blocks (namespaces deleted, children killed)."""
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+
+
+# --------------------------------------------------------------------------
 # main
 
 
@@ -394,8 +604,13 @@ def _fmt(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--packets", type=int, default=60000,
-                    help="packets per run (queued all at once; max %d)" % NFQUEUE_MAX_PACKETS)
+    ap.add_argument("--scenario", choices=SCENARIOS, default="drain",
+                    help="drain (default): the queue filled while the consumer is "
+                    "stopped; stream, overload, memory: see the module's docstring")
+    ap.add_argument("--packets", type=int,
+                    help="packets per run (default by scenario: %s; drain: at most %d)"
+                    % (", ".join(f"{k} {v}" for k, v in DEFAULT_PACKETS.items()),
+                       NFQUEUE_MAX_PACKETS))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=100, help="UDP payload bytes")
     ap.add_argument("--impl", choices=("both", "c", "nfbind"), default="both")
@@ -409,8 +624,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (network namespaces, iptables)")
-    if not 1 <= a.packets <= NFQUEUE_MAX_PACKETS:
-        sys.exit(f"bench: --packets must be 1..{NFQUEUE_MAX_PACKETS}")
+    if a.packets is None:
+        a.packets = DEFAULT_PACKETS[a.scenario]
+    if a.scenario == "memory" and a.impl == "both":
+        a.impl = "nfbind"          # the C consumer reports no RSS
+    if a.scenario == "memory" and a.impl != "nfbind":
+        sys.exit("bench: --scenario memory measures the nfbind consumer only")
+    limit = NFQUEUE_MAX_PACKETS if a.scenario == "drain" else 10_000_000
+    if not 1 <= a.packets <= limit:
+        sys.exit(f"bench: --packets must be 1..{limit}")
+    if a.scenario == "memory" and a.packets < 3 * RSS_EVERY:
+        sys.exit(f"bench: --scenario memory needs --packets >= {3 * RSS_EVERY}")
     if not 0 <= a.size <= 65507:
         sys.exit("bench: --size must be 0..65507")
     if not 1 <= a.rounds <= 1000:
@@ -422,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     udp_tool = _build("nfb_udp", "nfb_udp.c", [])
     impls = ["c", "nfbind"] if a.impl == "both" else [a.impl]
     cmds: dict[str, tuple[list[str], dict[str, str] | None]] = {}
-    info: dict = {"packets": a.packets, "rounds": a.rounds, "size": a.size,
+    info: dict = {"scenario": a.scenario, "packets": a.packets, "rounds": a.rounds,
+                  "size": a.size,
                   "kernel": platform.release(), "cpus": os.cpu_count(),
                   "cpu_pin": a.cpu}
     if "c" in impls:
@@ -435,8 +660,13 @@ def main(argv: list[str] | None = None) -> int:
         info["nfbind"] = where
         info["pythonpath"] = env.get("PYTHONPATH")
 
+    if a.scenario != "drain":
+        info["consumer_options"] = {impl: live_args(impl, a.scenario)[0] for impl in impls}
+        info["max_len"] = live_args(impls[0], a.scenario)[1]
+    _install_sigterm()
     if not a.json:
-        print(f"NFQUEUE throughput: {a.packets} packets x {a.size} B UDP payload, "
+        title = "throughput" if a.scenario == "drain" else a.scenario
+        print(f"NFQUEUE {title}: {a.packets} packets x {a.size} B UDP payload, "
               f"{a.rounds} rounds, kernel {info['kernel']}, {info['cpus']} CPUs")
         if "nfbind" in info:
             print(f"nfbind: {info['nfbind']} ({info['python']})")
@@ -448,8 +678,12 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"round": r}
         for impl in impls:
             cmd, env = cmds[impl]
-            res = run_one(impl, cmd, env, udp_tool, a.packets, a.size, a.cpu,
-                          a.verbose)
+            if a.scenario == "drain":
+                res = run_one(impl, cmd, env, udp_tool, a.packets, a.size, a.cpu,
+                              a.verbose)
+            else:
+                res = run_live(impl, cmd, env, udp_tool, a.scenario, a.packets,
+                               a.size, a.cpu, a.verbose)
             row[impl] = res
             if not res["ok"]:
                 failed = True
@@ -460,7 +694,17 @@ def main(argv: list[str] | None = None) -> int:
             parts = [f"round {r}:"]
             for impl in impls:
                 res = row[impl]
-                if res["ok"]:
+                if res["ok"] and a.scenario == "memory":
+                    parts.append(f"{impl} {_fmt(res['pps'])} pps, RSS "
+                                 f"{res['rss_warm_bytes'] >> 10} KiB at {RSS_EVERY}, "
+                                 f"max {res['rss_max_bytes'] >> 10} KiB later "
+                                 f"({res['rss_growth_pct']:+.2f}%)")
+                elif res["ok"] and a.scenario != "drain":
+                    parts.append(f"{impl} {_fmt(res['pps'])} pps (handled "
+                                 f"{res['packets']}, recv {res['received']}/{res['sent']}, "
+                                 f"queue_dropped {res.get('queue_dropped')}, "
+                                 f"user_dropped {res.get('user_dropped')})")
+                elif res["ok"]:
                     parts.append(f"{impl} {_fmt(res['pps'])} pps "
                                  f"(recv {res['received']}/{a.packets})")
                 else:
@@ -479,10 +723,13 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [row["ratio"] for row in rounds if "ratio" in row]
     if len(impls) == 2:
         summary["ratio_median"] = statistics.median(ratios) if ratios else None
+    if a.scenario != "drain":
+        summary.update(live_summary(rounds, impls))
     summary["ok"] = not failed
 
     if a.json:
-        print(json.dumps({"benchmark": "nfqueue_throughput", **info,
+        name = "nfqueue_throughput" if a.scenario == "drain" else f"nfqueue_{a.scenario}"
+        print(json.dumps({"benchmark": name, **info,
                           "rounds_detail": rounds, **summary}, indent=None))
     else:
         print()
@@ -494,6 +741,12 @@ def main(argv: list[str] | None = None) -> int:
             rm = summary["ratio_median"]
             print("median ratio nfbind/C: " + ("-" if rm is None else f"{rm:.3f}")
                   + f"  (per-round ratios: {', '.join(f'{x:.3f}' for x in ratios)})")
+        if a.scenario != "drain":
+            for impl in impls:
+                got = {k[len(impl) + 1:-7]: v for k, v in summary.items()
+                       if k.startswith(impl + "_") and k.endswith("_median")
+                       and not k.startswith(impl + "_pps")}
+                print(f"median {impl}: " + ", ".join(f"{k} {v:,}" for k, v in got.items()))
         if failed:
             print("SOME RUNS FAILED OR LOST PACKETS", file=sys.stderr)
     return 1 if failed else 0

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """nfbind NFQUEUE consumer for benchmarks/bench_nfqueue.py.
 
-    python nfq_nfbind.py QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]
+    python nfq_nfbind.py [--idle S] [--rcvbuf B] [--rss-every K]
+                         QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]
 
 The same job as nfq_ref.c, written with nfbind: bind the queue (copy packet,
 range 0xffff, a forced 64 MiB receive buffer), print READY, accept every
@@ -14,20 +15,61 @@ as well ("seconds" covers up to the return of ``run()``).  Prints one line:
 
 Killed by SIGALRM (default action) if not done within TIMEOUT_SECONDS
 (default 60) of READY, so a stuck run can't hang the driver.
+
+Options for the other scenarios (without them it is the drain consumer
+above):
+
+``--idle S``
+    stop S seconds after the last packet even if fewer than N came (packets
+    were lost); exit 0.  "seconds" then runs from the first packet to the
+    last one handled (the handler reads the clock for every packet), or to
+    the return of ``run()`` if all N came.
+``--rcvbuf B``
+    the receive buffer to force instead of 64 MiB.
+``--rss-every K``
+    every K packets, record the process's resident set size (from
+    /proc/self/statm); reported as "rss" = [[packets, bytes], ...].
 """
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
 
+OPTIONS = {"--idle": float, "--rcvbuf": int, "--rss-every": int}
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
+    """Leading --name VALUE options, then the positional arguments."""
+    opts: dict = {}
+    rest = list(argv[1:])
+    while rest and rest[0] in OPTIONS and len(rest) >= 2:
+        name = rest.pop(0)
+        opts[name[2:].replace("-", "_")] = OPTIONS[name](rest.pop(0))
+    return opts, [argv[0]] + rest
+
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (4, 5):
-        print(f"usage: {argv[0]} QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]",
-              file=sys.stderr)
+    try:
+        opts, argv = parse_options(argv)
+    except ValueError as e:
+        print(f"nfq_nfbind: bad option value: {e}", file=sys.stderr)
         return 64
+    if len(argv) not in (4, 5):
+        print(f"usage: {argv[0]} [--idle S] [--rcvbuf B] [--rss-every K] "
+              "QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]", file=sys.stderr)
+        return 64
+    idle = opts.get("idle")
+    rss_every = opts.get("rss_every")
     queue_num, npackets, max_len = int(argv[1]), int(argv[2]), int(argv[3])
     timeout = int(argv[4]) if len(argv) == 5 else 60
     if npackets <= 0:
@@ -38,10 +80,12 @@ def main(argv: list[str]) -> int:
 
     accept = Verdict.ACCEPT
     clock = time.perf_counter
-    state = [0, 0.0, 0.0]  # count, first-packet time, N-th packet time
+    # count, first-packet time, N-th packet time, last-packet time
+    state = [0, 0.0, 0.0, 0.0]
+    rss: list = []
 
     with NfQueue(queue_num, copy_range=0xFFFF, max_len=max_len,
-                 rcvbuf=64 << 20) as q:
+                 rcvbuf=opts.get("rcvbuf", 64 << 20)) as q:
         stop = q.stop
 
         def handler(pkt, state=state, n=npackets, clock=clock,
@@ -55,10 +99,49 @@ def main(argv: list[str]) -> int:
                 stop()
             return accept
 
+        def timed_handler(pkt, state=state, n=npackets, clock=clock,
+                          accept=accept, stop=stop):
+            c = state[0] + 1
+            state[0] = c
+            t = clock()
+            if c == 1:
+                state[1] = t
+            state[3] = t
+            if c == n:
+                state[2] = t
+                stop()
+            return accept
+
+        def rss_handler(pkt, state=state, n=npackets, clock=clock, accept=accept,
+                        stop=stop, k=rss_every or 1, rss=rss, rss_bytes=rss_bytes):
+            c = state[0] + 1
+            state[0] = c
+            if c == 1:
+                state[1] = clock()
+            if not c % k:
+                rss.append([c, rss_bytes()])
+            if c == n:
+                state[2] = state[3] = clock()
+                stop()
+            return accept
+
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(timeout)
         print("READY", flush=True)
-        q.run(handler)
+        if rss_every:
+            rss.append([0, rss_bytes()])
+            handler = rss_handler
+        elif idle:
+            handler = timed_handler
+        if idle or rss_every:
+            # wait for the first packet (SIGALRM bounds this), then run until
+            # the N-th, or until nothing came for IDLE seconds
+            while state[0] == 0:
+                q.run(handler, timeout=1.0)
+            if state[0] < npackets:
+                q.run(handler, timeout=idle or 3.0)
+        else:
+            q.run(handler)
         t_run_end = clock()
         signal.alarm(0)
         try:  # nfbind's own counters (recv/send calls, batching), if it has them
@@ -66,7 +149,15 @@ def main(argv: list[str]) -> int:
         except Exception:  # noqa: BLE001 - informational only
             stats = None
 
-    count, t_first, t_nth = state
+    count, t_first, t_nth, t_last = state
+    if (idle or rss_every) and count < npackets:
+        secs = t_last - t_first
+        print(json.dumps({
+            "impl": "nfbind", "packets": count, "seconds": round(secs, 6),
+            "pps": round(count / secs, 1) if secs > 0 else 0.0,
+            "idle_stop": True, "rss": rss or None, "stats": stats,
+        }, separators=(",", ":")), flush=True)
+        return 0
     if count < npackets:
         print(f"nfq_nfbind: run() returned after {count} of {npackets} packets",
               file=sys.stderr)
@@ -80,6 +171,8 @@ def main(argv: list[str]) -> int:
         "seconds": round(secs, 6),
         "pps": round(count / secs, 1) if secs > 0 else 0.0,
         "seconds_to_nth_handler": round(t_nth - t_first, 6),
+        **({"idle_stop": False} if idle else {}),
+        **({"rss": rss} if rss_every else {}),
         "stats": stats,
     }, separators=(",", ":")), flush=True)
     return 0

@@ -17,8 +17,21 @@
  *
  * Exits 2 (with a message on stderr) if N packets are not done within
  * TIMEOUT_SECONDS (default 60) of READY.
+ *
+ * Options (before the positional arguments) for the stream and overload
+ * scenarios; without them the consumer behaves as described above:
+ *
+ *   --batch        after a blocking recv, also read every message that is
+ *                  readable right away, then accept them all with ONE
+ *                  NFQNL_MSG_VERDICT_BATCH up to the highest packet id
+ *   --idle S       stop S seconds (may be fractional) after the last packet
+ *                  even if fewer than N came (packets were lost); exit 0 and
+ *                  report "seconds" from the first packet received to the
+ *                  last verdict sent
+ *   --rcvbuf B     force a receive buffer of B bytes instead of 64 MiB
  */
 #include <errno.h>
+#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,24 +102,103 @@ static void config_send(struct mnl_socket *nl, struct nlmsghdr *nlh,
 		die(what);
 }
 
+/* Accept every packet message in buf[0..n): one verdict each (single mode),
+ * or only note the highest id (batch mode).  Returns packets seen. */
+static unsigned long handle_buf(struct mnl_socket *nl, char *buf, ssize_t n,
+				unsigned long queue_num, int batch,
+				uint32_t *max_id, unsigned long room)
+{
+	struct nlattr *attr[NFQA_MAX + 1];
+	char vbuf[MNL_SOCKET_BUFFER_SIZE];
+	struct nfqnl_msg_packet_hdr *ph;
+	struct nlmsghdr *nlh = (struct nlmsghdr *)buf;
+	unsigned long seen = 0;
+	int len = (int)n;
+
+	/* one packet per datagram (the kernel sends one per skb), but walk the
+	 * buffer in case there are several messages */
+	while (seen < room && mnl_nlmsg_ok(nlh, len)) {
+		if (nlh->nlmsg_type == NLMSG_ERROR || nlh->nlmsg_type == NLMSG_DONE ||
+		    nlh->nlmsg_type == NLMSG_NOOP)
+			goto next;
+		if (nfq_nlmsg_parse(nlh, attr) < 0) {
+			fprintf(stderr, "nfq_ref: bad packet message\n");
+			exit(1);
+		}
+		if (!attr[NFQA_PACKET_HDR]) {
+			fprintf(stderr, "nfq_ref: no packet header\n");
+			exit(1);
+		}
+		ph = mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
+		if (batch) {
+			uint32_t id = ntohl(ph->packet_id);
+
+			if (id > *max_id)
+				*max_id = id;
+		} else {
+			struct nlmsghdr *v;
+
+			v = nfq_nlmsg_put(vbuf, NFQNL_MSG_VERDICT, (uint32_t)queue_num);
+			nfq_nlmsg_verdict_put(v, (int)ntohl(ph->packet_id), NF_ACCEPT);
+			if (mnl_socket_sendto(nl, v, v->nlmsg_len) < 0)
+				die("mnl_socket_sendto verdict");
+		}
+		seen++;
+next:
+		nlh = mnl_nlmsg_next(nlh, &len);
+	}
+	return seen;
+}
+
+static const struct option long_opts[] = {
+	{ "batch", no_argument, NULL, 'b' },
+	{ "idle", required_argument, NULL, 'i' },
+	{ "rcvbuf", required_argument, NULL, 'r' },
+	{ NULL, 0, NULL, 0 },
+};
+
 int main(int argc, char **argv)
 {
 	unsigned long queue_num, npackets, max_len, timeout_s = 60;
-	struct nlattr *attr[NFQA_MAX + 1];
+	unsigned long recv_calls = 0, verdict_msgs = 0;
 	struct mnl_socket *nl;
 	struct nlmsghdr *nlh;
 	size_t buf_size;
 	char *buf;
-	char vbuf[MNL_SOCKET_BUFFER_SIZE];
 	unsigned long done = 0;
-	double t_first = 0.0, t_end, deadline;
-	int one = 1, rcvbuf = RCVBUF_BYTES;
+	double t_first = 0.0, t_end = 0.0, deadline, idle_s = 0.0;
+	int one = 1, rcvbuf = RCVBUF_BYTES, batch = 0, opt, idled = 0;
 	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
 
+	while ((opt = getopt_long(argc, argv, "bi:r:", long_opts, NULL)) != -1) {
+		switch (opt) {
+		case 'b':
+			batch = 1;
+			break;
+		case 'i': {
+			char *end;
+
+			idle_s = strtod(optarg, &end);
+			if (*optarg == '\0' || *end != '\0' || !(idle_s > 0) ||
+			    idle_s > 3600) {
+				fprintf(stderr, "nfq_ref: bad --idle: %s\n", optarg);
+				return 64;
+			}
+			break;
+		}
+		case 'r':
+			rcvbuf = (int)parse_ulong(optarg, "--rcvbuf", 1UL << 30);
+			break;
+		default:
+			return 64;
+		}
+	}
+	argc -= optind - 1;
+	argv += optind - 1;
 	if (argc < 4 || argc > 5) {
 		fprintf(stderr,
-			"usage: %s QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]\n",
-			argv[0]);
+			"usage: %s [--batch] [--idle S] [--rcvbuf B] QUEUE_NUM N "
+			"MAX_QUEUE_LEN [TIMEOUT_SECONDS]\n", argv[0]);
 		return 64;
 	}
 	queue_num = parse_ulong(argv[1], "queue number", 65535);
@@ -156,70 +248,75 @@ int main(int argc, char **argv)
 	deadline = now() + (double)timeout_s;
 
 	while (done < npackets) {
-		struct nfqnl_msg_packet_hdr *ph;
+		uint32_t max_id = 0;
+		unsigned long got;
 		ssize_t n;
-		uint32_t id;
-		int len;
 
+		recv_calls++;
 		n = mnl_socket_recvfrom(nl, buf, buf_size);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK ||
 			    errno == EINTR || errno == ENOBUFS) {
-				if (now() > deadline)
+				double t = now();
+
+				if (t > deadline)
 					goto timeout;
+				if (idle_s > 0 && done > 0 && t - t_end > idle_s) {
+					idled = 1;
+					break;
+				}
 				continue;
 			}
 			die("mnl_socket_recvfrom");
 		}
 		if (done == 0)
 			t_first = now();
-
-		/* one packet per datagram (the kernel sends one per skb), but
-		 * walk the buffer in case there are several messages */
-		len = (int)n;
-		nlh = (struct nlmsghdr *)buf;
-		while (mnl_nlmsg_ok(nlh, len)) {
-			if (nlh->nlmsg_type == NLMSG_ERROR ||
-			    nlh->nlmsg_type == NLMSG_DONE ||
-			    nlh->nlmsg_type == NLMSG_NOOP)
-				goto next;
-			if (nfq_nlmsg_parse(nlh, attr) < 0) {
-				fprintf(stderr, "nfq_ref: bad packet message\n");
-				return 1;
+		got = handle_buf(nl, buf, n, queue_num, batch, &max_id,
+				 npackets - done);
+		if (batch) {
+			/* everything readable now, then one verdict for all */
+			while (done + got < npackets) {
+				recv_calls++;
+				n = recv(mnl_socket_get_fd(nl), buf, buf_size,
+					 MSG_DONTWAIT);
+				if (n < 0) {
+					if (errno == EINTR || errno == ENOBUFS)
+						continue;
+					break;
+				}
+				got += handle_buf(nl, buf, n, queue_num, batch,
+						  &max_id, npackets - done - got);
 			}
-			if (!attr[NFQA_PACKET_HDR]) {
-				fprintf(stderr, "nfq_ref: no packet header\n");
-				return 1;
-			}
-			ph = mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
-			id = ntohl(ph->packet_id);
-
-			{
+			if (got) {
+				char vbuf[MNL_SOCKET_BUFFER_SIZE];
 				struct nlmsghdr *v;
 
-				v = nfq_nlmsg_put(vbuf, NFQNL_MSG_VERDICT,
+				v = nfq_nlmsg_put(vbuf, NFQNL_MSG_VERDICT_BATCH,
 						  (uint32_t)queue_num);
-				nfq_nlmsg_verdict_put(v, (int)id, NF_ACCEPT);
+				nfq_nlmsg_verdict_put(v, (int)max_id, NF_ACCEPT);
 				if (mnl_socket_sendto(nl, v, v->nlmsg_len) < 0)
-					die("mnl_socket_sendto verdict");
+					die("mnl_socket_sendto batch verdict");
+				verdict_msgs++;
 			}
-			done++;
-			if (done == npackets)
-				break;
-next:
-			nlh = mnl_nlmsg_next(nlh, &len);
+		} else {
+			verdict_msgs += got;
 		}
+		done += got;
+		if (got && (idle_s > 0 || done == npackets))
+			t_end = now();
 		if (done < npackets && now() > deadline)
 			goto timeout;
 	}
-	t_end = now();
 
 	{
 		double secs = t_end - t_first;
 
 		printf("{\"impl\":\"c\",\"packets\":%lu,\"seconds\":%.6f,"
-		       "\"pps\":%.1f}\n",
-		       done, secs, secs > 0 ? (double)done / secs : 0.0);
+		       "\"pps\":%.1f,\"mode\":\"%s\",\"idle_stop\":%s,"
+		       "\"recv_calls\":%lu,\"verdict_msgs\":%lu,\"rcvbuf\":%d}\n",
+		       done, secs, secs > 0 ? (double)done / secs : 0.0,
+		       batch ? "batch" : "single", idled ? "true" : "false",
+		       recv_calls, verdict_msgs, rcvbuf);
 		fflush(stdout);
 	}
 	mnl_socket_close(nl);
