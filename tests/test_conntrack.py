@@ -820,3 +820,49 @@ def test_a_dump_can_be_iterated_while_flows_are_updated(ns):
         assert n == 300
         assert sorted(f.mark for f in ct.dump()) == list(range(1, 301))
         assert len(ct.list(mark=150)) == 1
+
+
+def test_a_large_dump_received_ahead_on_a_second_thread(ns, monkeypatch):
+    """A dump of many batches: later batches are received on a thread while
+    earlier ones are built; the result equals the one-thread dump, an
+    abandoned dump stops the thread, and the socket pool stays usable."""
+    import threading
+
+    from nfbind import conntrack as ctmod
+
+    ct_ns(ns, v6=False)
+    monkeypatch.setattr(ctmod, "_BATCH", 16)    # 400 flows: 25+ batches
+    monkeypatch.setattr(ctmod, "_CHUNK", 48)    # hand out flows between batches
+    with Conntrack(netns=ns.name) as ct:
+        for p in range(1, 401):
+            ct.create(Flow(Tuple("10.0.0.1", "10.0.0.2", "udp", p, 53), timeout=60, mark=p))
+
+        def receivers() -> int:
+            return sum(1 for t in threading.enumerate() if t.name == "nfbind-ct-dump")
+
+        monkeypatch.setattr(ctmod, "_PREFETCH", True)
+        started = []
+        real_start = threading.Thread.start
+
+        def spy(self):
+            if self.name == "nfbind-ct-dump":
+                started.append(self)
+            return real_start(self)
+
+        monkeypatch.setattr(threading.Thread, "start", spy)
+        ahead = sorted((f.orig.sport, f.mark) for f in ct.dump())
+        assert len(started) == 1, "a dump of many batches receives ahead on one thread"
+        monkeypatch.setattr(ctmod, "_PREFETCH", False)
+        serial = sorted((f.orig.sport, f.mark) for f in ct.dump())
+        assert len(started) == 1, "without prefetch no thread is started"
+        assert ahead == serial == [(p, p) for p in range(1, 401)]
+
+        monkeypatch.setattr(ctmod, "_PREFETCH", True)
+        it = ct.dump()
+        first = [next(it) for _ in range(10)]
+        assert len(started) == 2 and len({f.orig.sport for f in first}) == 10
+        it.close()                               # abandon it half way
+        assert not started[1].is_alive() and receivers() == 0
+        # the pool still answers: a filtered dump and a count on fresh state
+        assert [f.mark for f in ct.dump(mark=200)] == [200]
+        assert ct.count() == 400

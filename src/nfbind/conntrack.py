@@ -53,10 +53,12 @@ import errno
 import gc as _gc
 import ipaddress
 import os
+import queue as _queue
 import socket
 import struct
 import sys
 import threading
+import time as _time
 import warnings
 from dataclasses import dataclass
 from typing import (
@@ -1152,7 +1154,7 @@ _TABLES = {
 }
 
 #: records per receive call (one C call drains datagrams until it has these)
-_BATCH = 4096
+_BATCH = 8192
 #: flows built before dump() hands them out (the latency and memory of a
 #: dump's first flow; bigger chunks mean fewer garbage-collector passes)
 _CHUNK = 65536
@@ -1191,6 +1193,104 @@ def _as_tuple(obj: Any, what: str) -> Tuple:
     if isinstance(obj, Tuple):
         return obj
     raise TypeError("%s needs a Flow or a Tuple, not %s" % (what, type(obj).__name__))
+
+
+class _Batches:
+    """The record batches of one dump, received ahead on a second thread.
+
+    A dump's time is split about evenly between the kernel walking its table
+    (inside the receive call, with the GIL released) and Python building
+    Flow objects.  After the first batch, when more is to come, a receiver
+    thread fetches the next batches while the caller builds the current one,
+    so the two overlap on machines with more than one CPU.  At most
+    ``_AHEAD`` batches wait, so a slow consumer pauses the kernel's dump
+    instead of buffering the table.  Small dumps never start the thread.
+
+    ``next()`` returns ``(records, count, data, nv6)`` for
+    :func:`_build_flows`, or None at the end; it raises what the receive
+    raised.  ``stop()`` ends the thread and says whether the handle may be
+    released (False only if the thread is stuck in a receive).
+    """
+
+    __slots__ = ("ct", "h", "op", "q", "thread", "halt", "first")
+
+    def __init__(self, ct: "Conntrack", h: _Handle, op: str) -> None:
+        self.ct = ct
+        self.h = h
+        self.op = op
+        self.q: Any = None
+        self.thread: Optional[threading.Thread] = None
+        self.halt = False
+        self.first = True
+
+    def _take(self) -> tuple:
+        """Receive one batch; a copy of the records (the C buffer is reused)."""
+        c = self.h.c
+        n = self.ct._recv(self.h, lib.NFB_M_RECORDS, _BATCH, self.op)
+        return (ffi.buffer(c.recs, n * _RS)[:] if n else b"", n,
+                ffi.buffer(c.data, c.data_len)[:] if c.data_len else b"", c.nv6)
+
+    def _run(self) -> None:
+        q = self.q
+        try:
+            while not self.h.c.done and not self.halt:
+                q.put(self._take())
+            q.put(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    def next(self) -> Optional[tuple]:
+        if self.q is None:
+            if self.h.c.done:
+                return None
+            batch = self._take()
+            if self.first and not self.h.c.done and _PREFETCH:
+                self.first = False
+                self.q = _queue.Queue(_AHEAD)
+                self.thread = threading.Thread(target=self._run, name="nfbind-ct-dump",
+                                               daemon=True)
+                self.thread.start()
+            return batch
+        item = self.q.get()
+        if isinstance(item, BaseException):
+            self.q = _Done
+            raise item
+        if item is None:
+            self.q = _Done
+        return item
+
+    def stop(self) -> bool:
+        t = self.thread
+        if t is None:
+            return True
+        self.halt = True
+        # the thread ends after its current receive, each poll of which is
+        # bounded by the request timeout
+        deadline = _time.monotonic() + self.ct._timeout_ms / 1000 + 5
+        while t.is_alive() and _time.monotonic() < deadline:
+            if isinstance(self.q, _queue.Queue):
+                try:  # make room for a blocked put()
+                    while True:
+                        self.q.get_nowait()
+                except _queue.Empty:
+                    pass
+            t.join(0.05)
+        return not t.is_alive()
+
+
+class _DoneQueue:
+    """What a finished _Batches reads from: the end, again."""
+
+    @staticmethod
+    def get() -> None:
+        return None
+
+
+_Done = _DoneQueue()
+#: batches a dump's receiver thread may fetch ahead of the consumer
+_AHEAD = 4
+#: receive ahead on a second thread (see _Batches)
+_PREFETCH = (os.cpu_count() or 1) > 1
 
 
 class Conntrack:
@@ -1373,7 +1473,9 @@ class Conntrack:
         """Yield the flows of the table.
 
         Flows are received and built in chunks of up to 65536 (one C call
-        per 4096 records), so the first flow comes once its chunk is built.
+        per 8192 records), so the first flow comes once its chunk is built.
+        On a machine with more than one CPU, a large dump's later batches are
+        received on a second thread while the first ones are built.
 
         Args:
             family: AF_INET/AF_INET6 (or "ipv4"/"ipv6"); None for both.
@@ -1437,10 +1539,11 @@ class Conntrack:
         filtered = fam is not None or check_mark or check_status or zone is not None
         h = self._acquire()
         ok = False
+        batches = _Batches(self, h, op)
         try:
             self._send(h, build(h), op)
-            c = h.c
-            while not c.done:
+            more = True
+            while more:
                 # Receive and build up to _CHUNK flows with the garbage
                 # collector paused throughout (no code of the caller runs
                 # meanwhile), then hand them out: the new objects are then
@@ -1450,13 +1553,13 @@ class Conntrack:
                 if gc_was_on:
                     _gc.disable()
                 try:
-                    while not c.done and len(flows) < _CHUNK:
-                        n = self._recv(h, lib.NFB_M_RECORDS, _BATCH, op)
-                        if n:
-                            # a view of the C records: read before the next receive
-                            _build_flows(memoryview(ffi.buffer(c.recs, n * _RS)), n,
-                                         ffi.buffer(c.data, c.data_len)[:] if c.data_len else b"",
-                                         flows, c.nv6)
+                    while len(flows) < _CHUNK:
+                        batch = batches.next()
+                        if batch is None:
+                            more = False
+                            break
+                        if batch[1]:
+                            _build_flows(batch[0], batch[1], batch[2], flows, batch[3])
                 finally:
                     if gc_was_on:
                         _gc.enable()
@@ -1478,7 +1581,8 @@ class Conntrack:
             ok = True
         finally:
             # an abandoned dump leaves answers queued on the socket: drop it
-            self._release(h, ok)
+            if batches.stop():
+                self._release(h, ok)
 
     def list(self, table: str = "conntrack", **filters: Any) -> _t.List[Any]:
         """All flows (``table="conntrack"``, "dying", "unconfirmed") or all
