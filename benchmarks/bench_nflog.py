@@ -31,10 +31,27 @@ One run:
    timing (first packet received -> N-th packet handled), its count, and
    whether it saw ENOBUFS / overruns or more than N packets.
 
+That is the default scenario, ``--scenario drain``.  The others keep the
+consumer running while the sender sends (see run_live()):
+
+``stream``
+    N packets sent as fast as the sender can, receive buffer sized for all
+    of them; rate = packets handled / (last - first); lost = sent - handled,
+    with the consumer's ENOBUFS count and the socket's Drops.
+``overload``
+    a 256 KiB receive buffer for both consumers (the group's nlbufsiz left
+    at the kernel's default); what each lost (sent - handled) and how many
+    ENOBUFS it was told about.
+``memory``
+    nfbind only: N packets (default 1,000,000), a LogPacket each, sent in
+    chunks the consumer keeps up with; the consumer's RSS every 100,000.
+
+Consumers in those scenarios stop 1 s (memory: 5 s) after their last packet.
+
 The namespace is always deleted and only processes started here are killed.
 The result per round is the ratio nfbind pps / C pps; the summary is the
 median over rounds of each rate and of that per-round ratio.  Exit status is
-non-zero if any run failed or any message went missing.
+non-zero if any run failed, or (drain only) any message went missing.
 """
 from __future__ import annotations
 
@@ -55,7 +72,8 @@ sys.path.insert(0, HERE)
 
 # the process, build and /proc helpers are the NFQUEUE driver's
 from bench_nfqueue import (  # noqa: E402
-    Proc, RunError, _build, _exe_name, _run, _wait_stopped,
+    RSS_EVERY, Proc, RunError, _build, _exe_name, _install_sigterm, _run,
+    _wait_stopped, live_summary, rss_summary,
 )
 from nflog_nfbind import ALL_FIELDS, parse_fields  # noqa: E402
 
@@ -69,6 +87,12 @@ PREFIX = "nfb-bench"
 RCVBUF_MAX = 1 << 30             # the largest request (nfbind's limit too)
 READY_TIMEOUT = 30.0             # python startup + import may be slow-ish
 IDLE_SECONDS = 3                 # consumers give up this long after the last packet
+
+SCENARIOS = ("drain", "stream", "overload", "memory")
+DEFAULT_PACKETS = {"drain": 200000, "stream": 200000, "overload": 200000,
+                   "memory": 1000000}
+OVERLOAD_RCVBUF = 256 << 10
+MEMORY_CHUNK = 50000             # memory: packets sent before waiting for the consumer
 
 _ns_counter = 0
 
@@ -343,6 +367,155 @@ def run_one(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
 
 
 # --------------------------------------------------------------------------
+# the live scenarios: the consumer runs while the sender sends
+
+
+def _find_socket(ns: str, pid: int, impl: str) -> dict:
+    """The consumer's netlink socket, which must be the group's peer."""
+    peer = group_peer(ns)
+    if peer is None:
+        raise RunError(f"log group {GROUP} is not bound (no line in {NFLOG_PROC})")
+    for inode in socket_inodes(pid):
+        s = netlink_socket(ns, inode)
+        if s and s["protocol"] == NETLINK_NETFILTER and s["portid"] == peer["peer_portid"]:
+            return s
+    raise RunError(f"log group {GROUP}'s peer (portid {peer['peer_portid']}) "
+                   f"is not a socket of the {impl} consumer (pid {pid})")
+
+
+def live_rcvbuf(scenario: str, npackets: int, size: int, rcvbuf: int | None) -> int:
+    if scenario == "overload":
+        return OVERLOAD_RCVBUF
+    if scenario == "memory":
+        return default_rcvbuf(MEMORY_CHUNK, size)
+    return rcvbuf if rcvbuf is not None else default_rcvbuf(npackets, size)
+
+
+def run_live(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
+             env: dict[str, str] | None, udp_tool: str, scenario: str,
+             npackets: int, size: int, rcvbuf: int, cpu: int | None,
+             verbose: bool) -> dict:
+    global _ns_counter
+    _ns_counter += 1
+    ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
+    procs: list[Proc] = []
+    result: dict = {"impl": impl, "scenario": scenario, "ok": False, "rcvbuf": rcvbuf}
+    consumer_timeout = 60 + npackets // 10000
+    idle = 5 if scenario == "memory" else 1
+    if impl == "c":
+        mode = ["stream"]
+    else:
+        mode = [f"rss={RSS_EVERY}" if scenario == "memory" else "stream"]
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(f"  [{impl} {scenario} {ns}] {msg}", file=sys.stderr, flush=True)
+
+    def send(n: int) -> dict:
+        r = subprocess.run(["ip", "netns", "exec", ns, udp_tool, "send", str(PORT),
+                            str(n), str(size)], capture_output=True, text=True,
+                           timeout=60 + n // 5000, check=False)
+        if r.returncode != 0:
+            raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    _run(["ip", "netns", "add", ns])
+    try:
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-p", "udp",
+              "--dport", str(PORT), "-j", "NFLOG", "--nflog-group", str(GROUP),
+              "--nflog-threshold", "1", "--nflog-prefix", PREFIX])
+        recv = Proc("receiver", ["ip", "netns", "exec", ns, udp_tool, "recv",
+                                 str(PORT), str(npackets), str(consumer_timeout + 60)])
+        procs.append(recv)
+        recv.wait_line(b"READY", 10.0)
+
+        cmd = list(consumer_cmd)
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        cons = Proc(impl, ["ip", "netns", "exec", ns, *cmd, str(GROUP), str(npackets),
+                           str(rcvbuf), str(consumer_timeout), str(idle),
+                           *consumer_tail, *mode], env=env)
+        procs.append(cons)
+        cons.wait_line(b"READY", READY_TIMEOUT)
+        if _exe_name(cons.p.pid) in ("ip", "taskset"):
+            raise RunError(f"pid {cons.p.pid} is still {_exe_name(cons.p.pid)!r}")
+        sock = _find_socket(ns, cons.p.pid, impl)
+        log(f"consumer ready, socket inode {sock['inode']}, rcvbuf {rcvbuf}")
+
+        t0 = time.monotonic()
+        sent = retries = 0
+        drops = 0
+        if scenario == "memory":
+            # chunks the consumer keeps up with: wait until its socket has
+            # (nearly) emptied before the next one
+            end = t0 + consumer_timeout
+            while sent < npackets:
+                res = send(min(MEMORY_CHUNK, npackets - sent))
+                sent += res["sent"]
+                retries += res.get("retries", 0)
+                while time.monotonic() < end and cons.p.poll() is None:
+                    s = netlink_socket(ns, sock["inode"])
+                    if s is None or s["rmem"] < (1 << 20):
+                        break
+                    time.sleep(0.02)
+                if cons.p.poll() is not None:
+                    break
+        else:
+            res = send(npackets)
+            sent, retries = res["sent"], res.get("retries", 0)
+        result["sent"] = sent
+        result["sender_retries"] = retries
+        result["send_seconds"] = round(time.monotonic() - t0, 3)
+        log(f"sent {sent} in {result['send_seconds']} s")
+        result["rule_packets"] = rule_packets(ns)
+
+        # the socket's drop counter goes away with the consumer: read it
+        # while it runs
+        end = time.monotonic() + consumer_timeout + 15
+        while cons.p.poll() is None and time.monotonic() < end:
+            s = netlink_socket(ns, sock["inode"])
+            if s is not None:
+                drops = s["drops"]
+            cons.wait_exit(0.2)
+        rc = cons.wait_exit(max(0.0, end - time.monotonic()))
+        result["socket_drops"] = drops
+        if rc is None:
+            raise RunError(f"{impl} consumer did not exit" + cons.stderr_tail())
+        if rc != 0:
+            raise RunError(f"{impl} consumer exited {rc}" + cons.stderr_tail())
+        res = cons.json_line()
+        result.update(packets=res.get("packets"), seconds=res.get("seconds"),
+                      pps=res.get("pps"))
+        extra = {k: v for k, v in res.items()
+                 if k not in ("impl", "packets", "seconds", "pps", "rss")}
+        result["consumer_extra"] = extra
+        result.update(rss_summary(res.get("rss")))
+        result["overruns"] = extra.get("enobufs", 0) + extra.get("overruns", 0)
+        result["lost"] = sent - (result["packets"] or 0)
+        log(f"consumer: {extra} handled {result['packets']} at {result['pps']} pps")
+
+        if not result["packets"]:
+            result["error"] = "the consumer handled no packet"
+        elif scenario == "memory" and "rss_growth_pct" not in result:
+            result["error"] = f"too few RSS samples ({result['packets']} packets)"
+        else:
+            result["ok"] = True
+        return result
+    except RunError as e:
+        result["error"] = str(e)
+        return result
+    except subprocess.TimeoutExpired as e:
+        result["error"] = f"timeout: {e}"
+        return result
+    finally:
+        for p in procs:
+            p.kill()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
+                       timeout=30)
+
+
+# --------------------------------------------------------------------------
 # main
 
 
@@ -352,8 +525,12 @@ def _fmt(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--packets", type=int, default=200000,
-                    help="packets per run (all logged while the consumer is stopped)")
+    ap.add_argument("--scenario", choices=SCENARIOS, default="drain",
+                    help="drain (default): all logged while the consumer is stopped; "
+                    "stream, overload, memory: see the module's docstring")
+    ap.add_argument("--packets", type=int,
+                    help="packets per run (default by scenario: %s)"
+                    % ", ".join(f"{k} {v}" for k, v in DEFAULT_PACKETS.items()))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=100, help="UDP payload bytes")
     ap.add_argument("--impl", choices=("both", "c", "nfbind"), default="both")
@@ -374,13 +551,24 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (network namespaces, iptables)")
+    if a.packets is None:
+        a.packets = DEFAULT_PACKETS[a.scenario]
+    if a.scenario == "memory" and a.impl == "both":
+        a.impl = "nfbind"          # the C consumer reports no RSS
+    if a.scenario == "memory" and a.impl != "nfbind":
+        sys.exit("bench: --scenario memory measures the nfbind consumer only")
+    if a.scenario == "memory" and a.packets < 3 * RSS_EVERY:
+        sys.exit(f"bench: --scenario memory needs --packets >= {3 * RSS_EVERY}")
     if not 1 <= a.packets <= 10_000_000:
         sys.exit("bench: --packets must be 1..10000000")
     if not 0 <= a.size <= 65507:
         sys.exit("bench: --size must be 0..65507")
     if not 1 <= a.rounds <= 1000:
         sys.exit("bench: --rounds must be 1..1000")
-    rcvbuf = a.rcvbuf if a.rcvbuf is not None else default_rcvbuf(a.packets, a.size)
+    if a.scenario == "drain":
+        rcvbuf = a.rcvbuf if a.rcvbuf is not None else default_rcvbuf(a.packets, a.size)
+    else:
+        rcvbuf = live_rcvbuf(a.scenario, a.packets, a.size, a.rcvbuf)
     if not 4096 <= rcvbuf <= RCVBUF_MAX:
         sys.exit(f"bench: --rcvbuf must be 4096..{RCVBUF_MAX}")
     try:
@@ -395,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     impls = ["c", "nfbind"] if a.impl == "both" else [a.impl]
     # impl -> (command, arguments after the common ones, environment)
     cmds: dict[str, tuple[list[str], list[str], dict[str, str] | None]] = {}
-    info: dict = {"packets": a.packets, "rounds": a.rounds, "size": a.size,
+    info: dict = {"scenario": a.scenario, "packets": a.packets, "rounds": a.rounds,
+                  "size": a.size,
                   "rcvbuf_request": rcvbuf, "kernel": platform.release(),
                   "cpus": os.cpu_count(), "cpu_pin": a.cpu}
     if "c" in impls:
@@ -408,8 +597,10 @@ def main(argv: list[str] | None = None) -> int:
         info["pythonpath"] = env.get("PYTHONPATH")
         info["fields"] = a.fields
 
+    _install_sigterm()
     if not a.json:
-        print(f"NFLOG throughput: {a.packets} packets x {a.size} B UDP payload, "
+        title = "throughput" if a.scenario == "drain" else a.scenario
+        print(f"NFLOG {title}: {a.packets} packets x {a.size} B UDP payload, "
               f"{a.rounds} rounds, kernel {info['kernel']}, {info['cpus']} CPUs, "
               f"rcvbuf {rcvbuf >> 20} MiB requested")
         if "nfbind" in info:
@@ -423,8 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"round": r}
         for impl in impls:
             cmd, tail, env = cmds[impl]
-            res = run_one(impl, cmd, tail, env, udp_tool, a.packets, a.size, rcvbuf,
-                          a.cpu, a.verbose)
+            if a.scenario == "drain":
+                res = run_one(impl, cmd, tail, env, udp_tool, a.packets, a.size,
+                              rcvbuf, a.cpu, a.verbose)
+            else:
+                res = run_live(impl, cmd, tail, env, udp_tool, a.scenario, a.packets,
+                               a.size, rcvbuf, a.cpu, a.verbose)
             row[impl] = res
             if not res["ok"]:
                 failed = True
@@ -435,7 +630,16 @@ def main(argv: list[str] | None = None) -> int:
             parts = [f"round {r}:"]
             for impl in impls:
                 res = row[impl]
-                if res["ok"]:
+                if res["ok"] and a.scenario == "memory":
+                    parts.append(f"{impl} {_fmt(res['pps'])} pps, RSS "
+                                 f"{res['rss_warm_bytes'] >> 10} KiB at {RSS_EVERY}, "
+                                 f"max {res['rss_max_bytes'] >> 10} KiB later "
+                                 f"({res['rss_growth_pct']:+.2f}%)")
+                elif res["ok"] and a.scenario != "drain":
+                    parts.append(f"{impl} {_fmt(res['pps'])} pps (handled "
+                                 f"{res['packets']}/{res['sent']}, overruns "
+                                 f"{res['overruns']}, socket drops {res['socket_drops']})")
+                elif res["ok"]:
                     parts.append(f"{impl} {_fmt(res['pps'])} pps "
                                  f"({res['packets']}/{a.packets})")
                 else:
@@ -454,10 +658,18 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [row["ratio"] for row in rounds if "ratio" in row]
     if len(impls) == 2:
         summary["ratio_median"] = statistics.median(ratios) if ratios else None
+    if a.scenario != "drain":
+        summary.update(live_summary(rounds, impls))
+        for impl in impls:
+            for key in ("overruns", "socket_drops"):
+                vals = [row[impl][key] for row in rounds if row[impl]["ok"]]
+                if vals:
+                    summary[f"{impl}_{key}_median"] = statistics.median(vals)
     summary["ok"] = not failed
 
     if a.json:
-        print(json.dumps({"benchmark": "nflog_throughput", **info,
+        name = "nflog_throughput" if a.scenario == "drain" else f"nflog_{a.scenario}"
+        print(json.dumps({"benchmark": name, **info,
                           "rounds_detail": rounds, **summary}, indent=None))
     else:
         print()
@@ -469,6 +681,12 @@ def main(argv: list[str] | None = None) -> int:
             rm = summary["ratio_median"]
             print("median ratio nfbind/C: " + ("-" if rm is None else f"{rm:.3f}")
                   + f"  (per-round ratios: {', '.join(f'{x:.3f}' for x in ratios)})")
+        if a.scenario != "drain":
+            for impl in impls:
+                got = {k[len(impl) + 1:-7]: v for k, v in summary.items()
+                       if k.startswith(impl + "_") and k.endswith("_median")
+                       and not k.startswith(impl + "_pps")}
+                print(f"median {impl}: " + ", ".join(f"{k} {v:,}" for k, v in got.items()))
         if failed:
             print("SOME RUNS FAILED OR LOST PACKETS", file=sys.stderr)
     return 1 if failed else 0

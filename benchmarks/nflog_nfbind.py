@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """nfbind NFLOG consumer for benchmarks/bench_nflog.py.
 
-    python nflog_nfbind.py GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS [FIELDS]]]
+    python nflog_nfbind.py GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS [FIELDS [MODE]]]]
 
 The same job as nflog_ref.c, written with nfbind: bind the log group with
 ``NfLog`` (copy packet, range 0xffff, receive buffer forced to RCVBUF_BYTES,
@@ -22,10 +22,20 @@ Exits 2 (printing the JSON line with the count so far) if no packet comes
 for IDLE_SECONDS (default 3) while fewer than N have been seen; killed by
 SIGALRM (default action) if not done within TIMEOUT_SECONDS (default 60) of
 READY, so a stuck run can't hang the driver.
+
+MODE is ``drain`` (the default: all of the above), ``stream`` (the stream
+and overload scenarios: packets are sent while the consumer runs and some
+may be lost, so running out of packets for IDLE_SECONDS is the normal end;
+exit 0 with the count handled and "seconds" from the first packet to the
+last one handled, for which the handler reads the clock every packet), or
+``rss=K`` (as ``stream``, and every K packets the process's resident set
+size is read from /proc/self/statm; reported as "rss" = [[packets, bytes],
+...]).
 """
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -39,6 +49,13 @@ FIELDS = {
     "timestamp": "    if pkt.timestamp is None:\n        acc[3] += 1\n",
 }
 ALL_FIELDS = ",".join(FIELDS)
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * PAGE
 
 
 def parse_fields(spec: str) -> list[str]:
@@ -52,33 +69,53 @@ def parse_fields(spec: str) -> list[str]:
     return names
 
 
-def make_handler(fields: list[str], state: list, acc: list, n: int, clock, stop):
+def make_handler(fields: list[str], state: list, acc: list, n: int, clock, stop,
+                 timed: bool = False, rss: list | None = None, rss_every: int = 0):
     """The handler, written out for exactly these fields (no per-packet
-    loop over field names)."""
-    src = ("def handler(pkt, state=state, acc=acc, n=n, clock=clock, stop=stop):\n"
+    loop over field names).  ``timed``: also keep the last packet's time in
+    state[3]; ``rss_every``: append [count, RSS] to ``rss`` every that many
+    packets."""
+    src = ("def handler(pkt, state=state, acc=acc, n=n, clock=clock, stop=stop,\n"
+           "            rss=rss, rss_bytes=rss_bytes):\n"
            "    c = state[0] + 1\n"
            "    state[0] = c\n"
            "    if c == 1:\n"
            "        state[1] = clock()\n"
+           + ("    state[3] = clock()\n" if timed else "")
+           + (f"    if not c % {rss_every}:\n"
+              "        rss.append([c, rss_bytes()])\n" if rss_every else "")
            + "".join(FIELDS[f] for f in fields) +
            "    if c == n:\n"
            "        state[2] = clock()\n"
            "        stop()\n")
-    ns = {"state": state, "acc": acc, "n": n, "clock": clock, "stop": stop}
+    ns = {"state": state, "acc": acc, "n": n, "clock": clock, "stop": stop,
+          "rss": rss, "rss_bytes": rss_bytes}
     exec(compile(src, "<nflog_nfbind handler>", "exec"), ns)  # noqa: S102
     return ns["handler"]
 
 
 def main(argv: list[str]) -> int:
-    if not 4 <= len(argv) <= 7:
+    if not 4 <= len(argv) <= 8:
         print(f"usage: {argv[0]} GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS "
-              f"[FIELDS]]]", file=sys.stderr)
+              f"[FIELDS [MODE]]]]", file=sys.stderr)
         return 64
+    mode = argv[7] if len(argv) == 8 else "drain"
+    rss_every = 0
+    if mode.startswith("rss="):
+        rss_every = int(mode[4:]) if mode[4:].isdigit() else 0
+        if rss_every <= 0:
+            print(f"nflog_nfbind: bad MODE {mode!r}", file=sys.stderr)
+            return 64
+    elif mode not in ("drain", "stream"):
+        print(f"nflog_nfbind: bad MODE {mode!r}: drain, stream or rss=K",
+              file=sys.stderr)
+        return 64
+    streaming = mode != "drain"
     group, npackets, rcvbuf = int(argv[1]), int(argv[2]), int(argv[3])
     timeout = int(argv[4]) if len(argv) >= 5 else 60
     idle = float(argv[5]) if len(argv) >= 6 else 3.0
     try:
-        fields = parse_fields(argv[6] if len(argv) == 7 else ALL_FIELDS)
+        fields = parse_fields(argv[6] if len(argv) >= 7 else ALL_FIELDS)
     except ValueError as e:
         print(f"nflog_nfbind: {e}", file=sys.stderr)
         return 64
@@ -89,13 +126,18 @@ def main(argv: list[str]) -> int:
     from nfbind import CopyMode, NfLog
 
     clock = time.perf_counter
-    state = [0, 0.0, 0.0]   # packets seen, first-packet time, N-th packet time
+    # packets seen, first-packet time, N-th packet time, last-packet time
+    state = [0, 0.0, 0.0, 0.0]
+    rss: list = []
     acc = [0, 0, 0, 0]      # with a prefix, payload bytes, sum of indev, no timestamp
 
     with NfLog(group, copy_mode=CopyMode.PACKET, copy_range=0xFFFF,
                rcvbuf=rcvbuf, on_overrun="count") as log:
         granted = log.rcvbuf
-        handler = make_handler(fields, state, acc, npackets, clock, log.stop)
+        handler = make_handler(fields, state, acc, npackets, clock, log.stop,
+                               timed=mode == "stream", rss=rss, rss_every=rss_every)
+        if rss_every:
+            rss.append([0, rss_bytes()])
 
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(timeout)
@@ -118,7 +160,21 @@ def main(argv: list[str]) -> int:
         log.drain(count_late)
         stats = log.stats.as_dict()
 
-    seen, t_first, t_nth = state
+    seen, t_first, t_nth, t_last = state
+    if streaming and seen < npackets:
+        # the stream ended early (packets were lost): a result all the same
+        if rss_every:
+            t_last = t_run_end - idle
+        secs = t_last - t_first
+        print(json.dumps({
+            "impl": "nfbind", "packets": seen, "seconds": round(secs, 6),
+            "pps": round(seen / secs, 1) if secs > 0 else 0.0,
+            "overruns": stats["overruns"], "extra": late[0], "rcvbuf": granted,
+            "recv_calls": stats["recv_calls"], "fields": ",".join(fields) or "none",
+            "with_prefix": acc[0], "no_timestamp": acc[3], "payload_bytes": acc[1],
+            "idle_stop": True, **({"rss": rss} if rss_every else {}), "stats": stats,
+        }, separators=(",", ":")), flush=True)
+        return 0
     ok = seen >= npackets
     secs = t_run_end - t_first
     print(json.dumps({
@@ -135,6 +191,7 @@ def main(argv: list[str]) -> int:
         "no_timestamp": acc[3],
         "payload_bytes": acc[1],
         "seconds_to_nth_handler": round(t_nth - t_first, 6) if ok else None,
+        **({"rss": rss} if rss_every else {}),
         "stats": stats,
     }, separators=(",", ":")), flush=True)
     if not ok:

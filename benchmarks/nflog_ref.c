@@ -9,7 +9,7 @@
  * payload pointer and length, the input interface, the timestamp) and
  * counts.
  *
- *   nflog_ref GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS]]
+ *   nflog_ref GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS [stream]]]
  *
  * Forces the socket's receive buffer to RCVBUF_BYTES (SO_RCVBUFFORCE; the
  * kernel doubles it), does NOT set NETLINK_NO_ENOBUFS so that a lost message
@@ -24,6 +24,13 @@
  * far) if N packets are not seen within TIMEOUT_SECONDS (default 60) of
  * READY, or if none arrives for IDLE_SECONDS (default 3) once packets have
  * started to come.
+ *
+ * With the last argument "stream" (the stream and overload scenarios: the
+ * consumer runs while the packets are sent, and some may be lost), running
+ * out of packets for IDLE_SECONDS is the normal end: the consumer exits 0
+ * and reports the packets it handled, with "seconds" from the first recv()
+ * to the last packet handled (the callback then reads the clock for every
+ * packet).
  */
 #include <errno.h>
 #include <stdint.h>
@@ -49,6 +56,8 @@ struct state {
 	uint64_t payload_bytes;
 	uint64_t indev_sum;
 	double t_nth;
+	double t_last;
+	int stream;
 };
 
 static double now(void)
@@ -105,6 +114,8 @@ static int on_packet(struct nflog_g_handle *gh, struct nfgenmsg *nfmsg,
 	if (nflog_get_timestamp(nfa, &tv) < 0)
 		st->no_timestamp++;
 	st->done++;
+	if (st->stream)
+		st->t_last = now();
 	if (st->done == st->npackets)
 		st->t_nth = now();
 	return 0;
@@ -138,10 +149,11 @@ int main(int argc, char **argv)
 	socklen_t optlen = sizeof(rcvbuf);
 	char *buf;
 
-	if (argc < 4 || argc > 6) {
+	if (argc < 4 || argc > 7 ||
+	    (argc == 7 && strcmp(argv[6], "stream") != 0)) {
 		fprintf(stderr,
 			"usage: %s GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS "
-			"[IDLE_SECONDS]]\n", argv[0]);
+			"[IDLE_SECONDS [stream]]]\n", argv[0]);
 		return 64;
 	}
 	memset(&st, 0, sizeof(st));
@@ -150,8 +162,9 @@ int main(int argc, char **argv)
 	rcvbuf_req = parse_ulong(argv[3], "receive buffer size", 0x3fffffffUL);
 	if (argc >= 5)
 		timeout_s = parse_ulong(argv[4], "timeout", 86400);
-	if (argc == 6)
+	if (argc >= 6)
 		idle_s = parse_ulong(argv[5], "idle timeout", 86400);
+	st.stream = argc == 7;
 	if (st.npackets == 0) {
 		fprintf(stderr, "nflog_ref: packet count must be > 0\n");
 		return 64;
@@ -212,6 +225,8 @@ int main(int argc, char **argv)
 					done_seen = st.done;
 					t_progress = t;
 				} else if (st.done && t - t_progress > (double)idle_s) {
+					if (st.stream)
+						goto stream_end;
 					goto idle;
 				}
 				continue;
@@ -239,6 +254,13 @@ int main(int argc, char **argv)
 	extra = st.done - st.npackets;
 	st.done = st.npackets;
 	report(&st, st.t_nth - t_first, enobufs, extra, recvs, rcvbuf);
+	nflog_unbind_group(gh);
+	nflog_close(h);
+	free(buf);
+	return 0;
+
+stream_end:
+	report(&st, st.t_last - t_first, enobufs, 0, recvs, rcvbuf);
 	nflog_unbind_group(gh);
 	nflog_close(h);
 	free(buf);
