@@ -23,6 +23,7 @@ from ._channel import OverrunWarning
 from .packet import CtSummary, Vlan
 from .log import LogPacket, LogStats, NfLog
 from .queue import NfQueue, Packet, QueueStats
+from .serve import serve
 
 try:  # absent on a machine without libnetfilter_conntrack
     from .conntrack import (
@@ -59,6 +60,7 @@ __all__ = [
     "NfQueue",
     "Packet",
     "QueueStats",
+    "serve",
     "NfLog",
     "LogPacket",
     "LogStats",
