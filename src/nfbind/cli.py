@@ -9,6 +9,7 @@ and read or change the conntrack table.
     nfbind log 5 --pcap out.pcap          # a capture file tcpdump/Wireshark open
     nfbind queue 3 --verdict drop         # drop what `-j NFQUEUE --queue-num 3` queues
     nfbind queue 3 --hook fw.py:decide    # your function decides each packet
+    nfbind queue 0:3 --workers 4          # `--queue-balance 0:3`, one process per queue
     nfbind ct list -p tcp --dport 22      # flows, as an aligned table (--json for scripts)
     nfbind ct update -s 10.0.0.2 --set-mark 7
     nfbind ct events                      # live NEW/UPDATE/DESTROY events
@@ -72,6 +73,17 @@ _port = _int_type(0, 0xFFFF, "port")
 _zone = _int_type(0, 0xFFFF, "zone")
 _queue_num = _int_type(0, 0xFFFF, "queue number")
 _u8 = _int_type(0, 255, "value")
+
+
+def _queue_spec(text: str) -> List[int]:
+    """``NUM`` or ``FIRST:LAST`` (both included), as for ``--queue-balance``."""
+    first, sep, last = text.partition(":")
+    lo = _queue_num(first)
+    hi = _queue_num(last) if sep else lo
+    if hi < lo:
+        raise argparse.ArgumentTypeError("queue range must be FIRST:LAST with FIRST <= LAST, "
+                                         "got %r" % text)
+    return list(range(lo, hi + 1))
 _count = _int_type(1, 1 << 62, "count")
 
 
@@ -549,6 +561,86 @@ def _queue_proc(netns: Any, num: int) -> Optional[tuple]:
         return None
 
 
+_VERDICT_DONE = {"ACCEPT": "accepted", "DROP": "dropped", "REPEAT": "repeated",
+                 "STOP": "stopped", "BY-HOOK": "decided by the hook"}
+
+
+class _Decider:
+    """What ``nfbind queue`` does with each packet: ask the hook (if any), give
+    the verdict, and format the packet's output line."""
+
+    def __init__(self, args: argparse.Namespace, hook: Optional[Callable[[Any], Any]],
+                 default: Any, hook_error: Callable[[str], None]) -> None:
+        self.args = args
+        self.hook = hook
+        self.default = default
+        self.hook_error = hook_error
+
+    def __call__(self, pkt: Any) -> tuple:
+        """Give ``pkt`` its verdict; returns ``(name, line, hook_failed)``: the
+        verdict's name and the packet's output line (without newline)."""
+        from .enums import Verdict
+
+        args, default = self.args, self.default
+        ts = pkt.timestamp or time.time()
+        note = ""
+        verdict, mark, payload = default, args.mark, None
+        failed = False
+        if self.hook is not None:
+            try:
+                r = self.hook(pkt)
+                if not pkt.has_verdict:
+                    verdict, mark, payload = _hook_result(r, default, args.mark)
+            except Exception as e:
+                failed = True
+                verdict, mark, payload = default, args.mark, None
+                note = " (hook raised %s: %s)" % (type(e).__name__, e)
+                self.hook_error("nfbind: hook raised %s: %s; packet %d gets %s" % (
+                    type(e).__name__, e, pkt.id, default.name))
+        if pkt.has_verdict:
+            name = "BY-HOOK"
+        else:
+            if verdict == Verdict.ACCEPT:
+                pkt.accept(mark=mark, payload=payload)
+            elif verdict == Verdict.REPEAT:
+                pkt.repeat(mark=mark)
+            elif verdict == Verdict.DROP:
+                pkt.drop()
+                mark = None
+            else:
+                pkt.verdict(verdict, mark=mark)
+            name = Verdict(verdict).name
+        if args.json:
+            d = _pkt_meta(pkt, ts)
+            d["id"] = pkt.id
+            if len(args.queues) > 1:
+                d["queue"] = pkt.queue_num
+            d["summary"] = _summary(pkt)
+            d["verdict"] = name
+            d["set_mark"] = mark if name != "BY-HOOK" else None
+            d["rewritten"] = payload is not None
+            if note:
+                d["hook_error"] = note.strip(" ()")
+            line = _dumps(d)
+        else:
+            decision = name
+            if mark is not None and name != "BY-HOOK":
+                decision += " mark=%#x" % mark
+            if payload is not None:
+                decision += " (rewritten)"
+            line = "%s %sid=%d %s in=%s out=%s %s -> %s%s" % (
+                _clock(ts), "q=%d " % pkt.queue_num if len(args.queues) > 1 else "", pkt.id,
+                _HOOK_NAMES.get(pkt.hook, pkt.hook),
+                _dev(pkt.indev_name, pkt.indev), _dev(pkt.outdev_name, pkt.outdev),
+                _summary(pkt), decision, note)
+        return name, line, failed
+
+
+def _verdict_detail(by_verdict: Dict[str, int]) -> str:
+    return ", ".join("%d %s" % (v, _VERDICT_DONE.get(k, k.lower()))
+                     for k, v in sorted(by_verdict.items()) if v)
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     from .enums import Verdict
     from .queue import NfQueue
@@ -556,66 +648,29 @@ def cmd_queue(args: argparse.Namespace) -> int:
     hook = load_hook(args.hook) if args.hook else None
     default = Verdict[args.verdict.upper()]
     _have_scapy()
+    if len(args.queues) > 1 or (args.workers or 1) > 1:
+        return _queue_serve(args, hook, default)
+    args.num = args.queues[0]
     out = Output(live=True)
     tally: Dict[str, int] = {"n": 0, "errors": 0}
     by_verdict: Dict[str, int] = {}
 
+    def hook_error(text: str) -> None:
+        tally["errors"] += 1
+        out.clear()
+        print(text, file=sys.stderr)
+
+    decide = _Decider(args, hook, default, hook_error)
     q = NfQueue(args.num, fail_open=args.fail_open, netns=args.netns)
     with q, Interrupt() as intr:
         intr.arm(q.stop)
 
         def handle(pkt: Any) -> None:
-            ts = pkt.timestamp or time.time()
-            note = ""
-            verdict, mark, payload = default, args.mark, None
-            if hook is not None:
-                try:
-                    r = hook(pkt)
-                    if not pkt.has_verdict:
-                        verdict, mark, payload = _hook_result(r, default, args.mark)
-                except Exception as e:
-                    tally["errors"] += 1
-                    verdict, mark, payload = default, args.mark, None
-                    note = " (hook raised %s: %s)" % (type(e).__name__, e)
-                    out.clear()
-                    print("nfbind: hook raised %s: %s; packet %d gets %s" % (
-                        type(e).__name__, e, pkt.id, default.name), file=sys.stderr)
-            if pkt.has_verdict:
-                name = "BY-HOOK"
-            else:
-                if verdict == Verdict.ACCEPT:
-                    pkt.accept(mark=mark, payload=payload)
-                elif verdict == Verdict.REPEAT:
-                    pkt.repeat(mark=mark)
-                elif verdict == Verdict.DROP:
-                    pkt.drop()
-                    mark = None
-                else:
-                    pkt.verdict(verdict, mark=mark)
-                name = Verdict(verdict).name
+            name, line, _ = decide(pkt)
             by_verdict[name] = by_verdict.get(name, 0) + 1
             tally["n"] += 1
             if args.count is None or tally["n"] <= args.count:
-                if args.json:
-                    d = _pkt_meta(pkt, ts)
-                    d["id"] = pkt.id
-                    d["summary"] = _summary(pkt)
-                    d["verdict"] = name
-                    d["set_mark"] = mark if name != "BY-HOOK" else None
-                    d["rewritten"] = payload is not None
-                    if note:
-                        d["hook_error"] = note.strip(" ()")
-                    out.line(_dumps(d))
-                else:
-                    decision = name
-                    if mark is not None and name != "BY-HOOK":
-                        decision += " mark=%#x" % mark
-                    if payload is not None:
-                        decision += " (rewritten)"
-                    out.line("%s id=%d %s in=%s out=%s %s -> %s%s" % (
-                        _clock(ts), pkt.id, _HOOK_NAMES.get(pkt.hook, pkt.hook),
-                        _dev(pkt.indev_name, pkt.indev), _dev(pkt.outdev_name, pkt.outdev),
-                        _summary(pkt), decision, note))
+                out.line(line)
             if args.count is not None and tally["n"] >= args.count:
                 q.stop()
 
@@ -634,15 +689,85 @@ def cmd_queue(args: argparse.Namespace) -> int:
             q.run(handle)
         n = tally["n"]
         if intr.hit or out.live:
-            words = {"ACCEPT": "accepted", "DROP": "dropped", "REPEAT": "repeated",
-                     "STOP": "stopped", "BY-HOOK": "decided by the hook"}
-            detail = ", ".join("%d %s" % (v, words.get(k, k.lower()))
-                               for k, v in sorted(by_verdict.items()))
+            detail = _verdict_detail(by_verdict)
             print("nfbind: queue %d: %d packet%s%s in %.1f s, %d overrun%s%s" % (
                 args.num, n, "" if n == 1 else "s", " (%s)" % detail if detail else "",
                 live.elapsed(), q.stats.overruns, "" if q.stats.overruns == 1 else "s",
                 ", %d hook error%s" % (tally["errors"], "" if tally["errors"] == 1 else "s")
                 if tally["errors"] else ""), file=sys.stderr)
+    return 0
+
+
+def _write_line(fd: int, text: str) -> None:
+    """One whole line with as few write(2) calls as the kernel allows (one for
+    any line up to PIPE_BUF), so lines of several workers never mix."""
+    data = (text + "\n").encode("utf-8", "replace")
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _queue_serve(args: argparse.Namespace, hook: Optional[Callable[[Any], Any]],
+                 default: Any) -> int:
+    """``nfbind queue FIRST:LAST``: one worker process per queue (or per group
+    of queues) through nfbind.serve()."""
+    from multiprocessing.sharedctypes import RawArray
+
+    from .serve import serve
+
+    queues = args.queues
+    if args.count is not None:
+        raise CliError("--count needs a single queue and one worker (the workers do not "
+                       "share a packet count)", 2)
+    workers = args.workers or min(len(queues), os.cpu_count() or 1)
+    if workers > len(queues):
+        raise CliError("--workers must be 1..%d (one queue per worker at least), got %d"
+                       % (len(queues), workers), 2)
+    # counters the workers share with this process: one row per queue (a
+    # queue has one worker, so rows need no lock)
+    names = list(_VERDICT_DONE) + ["hook_errors"]
+    counts = RawArray("q", len(queues) * len(names))
+    row = {q: i * len(names) for i, q in enumerate(queues)}
+    col = {n: j for j, n in enumerate(names)}
+    herr = col["hook_errors"]
+    stdout, stderr = sys.stdout.fileno(), sys.stderr.fileno()
+
+    decide = _Decider(args, hook, default, lambda text: _write_line(stderr, text))
+
+    def handle(pkt: Any) -> None:
+        base = row[pkt.queue_num]
+        name, line, hook_failed = decide(pkt)
+        counts[base + col[name]] += 1
+        if hook_failed:
+            counts[base + herr] += 1
+        _write_line(stdout, line)
+
+    qname = ("%d-%d" % (queues[0], queues[-1]) if queues == list(range(queues[0], queues[-1] + 1))
+             else ",".join(map(str, queues)))
+    start = time.monotonic()
+
+    def ready(pids: Dict[int, tuple]) -> None:
+        print("nfbind: queues %s: %d worker%s (%s)" % (
+            qname, len(pids), "" if len(pids) == 1 else "s",
+            "; ".join("pid %d: %s" % (pid, ",".join(map(str, qs)))
+                      for pid, qs in sorted(pids.items(), key=lambda kv: kv[1]))),
+            file=sys.stderr, flush=True)
+
+    result = serve(handle, queues, workers, fail_open=args.fail_open, netns=args.netns,
+                   ready=ready)
+    elapsed = time.monotonic() - start
+    by_verdict = {n: sum(counts[row[q] + col[n]] for q in queues) for n in _VERDICT_DONE}
+    n = sum(by_verdict.values())
+    errors = sum(counts[row[q] + herr] for q in queues)
+    detail = _verdict_detail(by_verdict)
+    per_worker = ", ".join("%d" % w.packets for w in result.workers)
+    print("nfbind: queues %s: %d packet%s%s in %.1f s by %d worker%s (packets per worker: %s), "
+          "%d overrun%s%s%s" % (
+        qname, n, "" if n == 1 else "s", " (%s)" % detail if detail else "", elapsed,
+        len(result.workers), "" if len(result.workers) == 1 else "s", per_worker,
+        result.overruns, "" if result.overruns == 1 else "s",
+        ", %d hook error%s" % (errors, "" if errors == 1 else "s") if errors else "",
+        ", %d restart%s" % (result.restarts, "" if result.restarts == 1 else "s")
+        if result.restarts else ""), file=sys.stderr)
     return 0
 
 
@@ -1062,7 +1187,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "Verdict, 'accept'/'drop', True/False, (verdict, mark), new payload "
                        "(bytes or a scapy packet: accepted rewritten), or None for --verdict; "
                        "it may also call pkt.accept()/pkt.drop() itself.")
-    p.add_argument("num", type=_queue_num, metavar="NUM", help="queue number 0..65535")
+    p.add_argument("queues", type=_queue_spec, metavar="NUM|FIRST:LAST",
+                   help="queue number 0..65535, or a range of queues for `--queue-balance "
+                   "FIRST:LAST` (served by --workers processes)")
+    p.add_argument("--workers", "-w", type=_int_type(1, 4096, "workers"), metavar="N",
+                   help="worker processes for a range of queues (default: one per queue, "
+                   "at most one per CPU); each runs the hook in its own process")
     p.add_argument("--verdict", choices=("accept", "drop"), default="accept",
                    help="the verdict (default accept); with --hook: when it returns None or raises")
     p.add_argument("--mark", type=_u32, metavar="N", help="set this packet mark on accepted packets")
