@@ -85,10 +85,10 @@ test: need-root deps venv
 demo: need-root deps venv
 	$(VPY) -m nfbind demo
 
+# One table of every benchmark (nfbind beside C, interleaved, 5 rounds, medians);
+# e.g. make bench BENCH_ARGS='--quick' or BENCH_ARGS='--only nflog --json'.
 bench: need-root deps venv
-	$(VPY) benchmarks/bench_nfqueue.py
-	$(VPY) benchmarks/bench_nflog.py
-	$(VPY) benchmarks/bench_conntrack.py
+	$(VPY) benchmarks/bench.py $(BENCH_ARGS)
 
 # The Sphinx site, warnings as errors.
 docs: venv

@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Every benchmark in one table: nfbind beside its C reference (``make bench``).
+
+Run as root from the repository root:
+
+    python benchmarks/bench.py [--rounds 5] [--json] [--only CHANNEL[/SCENARIO]]...
+                               [--quick] [-v]
+
+Each row runs one of the per-channel drivers (bench_nfqueue.py,
+bench_nflog.py, bench_conntrack.py, and bench_serve.py when it exists) as a
+child process with ``--json``; the drivers interleave nfbind and C runs in
+every round and report medians.  Rows:
+
+=========================  =================================================
+nfqueue/drain              N packets queued while the consumer is stopped,
+                           then drained (accept each)
+nfqueue/stream             the consumer runs while a sender sends N as fast
+                           as it can (queue 65536, 64 MiB buffer)
+nfqueue/overload           queue max length 1024, 256 KiB buffer; C with one
+                           batch verdict per read; what each loses, and where
+nflog/drain, stream,       the same three for NFLOG (overload: 256 KiB
+overload                   buffer, default nlbufsiz)
+conntrack/dump             50,000 flows dumped into Flow objects vs the
+                           libnetfilter_conntrack dumper
+nfqueue/memory,            RSS of the nfbind consumer over 1,000,000 packets,
+nflog/memory               sampled every 100,000; growth after warm-up
+nfqueue/scale-out          bench_serve.py: 2 workers vs 1 (if present)
+=========================  =================================================
+
+Progress goes to stderr; the table (or with ``--json`` one JSON object with
+every row and the drivers' per-round details) to stdout.  Exit status is
+non-zero if any row failed (a row whose driver file does not exist is shown
+as failed, with the reason, but does not count).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+# (channel, scenario, driver, extra driver arguments)
+ROWS = [
+    ("nfqueue", "drain", "bench_nfqueue.py", ["--scenario", "drain"]),
+    ("nfqueue", "stream", "bench_nfqueue.py", ["--scenario", "stream"]),
+    ("nfqueue", "overload", "bench_nfqueue.py", ["--scenario", "overload"]),
+    ("nflog", "drain", "bench_nflog.py", ["--scenario", "drain"]),
+    ("nflog", "stream", "bench_nflog.py", ["--scenario", "stream"]),
+    ("nflog", "overload", "bench_nflog.py", ["--scenario", "overload"]),
+    ("conntrack", "dump", "bench_conntrack.py", ["--impl", "c,nfbind"]),
+    ("nfqueue", "memory", "bench_nfqueue.py", ["--scenario", "memory"]),
+    ("nflog", "memory", "bench_nflog.py", ["--scenario", "memory"]),
+    ("nfqueue", "scale-out", "bench_serve.py", []),
+]
+
+# --quick: packets (flows) per row, one round
+QUICK = {
+    ("nfqueue", "drain"): 10000, ("nfqueue", "stream"): 20000,
+    ("nfqueue", "overload"): 30000, ("nflog", "drain"): 20000,
+    ("nflog", "stream"): 20000, ("nflog", "overload"): 30000,
+    ("conntrack", "dump"): 5000, ("nfqueue", "memory"): 300000,
+    ("nflog", "memory"): 300000,
+}
+SCALE_OUT_LABEL = "scale-out 2 workers vs 1"
+
+_child: subprocess.Popen | None = None
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def selected(channel: str, scenario: str, only: list[str]) -> bool:
+    if not only:
+        return True
+    for sel in only:
+        ch, _, sc = sel.partition("/")
+        if ch == channel and (not sc or sc == scenario):
+            return True
+    return False
+
+
+def run_driver(cmd: list[str], timeout: float, verbose: bool) -> tuple[dict | None, str]:
+    """Run one driver with --json; (its JSON object or None, error text)."""
+    global _child
+    err_to = None if verbose else subprocess.PIPE
+    try:
+        _child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_to,
+                                  stdin=subprocess.DEVNULL, text=True, cwd=REPO)
+    except OSError as e:
+        return None, f"cannot start {cmd[1]}: {e}"
+    try:
+        out, err = _child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGTERM first: the drivers then delete their namespaces
+        _child.send_signal(signal.SIGTERM)
+        try:
+            out, err = _child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            _child.kill()
+            out, err = _child.communicate()
+        _child = None
+        return None, f"{os.path.basename(cmd[1])} did not finish within {timeout:.0f} s"
+    rc = _child.returncode
+    _child = None
+    obj = None
+    for line in reversed((out or "").splitlines()):
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                pass
+            break
+    tail = (err or "").strip()[-800:]
+    if obj is None:
+        return None, f"{os.path.basename(cmd[1])} exited {rc} without a JSON result" + (
+            f": {tail}" if tail else "")
+    why = ""
+    if rc != 0:
+        why = obj.get("error") or f"{os.path.basename(cmd[1])} exited {rc}"
+        errors = [r.get(impl, {}).get("error") for r in obj.get("rounds_detail", [])
+                  for impl in ("c", "nfbind") if isinstance(r.get(impl), dict)]
+        errors = [e for e in errors if e]
+        if errors:
+            why += f" ({len(errors)} failed runs; first: {errors[0]})"
+    return obj, why
+
+
+# --------------------------------------------------------------------------
+# one row out of a driver's JSON
+
+
+def _loss(channel: str, d: dict, impl: str) -> dict:
+    g = lambda k: d.get(f"{impl}_{k}_median")  # noqa: E731
+    if channel == "nfqueue":
+        return {"lost": g("lost"), "sent": g("sent"), "handled": g("packets"),
+                "received": g("received"), "queue_dropped": g("queue_dropped"),
+                "user_dropped": g("user_dropped")}
+    return {"lost": g("lost"), "sent": g("sent"), "handled": g("packets"),
+            "overruns": g("overruns"), "socket_drops": g("socket_drops")}
+
+
+def make_row(channel: str, scenario: str, d: dict) -> dict:
+    row: dict = {"channel": channel, "scenario": scenario, "unit": "pps"}
+    if channel == "conntrack":
+        flows = d.get("flows")
+        cs, ns = d.get("c_seconds_median"), d.get("nfbind_seconds_median")
+        tr = d.get("ratio_nfbind_c_median")
+        row.update(unit="flows/s", flows=flows,
+                   nfbind_rate=flows / ns if flows and ns else None,
+                   c_rate=flows / cs if flows and cs else None,
+                   ratio=1.0 / tr if tr else None, time_ratio=tr,
+                   nfbind_seconds_median=ns, c_seconds_median=cs,
+                   cpu_ratio=d.get("cpu_ratio_nfbind_c_median"))
+        return row
+    if scenario == "scale-out":
+        row.update(nfbind_rate=d.get("two_workers_pps_median"),
+                   c_rate=d.get("one_worker_pps_median"),
+                   ratio=d.get("ratio_median"), reference="1 worker")
+        return row
+    row.update(packets=d.get("packets"), nfbind_rate=d.get("nfbind_pps_median"),
+               c_rate=d.get("c_pps_median"), ratio=d.get("ratio_median"))
+    if scenario == "memory":
+        runs = [r["nfbind"] for r in d.get("rounds_detail", [])
+                if r.get("nfbind", {}).get("ok")]
+        if runs:
+            worst = max(runs, key=lambda r: r["rss_growth_pct"])
+            row.update(rss_warm_bytes=worst["rss_warm_bytes"],
+                       rss_max_bytes=worst["rss_max_bytes"],
+                       rss_growth_pct=worst["rss_growth_pct"],
+                       rss_samples=worst.get("rss_samples"))
+        row["c_rate"] = None
+        row["ratio"] = None
+        return row
+    if scenario in ("stream", "overload"):
+        row["nfbind_loss"] = _loss(channel, d, "nfbind")
+        row["c_loss"] = _loss(channel, d, "c")
+        if scenario == "overload" and channel == "nfqueue":
+            row["reference"] = "C, batch verdicts"
+    elif scenario == "drain":
+        # the drain drivers fail a round that lost anything
+        row["nfbind_loss"] = row["c_loss"] = {"lost": 0}
+    return row
+
+
+# --------------------------------------------------------------------------
+# the table
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def _lost_text(channel: str, loss: dict | None) -> str:
+    if not loss or loss.get("lost") is None:
+        return "-"
+    text = _num(loss["lost"])
+    if channel == "nfqueue" and "queue_dropped" in loss:
+        text += (f" (q {_num(loss.get('queue_dropped'))},"
+                 f" user {_num(loss.get('user_dropped'))})")
+    elif channel == "nflog" and "overruns" in loss:
+        text += f" (ENOBUFS {_num(loss.get('overruns'))})"
+    return text
+
+
+HEAD = ["channel", "scenario", "nfbind", "reference", "ratio", "nfbind lost",
+        "reference lost"]
+
+
+def cells(rows: list[dict]) -> list[list[str]]:
+    """The table's rows as lists of cell texts."""
+    lines = []
+    for r in rows:
+        label = r["scenario"]
+        if r["scenario"] == "scale-out":
+            label = SCALE_OUT_LABEL
+        elif r.get("reference"):
+            label += f" (ref: {r['reference']})"
+        if r.get("failed"):
+            lines.append([r["channel"], label, "FAILED (below)", "-", "-", "-", "-"])
+            continue
+        unit = r["unit"]
+        if r["scenario"] == "memory":
+            if "rss_growth_pct" in r:
+                nf = (f"RSS {r['rss_warm_bytes'] / 2**20:.1f} -> "
+                      f"{r['rss_max_bytes'] / 2**20:.1f} MiB")
+                ratio = f"{r['rss_growth_pct']:+.2f}%"
+            else:
+                nf, ratio = "-", "-"
+            lines.append([r["channel"], f"memory {_num(r.get('packets'))} packets",
+                          nf, "-", ratio, "-", "-"])
+            continue
+        nf = f"{_num(r.get('nfbind_rate'))} {unit}"
+        ref = f"{_num(r.get('c_rate'))} {unit}"
+        if r["scenario"] == "scale-out":
+            nf += " (2 workers)"
+            ref += " (1 worker)"
+        ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.3f}"
+        if r.get("time_ratio") is not None:
+            ratio += f" (time x{r['time_ratio']:.2f})"
+        lines.append([r["channel"], label, nf, ref, ratio,
+                      _lost_text(r["channel"], r.get("nfbind_loss")),
+                      _lost_text(r["channel"], r.get("c_loss"))])
+    return lines
+
+
+def table(rows: list[dict]) -> str:
+    lines = cells(rows)
+    widths = [max(len(x[i]) for x in [HEAD] + lines) for i in range(len(HEAD))]
+    fmt = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()  # noqa: E731
+    out = [fmt(HEAD), fmt(["-" * w for w in widths])]
+    out += [fmt(x) for x in lines]
+    for r in rows:
+        if r.get("failed"):
+            out.append(f"FAILED {r['channel']}/{r['scenario']}: {r.get('error', '')[:600]}")
+    return "\n".join(out)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The same table in Markdown."""
+    out = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    out += ["| " + " | ".join(x) + " |" for x in cells(rows)]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# main
+
+
+def _commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                           capture_output=True, text=True, timeout=10, check=False)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, help="rounds per row (default 5; --quick: 1)")
+    ap.add_argument("--memory-rounds", type=int, default=1,
+                    help="runs of the memory rows (default 1; the worst growth is shown)")
+    ap.add_argument("--only", action="append", default=[], metavar="CHANNEL[/SCENARIO]",
+                    help="run only these rows (repeatable), e.g. nfqueue, nflog/overload, "
+                    "conntrack, nfqueue/scale-out")
+    ap.add_argument("--quick", action="store_true",
+                    help="small packet counts and one round: a smoke run, not a measurement")
+    ap.add_argument("--packets", type=int,
+                    help="packets (conntrack: flows) for every selected row except memory")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
+    ap.add_argument("--timeout", type=int, default=900,
+                    help="seconds one driver may take before it is stopped (default 900)")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="the drivers' own step-by-step logs on stderr")
+    a = ap.parse_args(argv)
+
+    if os.geteuid() != 0:
+        sys.exit("bench: must run as root (network namespaces, iptables, ctnetlink)")
+    rounds = a.rounds if a.rounds is not None else (1 if a.quick else 5)
+    if not 1 <= rounds <= 1000 or not 1 <= a.memory_rounds <= 100:
+        sys.exit("bench: --rounds must be 1..1000, --memory-rounds 1..100")
+    known = {(ch, sc) for ch, sc, _, _ in ROWS}
+    for sel in a.only:
+        ch, _, sc = sel.partition("/")
+        if not any(c == ch and (not sc or s == sc) for c, s in known):
+            sys.exit(f"bench: --only {sel}: no such row; rows: "
+                     + ", ".join(f"{c}/{s}" for c, s, _, _ in ROWS))
+
+    def on_term(signum, frame):
+        if _child is not None and _child.poll() is None:
+            _child.send_signal(signal.SIGTERM)     # it cleans up its namespaces
+            try:
+                _child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _child.kill()
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+
+    todo = [r for r in ROWS if selected(r[0], r[1], a.only)]
+    started = time.time()
+    info = {"benchmark": "nfbind_bench", "rounds": rounds,
+            "memory_rounds": a.memory_rounds, "quick": a.quick,
+            "kernel": platform.release(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "commit": _commit(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    rows: list[dict] = []
+    log(f"{len(todo)} rows, {rounds} rounds each, kernel {info['kernel']}, "
+        f"{info['cpus']} CPUs")
+    for i, (channel, scenario, driver, extra) in enumerate(todo, 1):
+        path = os.path.join(HERE, driver)
+        name = f"{channel}/{scenario}"
+        t0 = time.monotonic()
+        log(f"[{i}/{len(todo)}] {name} ...")
+        if not os.path.exists(path):
+            # not counted in the exit status: there is nothing to run
+            row = {"channel": channel, "scenario": scenario, "failed": True,
+                   "missing": True, "error": f"benchmarks/{driver} does not exist"}
+            rows.append(row)
+            log(f"[{i}/{len(todo)}] {name}: skipped, {row['error']}")
+            continue
+        n_rounds = a.memory_rounds if scenario == "memory" else rounds
+        cmd = [sys.executable, path, *extra, "--rounds", str(n_rounds), "--json"]
+        count = a.packets if scenario != "memory" else None
+        if count is None and a.quick:
+            count = QUICK.get((channel, scenario))
+        if count is not None and scenario != "scale-out":
+            cmd += ["--flows" if channel == "conntrack" else "--packets", str(count)]
+        if a.verbose and driver != "bench_serve.py":
+            cmd.append("-v")
+        obj, why = run_driver(cmd, a.timeout, a.verbose)
+        secs = time.monotonic() - t0
+        if obj is None:
+            row = {"channel": channel, "scenario": scenario, "failed": True, "error": why}
+        else:
+            try:
+                row = make_row(channel, scenario, obj)
+            except (KeyError, TypeError, ValueError) as e:
+                row = {"channel": channel, "scenario": scenario, "failed": True,
+                       "error": f"unexpected JSON from {driver}: {e!r}"}
+            else:
+                if why:
+                    row.update(failed=True, error=why)
+                elif scenario == "memory" and "rss_growth_pct" not in row:
+                    row.update(failed=True, error="no RSS figures")
+                elif scenario not in ("memory",) and row.get("nfbind_rate") is None:
+                    row.update(failed=True, error="no nfbind rate")
+            row["detail"] = obj
+        row["command"] = " ".join(os.path.relpath(c, REPO) if c == path else c
+                                  for c in cmd[1:])
+        row["seconds"] = round(secs, 1)
+        rows.append(row)
+        if row.get("failed"):
+            log(f"[{i}/{len(todo)}] {name}: FAILED after {secs:.0f} s: {row['error']}")
+        else:
+            log(f"[{i}/{len(todo)}] {name}: done in {secs:.0f} s")
+
+    info["seconds"] = round(time.time() - started, 1)
+    info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    failed = any(r.get("failed") and not r.get("missing") for r in rows)
+    if a.json:
+        print(json.dumps({**info, "rows": rows, "ok": not failed}))
+    else:
+        print(f"nfbind benchmarks: {rounds} rounds (medians), kernel {info['kernel']}, "
+              f"{info['cpus']} CPUs, Python {info['python']}, commit {info['commit']}, "
+              f"{info['seconds']:.0f} s")
+        print()
+        print(table(rows))
+        print()
+        print("ratio = nfbind rate / reference rate (conntrack: also nfbind time / C "
+              "time); lost = sent - received at the far side (nfqueue) or sent - "
+              "handled (nflog), median over rounds; memory: RSS after 100,000 "
+              "packets -> largest later sample, growth in %")
+        if a.markdown:
+            print()
+            print(markdown(rows))
+    if failed:
+        log("SOME ROWS FAILED")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

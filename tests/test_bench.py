@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""benchmarks/bench.py runs and reports: a smoke run of two cheap rows.
+
+Not a timed test: it checks the JSON's structure and that both the nfbind
+consumer and the C reference handled packets, never a rate.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "benchmarks", "bench.py")
+
+
+def test_bench_quick_json():
+    r = subprocess.run(
+        [sys.executable, BENCH, "--quick", "--json", "--packets", "5000",
+         "--only", "nfqueue/drain", "--only", "nflog/overload", "--timeout", "120"],
+        capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert r.stdout.strip(), r.stderr
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["benchmark"] == "nfbind_bench"
+    assert report["rounds"] == 1 and report["quick"] is True
+    rows = {(row["channel"], row["scenario"]): row for row in report["rows"]}
+    assert set(rows) == {("nfqueue", "drain"), ("nflog", "overload")}, rows.keys()
+    for row in rows.values():
+        assert not row.get("failed"), row.get("error")
+        for key in ("nfbind_rate", "c_rate", "ratio"):
+            assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+        detail = row["detail"]
+        assert len(detail["rounds_detail"]) == 1
+        for impl in ("c", "nfbind"):
+            run = detail["rounds_detail"][0][impl]
+            assert run["ok"], run
+            assert run["packets"] > 0, run
+    # drain: every packet reached both consumers and went on to the receiver
+    drain = rows[("nfqueue", "drain")]["detail"]["rounds_detail"][0]
+    assert drain["c"]["received"] == drain["nfbind"]["received"] == 5000
+    # overload: the losses are accounted for, whatever they are
+    over = rows[("nflog", "overload")]
+    for side in ("nfbind_loss", "c_loss"):
+        loss = over[side]
+        assert loss["sent"] == 5000
+        assert loss["handled"] + loss["lost"] == loss["sent"]
+        assert loss["overruns"] >= 0
+    assert r.returncode == 0, r.stderr
+    # the options are documented
+    text = subprocess.run(
+        [sys.executable, BENCH, "--help"], capture_output=True, text=True, timeout=60)
+    assert "--only" in text.stdout
