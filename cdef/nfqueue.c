@@ -373,3 +373,90 @@ int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
         free(buf);
     return r < 0 ? -errno : 0;
 }
+
+/* -- checksums --------------------------------------------------------------------- */
+
+static uint32_t nfb_sum16(const uint8_t *p, uint32_t len, uint32_t sum)
+{
+    while (len > 1) {
+        sum += ((uint32_t)p[0] << 8) | p[1];
+        p += 2;
+        len -= 2;
+    }
+    if (len)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+int nfb_l4_csum_fill(char *buf, uint32_t len)
+{
+    uint8_t *p = (uint8_t *)buf;
+    uint32_t l4off, l4len, sum = 0;
+    uint8_t proto;
+    uint32_t check_at;
+
+    if (len < 1)
+        return 0;
+    if ((p[0] >> 4) == 4) {
+        uint32_t ihl, tot;
+        if (len < 20)
+            return 0;
+        ihl = (uint32_t)(p[0] & 0x0f) * 4;
+        tot = ((uint32_t)p[2] << 8) | p[3];
+        /* a fragment (MF set or an offset) carries no whole L4 segment */
+        if (ihl < 20 || tot < ihl || tot > len || (((p[6] << 8) | p[7]) & 0x3fff))
+            return 0;
+        proto = p[9];
+        l4off = ihl;
+        l4len = tot - ihl;
+        sum = nfb_sum16(p + 12, 8, 0);              /* source and destination */
+    } else if ((p[0] >> 4) == 6) {
+        uint32_t plen;
+        if (len < 40)
+            return 0;
+        plen = ((uint32_t)p[4] << 8) | p[5];
+        if (40 + plen > len)
+            return 0;
+        proto = p[6];
+        l4off = 40;
+        /* hop-by-hop, routing and destination options may precede L4 */
+        while (proto == 0 || proto == 43 || proto == 60) {
+            uint32_t hl;
+            if (l4off + 8 > 40 + plen)
+                return 0;
+            hl = ((uint32_t)p[l4off + 1] + 1) * 8;
+            proto = p[l4off];
+            l4off += hl;
+        }
+        if (l4off > 40 + plen)
+            return 0;
+        l4len = 40 + plen - l4off;
+        sum = nfb_sum16(p + 8, 32, 0);
+    } else {
+        return 0;
+    }
+    if (proto == IPPROTO_TCP) {
+        if (l4len < 20)
+            return 0;
+        check_at = l4off + 16;
+    } else if (proto == IPPROTO_UDP) {
+        if (l4len < 8)
+            return 0;
+        check_at = l4off + 6;
+    } else {
+        return 0;
+    }
+    sum += proto;
+    sum += l4len;
+    p[check_at] = 0;
+    p[check_at + 1] = 0;
+    sum = nfb_sum16(p + l4off, l4len, sum);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    sum = ~sum & 0xffff;
+    if (sum == 0 && proto == IPPROTO_UDP)
+        sum = 0xffff;                               /* UDP: 0 means "no checksum" */
+    p[check_at] = (uint8_t)(sum >> 8);
+    p[check_at + 1] = (uint8_t)sum;
+    return 1;
+}

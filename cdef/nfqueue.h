@@ -116,6 +116,12 @@ int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
                        int vflags, uint32_t mark, uint32_t connmark,
                        const char *payload, uint32_t payload_len);
 
+/* Complete the TCP or UDP checksum of an IPv4/IPv6 packet in place (for a
+ * payload verdict on a packet whose checksum the kernel had left to the
+ * device, NFQA_SKB_CSUMNOTREADY).  Returns 1 when written, 0 when the packet
+ * is not an unfragmented TCP/UDP packet that fits in buf. */
+int nfb_l4_csum_fill(char *buf, uint32_t len);
+
 /* Conntrack by packet over ctnetlink (for kernels whose NFQUEUE cannot carry
  * conntrack information): look up the connection of an L3 packet, or set
  * its mark.  fd is a NETLINK_NETFILTER socket.  Returns 0 or -errno. */

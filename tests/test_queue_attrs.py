@@ -189,7 +189,9 @@ def test_header_ids_hooks_mark_devices_on_loopback(ns):
         assert p.physindev_name is None and p.physoutdev_name is None
         assert p.l2hdr is None and p.vlan is None  # only sent for bridge-family queues
         assert p.ct is None and p.ct_info is None  # conntrack off
-        assert p.gso is False and p.csum_notready is False
+        # GSO is on by default, so the kernel no longer completes checksums
+        # it leaves to the device before queueing: loopback leaves them all
+        assert p.gso is False and p.csum_notready is True
         if p.hook in (Hook.LOCAL_OUT, Hook.POST_ROUTING):
             assert p.indev is None and p.indev_name is None
             assert p.outdev == 1 and p.outdev_name == "lo"
@@ -576,7 +578,7 @@ def test_gso_tcp_bulk_over_veth_set_and_cleared(ns, more_ns):
     srv.settimeout(10)
     nbytes = 1 << 20
 
-    def bulk(q: NfQueue) -> list:
+    def bulk(q: NfQueue, whole: bool = True) -> list:
         received = [0]
 
         def serve():
@@ -615,7 +617,8 @@ def test_gso_tcp_bulk_over_veth_set_and_cleared(ns, more_ns):
                    p.timestamp, p.hook, p.payload) for p in settle(q, 0.05)]
         assert received[0] == nbytes
         assert all(i[6] == Hook.LOCAL_OUT and i[5] is None for i in infos)
-        assert all(i[0] == i[1] for i in infos)  # never truncated
+        if whole:
+            assert all(i[0] == i[1] for i in infos)  # never truncated
         return infos
 
     def check_gso(infos):
@@ -627,6 +630,21 @@ def test_gso_tcp_bulk_over_veth_set_and_cleared(ns, more_ns):
         assert all(i[3] for i in big)
         assert not all(tcp_csum_ok(i[7]) for i in infos if i[3])
         assert not any(i[4] for i in infos)  # locally generated: never "not verified"
+
+    # GSO is on by default: every packet is copied whole
+    with NfQueue(QN, netns=ns.name) as q:
+        assert QueueFlag.GSO in q.flags
+        check_gso(bulk(q))
+        # a copy range shorter than a super-packet turns the default off ...
+        q.configure(copy_range=1000)
+        assert QueueFlag.GSO not in q.flags
+        infos = bulk(q, whole=False)
+        assert max(i[1] for i in infos) <= MTU and not any(i[2] for i in infos)
+        assert max(i[0] for i in infos) == 1000
+        # ... and the whole copy on again
+        q.configure(copy_range=0xFFFF)
+        assert QueueFlag.GSO in q.flags
+        check_gso(bulk(q))
 
     with NfQueue(QN, netns=ns.name, gso=True) as q:
         assert QueueFlag.GSO in q.flags
@@ -643,6 +661,13 @@ def test_gso_tcp_bulk_over_veth_set_and_cleared(ns, more_ns):
 
         q.configure(gso=True)
         check_gso(bulk(q))
+
+    # an explicit choice is kept whatever the copy range
+    with NfQueue(QN, netns=ns.name, gso=False) as q:
+        q.configure(copy_range=0xFFFF)
+        assert QueueFlag.GSO not in q.flags
+    with NfQueue(QN, netns=ns.name, copy_range=1000, gso=True) as q:
+        assert QueueFlag.GSO in q.flags
 
 
 # -- conntrack ---------------------------------------------------------------------------

@@ -217,7 +217,7 @@ BAD_ARGS = [
     ((1,), {"default_verdict": -1}, ValueError, "default_verdict"),
     ((1,), {"fail_open": 1}, TypeError, "fail_open"),
     ((1,), {"conntrack": "yes"}, TypeError, "conntrack"),
-    ((1,), {"gso": None}, TypeError, "gso"),
+    ((1,), {"gso": "yes"}, TypeError, "gso"),
     ((1,), {"uid_gid": 0}, TypeError, "uid_gid"),
     ((1,), {"secctx": 1.0}, TypeError, "secctx"),
     ((1,), {"no_enobufs": 1}, TypeError, "no_enobufs"),

@@ -826,3 +826,52 @@ def test_mixed_plain_and_marked_verdicts_keep_the_order(ns):
         q.run(handler, timeout=0.5)
         assert len(seen) == len(payloads)  # all were queued before run(): one batch
         assert _recv(r) == payloads
+
+
+def test_rewrite_completes_checksums_the_kernel_left_to_the_device(ns, more_ns):
+    """Locally sent UDP leaves its checksum to the device (csum_notready,
+    with GSO on by default).  The kernel takes a rewritten payload's checksum
+    as final, so nfbind completes it: a packet echoed unchanged, and one
+    changed in place with the received checksum field, both arrive at a peer
+    that verifies checksums, in a namespace over veth."""
+    from nethelpers import veth
+
+    peer = more_ns()
+    veth(ns, peer, "va", "vb")
+    ns.run("ip", "addr", "add", "10.99.4.1/24", "dev", "va")
+    ns.run("ip", "link", "set", "va", "up")
+    peer.run("ip", "addr", "add", "10.99.4.2/24", "dev", "vb")
+    peer.run("ip", "link", "set", "vb", "up")
+    ns.iptables("-A", "OUTPUT", "-p", "udp", "--dport", str(PORT),
+                "-j", "NFQUEUE", "--queue-num", str(QNUM))
+    r = peer.socket()
+    _SOCKETS.append(r)
+    r.bind(("10.99.4.2", PORT))
+    s = ns.socket()
+    _SOCKETS.append(s)
+
+
+    def errors() -> int:
+        """The peer's UDP InCsumErrors counter."""
+        names, values = [line.split() for line in peer.run("cat", "/proc/net/snmp").splitlines()
+                         if line.startswith("Udp:")]
+        return int(values[names.index("InCsumErrors")])
+
+    before = errors()
+    seen = []
+    with NfQueue(QNUM, netns=ns.name) as q:
+        for data in (b"echo me unchanged", b"change me in place"):
+            s.sendto(data, ("10.99.4.2", PORT))
+
+        def handler(pkt):
+            seen.append(pkt.csum_notready)
+            ip = pkt.payload
+            if ip.endswith(b"unchanged"):
+                pkt.accept(payload=ip)
+            else:
+                pkt.accept(payload=ip.replace(b"change me", b"CHANGED!!"))
+
+        q.run(handler, timeout=1.0)
+    assert seen == [True, True], "the device was expected to own the checksums"
+    assert sorted(_recv(r)) == [b"CHANGED!! in place", b"echo me unchanged"]
+    assert errors() == before

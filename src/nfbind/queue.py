@@ -84,6 +84,11 @@ _FLAG_BITS = (("fail_open", QueueFlag.FAIL_OPEN), ("conntrack", QueueFlag.CONNTR
               ("secctx", QueueFlag.SECCTX))
 
 
+def _gso_safe(copy_mode: int, copy_range: int) -> bool:
+    """Whether GSO super-packets reach the handler whole with this copy mode."""
+    return copy_mode != CopyMode.PACKET or copy_range >= MAX_PAYLOAD
+
+
 def _flag_bits(optional: bool, **values: Optional[bool]) -> tuple:
     """``(mask, flags)`` for the queue flags given as keywords; with
     ``optional`` a None leaves its flag out of the mask (unchanged)."""
@@ -195,7 +200,10 @@ class Packet(PacketBase):
         ``mark`` sets the packet mark, ``connmark`` its connection's mark
         (the packet must be tracked), ``payload`` replaces the packet: bytes
         are sent as given; a scapy packet gets its lengths and checksums
-        recomputed.  Raises VerdictError, ValueError, TypeError, NetlinkError.
+        recomputed.  On a packet with :attr:`csum_notready` the TCP/UDP
+        checksum is completed either way, since the kernel takes a new
+        payload's checksums as final.  Raises VerdictError, ValueError,
+        TypeError, NetlinkError.
         """
         self._b.ch._verdict(self, lib.NF_ACCEPT, mark, connmark, payload)
 
@@ -249,7 +257,14 @@ class NfQueue(Channel):
             before it drops (or, with ``fail_open``, accepts) new ones.
         fail_open: accept packets instead of dropping them when the queue is full.
         conntrack: attach conntrack information (``pkt.ct``, ``pkt.ct_info``).
-        gso: receive GSO packets unsegmented (and with ``csum_notready``).
+        gso: receive GSO/GRO super-packets unsegmented (``pkt.gso``; their
+            checksums may be left to the kernel: ``pkt.csum_notready``).  This
+            saves the kernel segmenting them before queueing.  None (default):
+            on where safe, i.e. when every packet is copied whole (``copy_mode``
+            META or NONE, or ``copy_range`` of at least 65531, the kernel's
+            maximum); off with a shorter ``copy_range``, which would cut a
+            super-packet where its segments fit.  Rewritten payloads of
+            super-packets are accepted by the kernel as usual.
         uid_gid: attach the owner of a local socket (``pkt.uid``, ``pkt.gid``).
         secctx: attach the security context (``pkt.secctx``).
         rcvbuf: receive buffer in bytes (default: sized from max_len).
@@ -280,7 +295,7 @@ class NfQueue(Channel):
         max_len: int = 4096,
         fail_open: bool = False,
         conntrack: bool = False,
-        gso: bool = False,
+        gso: Optional[bool] = None,
         uid_gid: bool = False,
         secctx: bool = False,
         rcvbuf: Optional[int] = None,
@@ -298,6 +313,9 @@ class NfQueue(Channel):
         self._copy_mode = CopyMode(copy_mode)
         self._copy_range = check_int("copy_range", copy_range, 0, 0xFFFF)
         self._max_len = check_int("max_len", max_len, 1, 65536)
+        self._gso_auto = gso is None
+        if gso is None:
+            gso = _gso_safe(self._copy_mode, self._copy_range)
         _, flags = _flag_bits(False, fail_open=fail_open, conntrack=conntrack, gso=gso,
                               uid_gid=uid_gid, secctx=secctx)
         self._flags = flags
@@ -404,7 +422,8 @@ class NfQueue(Channel):
         """Change options of the bound queue; ``None`` leaves one as it is.
 
         Each flag can be set and cleared at any time.  Call it from the thread
-        that runs the loop (or while no loop runs).
+        that runs the loop (or while no loop runs).  While ``gso`` was never
+        given, it follows the copy mode and range as in the constructor.
         """
         self._check_open()
         params = None
@@ -418,6 +437,10 @@ class NfQueue(Channel):
             max_len = check_int("max_len", max_len, 1, 65536)
         mask, flags = _flag_bits(True, fail_open=fail_open, conntrack=conntrack, gso=gso,
                                  uid_gid=uid_gid, secctx=secctx)
+        if gso is None and self._gso_auto and params is not None:
+            gso_bit = int(QueueFlag.GSO)
+            mask |= gso_bit
+            flags |= gso_bit if _gso_safe(*params) else 0
         if params is not None:
             old = self._slots()
             self._copy_mode, self._copy_range = params
@@ -439,6 +462,8 @@ class NfQueue(Channel):
         )
         if max_len is not None:
             self._max_len = max_len
+        if gso is not None:
+            self._gso_auto = False
         self._flags = (self._flags & ~mask) | flags
         if conntrack is not None:
             self._ct_fallback = conntrack and not self._ct_glue
@@ -695,6 +720,12 @@ class NfQueue(Channel):
         if payload is not None:
             data = _payload_bytes(payload)
             vflags |= _VF_PAYLOAD
+            if p.csum_notready:
+                # the kernel takes a new payload's checksums as final
+                # (CHECKSUM_NONE), but this packet's were left to the device
+                buf = bytearray(data)
+                if lib.nfb_l4_csum_fill(ffi.from_buffer(buf), len(buf)):
+                    data = bytes(buf)
         if p._state != _OPEN:
             if p._state == _CLOSED:
                 raise VerdictError(

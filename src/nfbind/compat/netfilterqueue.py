@@ -357,7 +357,8 @@ class NetfilterQueue:
                     queue_num, copy_mode=mode, copy_range=min(range, _MAX_PACKET_SIZE),
                     max_len=min(max(max_len, 1), 65536),
                     rcvbuf=min(max(sock_len, 4096), 1 << 30), netns=self._netns,
-                    on_error=Verdict.DROP, default_verdict=Verdict.DROP, no_enobufs=True)
+                    on_error=Verdict.DROP, default_verdict=Verdict.DROP, no_enobufs=True,
+                    gso=False)
             except NetlinkError as e:
                 raise OSError(e.errno, "Failed to create queue %s." % queue_num) from e
             self._q = q
