@@ -324,6 +324,22 @@ def test_killed_worker_without_restart_stops_everything(ns):
     assert not ns.queue_proc()
 
 
+def test_an_exception_in_the_caller_leaves_no_worker(ns):
+    balance_rule(ns)
+    before = children()
+    seen: Dict[int, tuple] = {}
+
+    def ready(pids: Dict[int, tuple]) -> None:
+        seen.update(pids)
+        raise RuntimeError("the caller failed")
+
+    with pytest.raises(RuntimeError, match="the caller failed"):
+        nfbind.serve(accept, queues=range(2), netns=ns.name, ready=ready, timeout=10)
+    assert len(seen) == 2 and all(gone(p) for p in seen)
+    assert children() == before
+    assert not ns.queue_proc()
+
+
 def test_timeout_ends_serve(ns):
     balance_rule(ns)
     t0 = time.monotonic()
@@ -369,3 +385,16 @@ def test_cli_range_with_workers(ns):
     assert "queues 0-1: 120 packets (120 accepted)" in summary[0], summary[0]
     assert "by 2 workers" in summary[0]
     assert not ns.queue_proc()
+
+
+def test_cli_range_with_a_busy_queue(ns):
+    balance_rule(ns)
+    env = child_env()
+    with nfbind.NfQueue(1, netns=ns.name):
+        r = subprocess.run([sys.executable, "-m", "nfbind", "queue", "0:1", "--netns", ns.name],
+                           capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("nfbind: error: worker 1 (queue 1)") and "already bound" in lines[0]

@@ -535,7 +535,7 @@ class _Server:
         slot.alive = False
         slot.status = os.waitstatus_to_exitcode(st) if pid == slot.pid and st else 0
         slot.stats.exitcode = slot.status
-        if not slot.reported:
+        if slot.bound and not slot.reported:
             slot.stats.lost_stats += 1
         if slot.pidfd >= 0:
             os.close(slot.pidfd)
