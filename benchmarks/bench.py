@@ -170,15 +170,15 @@ def make_row(channel: str, scenario: str, d: dict) -> dict:
     row.update(packets=d.get("packets"), nfbind_rate=d.get("nfbind_pps_median"),
                c_rate=d.get("c_pps_median"), ratio=d.get("ratio_median"))
     if scenario == "memory":
-        runs = [r["nfbind"] for r in d.get("rounds_detail", [])
-                if r.get("nfbind", {}).get("ok")]
-        if runs:
-            worst = max(runs, key=lambda r: r["rss_growth_pct"])
-            row.update(rss_warm_bytes=worst["rss_warm_bytes"],
-                       rss_max_bytes=worst["rss_max_bytes"],
-                       rss_growth_pct=worst["rss_growth_pct"],
-                       rss_samples=worst.get("rss_samples"))
-        row["c_rate"] = None
+        # the worst run of each consumer (the C one is for comparison only)
+        for impl, prefix in (("nfbind", ""), ("c", "c_")):
+            runs = [r[impl] for r in d.get("rounds_detail", [])
+                    if r.get(impl, {}).get("ok") and "rss_growth_pct" in r[impl]]
+            if runs:
+                worst = max(runs, key=lambda r: r["rss_growth_pct"])
+                row.update({prefix + k: worst.get(k) for k in (
+                    "rss_warm_bytes", "rss_max_bytes", "rss_growth_pct",
+                    "rss_samples")})
         row["ratio"] = None
         return row
     if scenario in ("stream", "overload"):
@@ -230,14 +230,17 @@ def cells(rows: list[dict]) -> list[list[str]]:
             continue
         unit = r["unit"]
         if r["scenario"] == "memory":
-            if "rss_growth_pct" in r:
-                nf = (f"RSS {r['rss_warm_bytes'] / 2**20:.1f} -> "
-                      f"{r['rss_max_bytes'] / 2**20:.1f} MiB")
-                ratio = f"{r['rss_growth_pct']:+.2f}%"
-            else:
-                nf, ratio = "-", "-"
+            def rss(prefix: str) -> str:
+                if r.get(prefix + "rss_growth_pct") is None:
+                    return "-"
+                return (f"RSS {r[prefix + 'rss_warm_bytes'] / 2**20:.1f} -> "
+                        f"{r[prefix + 'rss_max_bytes'] / 2**20:.1f} MiB "
+                        f"({r[prefix + 'rss_growth_pct']:+.2f}%)")
+            growth = r.get("rss_growth_pct")
             lines.append([r["channel"], f"memory {_num(r.get('packets'))} packets",
-                          nf, "-", ratio, "-", "-"])
+                          rss(""), rss("c_"),
+                          "-" if growth is None else f"growth {growth:+.2f}%",
+                          "-", "-"])
             continue
         nf = f"{_num(r.get('nfbind_rate'))} {unit}"
         ref = f"{_num(r.get('c_rate'))} {unit}"

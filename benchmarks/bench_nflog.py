@@ -43,7 +43,7 @@ consumer running while the sender sends (see run_live()):
     at the kernel's default); what each lost (sent - handled) and how many
     ENOBUFS it was told about.
 ``memory``
-    nfbind only: N packets (default 1,000,000), a LogPacket each, sent in
+    N packets (default 1,000,000), for nfbind a LogPacket each, sent in
     chunks the consumer keeps up with; the consumer's RSS every 100,000.
 
 Consumers in those scenarios stop 1 s (memory: 5 s) after their last packet.
@@ -402,10 +402,7 @@ def run_live(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
     result: dict = {"impl": impl, "scenario": scenario, "ok": False, "rcvbuf": rcvbuf}
     consumer_timeout = 60 + npackets // 10000
     idle = 5 if scenario == "memory" else 1
-    if impl == "c":
-        mode = ["stream"]
-    else:
-        mode = [f"rss={RSS_EVERY}" if scenario == "memory" else "stream"]
+    mode = [f"rss={RSS_EVERY}" if scenario == "memory" else "stream"]
 
     def log(msg: str) -> None:
         if verbose:
@@ -553,10 +550,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bench: must run as root (network namespaces, iptables)")
     if a.packets is None:
         a.packets = DEFAULT_PACKETS[a.scenario]
-    if a.scenario == "memory" and a.impl == "both":
-        a.impl = "nfbind"          # the C consumer reports no RSS
-    if a.scenario == "memory" and a.impl != "nfbind":
-        sys.exit("bench: --scenario memory measures the nfbind consumer only")
     if a.scenario == "memory" and a.packets < 3 * RSS_EVERY:
         sys.exit(f"bench: --scenario memory needs --packets >= {3 * RSS_EVERY}")
     if not 1 <= a.packets <= 10_000_000:

@@ -38,8 +38,8 @@ consumer running while ``bin/nfb_udp send`` sends (see run_live()):
     (``nfq_ref --batch``).  Reported: what each consumer lost and where
     (queue_dropped, user_dropped, sent - received).
 ``memory``
-    nfbind only: N packets (default 1,000,000) accepted, sent in chunks the
-    consumer keeps up with; the consumer's RSS every 100,000 packets.
+    N packets (default 1,000,000) accepted, sent in chunks the consumer
+    keeps up with; the consumer's RSS every 100,000 packets.
 
 Consumers in those scenarios stop 1 s (memory: 5 s) after their last packet,
 so a stream that lost packets still ends.
@@ -626,10 +626,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bench: must run as root (network namespaces, iptables)")
     if a.packets is None:
         a.packets = DEFAULT_PACKETS[a.scenario]
-    if a.scenario == "memory" and a.impl == "both":
-        a.impl = "nfbind"          # the C consumer reports no RSS
-    if a.scenario == "memory" and a.impl != "nfbind":
-        sys.exit("bench: --scenario memory measures the nfbind consumer only")
     limit = NFQUEUE_MAX_PACKETS if a.scenario == "drain" else 10_000_000
     if not 1 <= a.packets <= limit:
         sys.exit(f"bench: --packets must be 1..{limit}")

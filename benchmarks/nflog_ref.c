@@ -9,7 +9,7 @@
  * payload pointer and length, the input interface, the timestamp) and
  * counts.
  *
- *   nflog_ref GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS [stream]]]
+ *   nflog_ref GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS [stream|rss=K]]]
  *
  * Forces the socket's receive buffer to RCVBUF_BYTES (SO_RCVBUFFORCE; the
  * kernel doubles it), does NOT set NETLINK_NO_ENOBUFS so that a lost message
@@ -30,7 +30,9 @@
  * out of packets for IDLE_SECONDS is the normal end: the consumer exits 0
  * and reports the packets it handled, with "seconds" from the first recv()
  * to the last packet handled (the callback then reads the clock for every
- * packet).
+ * packet).  "rss=K" is the same, and every K packets the resident set size
+ * is read from /proc/self/statm, reported as "rss":[[packets,bytes],...]
+ * (the first sample, at 0, is taken before READY).
  */
 #include <errno.h>
 #include <stdint.h>
@@ -45,6 +47,31 @@
 
 #include <libnetfilter_log/libnetfilter_log.h>
 
+#define MAX_RSS_SAMPLES 4096
+
+static unsigned long rss_at[MAX_RSS_SAMPLES];
+static unsigned long rss_bytes[MAX_RSS_SAMPLES];
+static unsigned int rss_n;
+
+/* Append (count, resident set size) to the samples. */
+static void rss_sample(unsigned long count)
+{
+	unsigned long size, resident;
+	FILE *f;
+
+	if (rss_n >= MAX_RSS_SAMPLES)
+		return;
+	f = fopen("/proc/self/statm", "r");
+	if (!f)
+		return;
+	if (fscanf(f, "%lu %lu", &size, &resident) == 2) {
+		rss_at[rss_n] = count;
+		rss_bytes[rss_n] = resident * (unsigned long)sysconf(_SC_PAGESIZE);
+		rss_n++;
+	}
+	fclose(f);
+}
+
 /* room for one message with a full 0xffff copy and its attributes */
 #define RECV_BUF_BYTES (0xffff + 8192)
 
@@ -58,6 +85,7 @@ struct state {
 	double t_nth;
 	double t_last;
 	int stream;
+	unsigned long rss_every;
 };
 
 static double now(void)
@@ -116,6 +144,8 @@ static int on_packet(struct nflog_g_handle *gh, struct nfgenmsg *nfmsg,
 	st->done++;
 	if (st->stream)
 		st->t_last = now();
+	if (st->rss_every && st->done % st->rss_every == 0)
+		rss_sample(st->done);
 	if (st->done == st->npackets)
 		st->t_nth = now();
 	return 0;
@@ -127,11 +157,20 @@ static void report(const struct state *st, double secs, unsigned long enobufs,
 	printf("{\"impl\":\"c\",\"packets\":%lu,\"seconds\":%.6f,\"pps\":%.1f,"
 	       "\"enobufs\":%lu,\"extra\":%lu,\"rcvbuf\":%d,\"recv_calls\":%lu,"
 	       "\"with_prefix\":%lu,\"no_timestamp\":%lu,"
-	       "\"payload_bytes\":%llu}\n",
+	       "\"payload_bytes\":%llu",
 	       st->done > st->npackets ? st->npackets : st->done, secs,
 	       secs > 0 ? (double)st->done / secs : 0.0, enobufs, extra, rcvbuf, recvs,
 	       st->with_prefix, st->no_timestamp,
 	       (unsigned long long)st->payload_bytes);
+	if (st->rss_every) {
+		unsigned int i;
+
+		printf(",\"rss\":[");
+		for (i = 0; i < rss_n; i++)
+			printf("%s[%lu,%lu]", i ? "," : "", rss_at[i], rss_bytes[i]);
+		printf("]");
+	}
+	printf("}\n");
 	fflush(stdout);
 }
 
@@ -150,7 +189,8 @@ int main(int argc, char **argv)
 	char *buf;
 
 	if (argc < 4 || argc > 7 ||
-	    (argc == 7 && strcmp(argv[6], "stream") != 0)) {
+	    (argc == 7 && strcmp(argv[6], "stream") != 0 &&
+	     strncmp(argv[6], "rss=", 4) != 0)) {
 		fprintf(stderr,
 			"usage: %s GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS "
 			"[IDLE_SECONDS [stream]]]\n", argv[0]);
@@ -165,6 +205,13 @@ int main(int argc, char **argv)
 	if (argc >= 6)
 		idle_s = parse_ulong(argv[5], "idle timeout", 86400);
 	st.stream = argc == 7;
+	if (argc == 7 && strncmp(argv[6], "rss=", 4) == 0) {
+		st.rss_every = parse_ulong(argv[6] + 4, "rss interval", 1UL << 30);
+		if (st.rss_every == 0) {
+			fprintf(stderr, "nflog_ref: bad rss interval\n");
+			return 64;
+		}
+	}
 	if (st.npackets == 0) {
 		fprintf(stderr, "nflog_ref: packet count must be > 0\n");
 		return 64;
@@ -197,6 +244,8 @@ int main(int argc, char **argv)
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
 		die("SO_RCVTIMEO");
 
+	if (st.rss_every)
+		rss_sample(0);
 	printf("READY\n");
 	fflush(stdout);
 	deadline = now() + (double)timeout_s;

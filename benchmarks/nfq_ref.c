@@ -29,6 +29,9 @@
  *                  report "seconds" from the first packet received to the
  *                  last verdict sent
  *   --rcvbuf B     force a receive buffer of B bytes instead of 64 MiB
+ *   --rss-every K  every K packets, read the resident set size from
+ *                  /proc/self/statm; reported as "rss":[[packets,bytes],...]
+ *                  (the first sample, at 0, is taken before READY)
  */
 #include <errno.h>
 #include <getopt.h>
@@ -50,6 +53,30 @@
 #include <libnetfilter_queue/libnetfilter_queue.h>
 
 #define RCVBUF_BYTES (64 << 20)
+#define MAX_RSS_SAMPLES 4096
+
+static unsigned long rss_at[MAX_RSS_SAMPLES];
+static unsigned long rss_bytes[MAX_RSS_SAMPLES];
+static unsigned int rss_n;
+
+/* Append (count, resident set size) to the samples. */
+static void rss_sample(unsigned long count)
+{
+	unsigned long size, resident;
+	FILE *f;
+
+	if (rss_n >= MAX_RSS_SAMPLES)
+		return;
+	f = fopen("/proc/self/statm", "r");
+	if (!f)
+		return;
+	if (fscanf(f, "%lu %lu", &size, &resident) == 2) {
+		rss_at[rss_n] = count;
+		rss_bytes[rss_n] = resident * (unsigned long)sysconf(_SC_PAGESIZE);
+		rss_n++;
+	}
+	fclose(f);
+}
 
 static double now(void)
 {
@@ -154,13 +181,14 @@ static const struct option long_opts[] = {
 	{ "batch", no_argument, NULL, 'b' },
 	{ "idle", required_argument, NULL, 'i' },
 	{ "rcvbuf", required_argument, NULL, 'r' },
+	{ "rss-every", required_argument, NULL, 's' },
 	{ NULL, 0, NULL, 0 },
 };
 
 int main(int argc, char **argv)
 {
 	unsigned long queue_num, npackets, max_len, timeout_s = 60;
-	unsigned long recv_calls = 0, verdict_msgs = 0;
+	unsigned long recv_calls = 0, verdict_msgs = 0, rss_every = 0, rss_next = 0;
 	struct mnl_socket *nl;
 	struct nlmsghdr *nlh;
 	size_t buf_size;
@@ -170,7 +198,7 @@ int main(int argc, char **argv)
 	int one = 1, rcvbuf = RCVBUF_BYTES, batch = 0, opt, idled = 0;
 	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
 
-	while ((opt = getopt_long(argc, argv, "bi:r:", long_opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "bi:r:s:", long_opts, NULL)) != -1) {
 		switch (opt) {
 		case 'b':
 			batch = 1;
@@ -188,6 +216,10 @@ int main(int argc, char **argv)
 		}
 		case 'r':
 			rcvbuf = (int)parse_ulong(optarg, "--rcvbuf", 1UL << 30);
+			break;
+		case 's':
+			rss_every = parse_ulong(optarg, "--rss-every", 1UL << 30);
+			rss_next = rss_every;
 			break;
 		default:
 			return 64;
@@ -243,6 +275,8 @@ int main(int argc, char **argv)
 		       sizeof(tv)) < 0)
 		die("SO_RCVTIMEO");
 
+	if (rss_every)
+		rss_sample(0);
 	printf("READY\n");
 	fflush(stdout);
 	deadline = now() + (double)timeout_s;
@@ -304,6 +338,10 @@ int main(int argc, char **argv)
 		done += got;
 		if (got && (idle_s > 0 || done == npackets))
 			t_end = now();
+		while (rss_every && done >= rss_next) {
+			rss_sample(rss_next);
+			rss_next += rss_every;
+		}
 		if (done < npackets && now() > deadline)
 			goto timeout;
 	}
@@ -313,10 +351,20 @@ int main(int argc, char **argv)
 
 		printf("{\"impl\":\"c\",\"packets\":%lu,\"seconds\":%.6f,"
 		       "\"pps\":%.1f,\"mode\":\"%s\",\"idle_stop\":%s,"
-		       "\"recv_calls\":%lu,\"verdict_msgs\":%lu,\"rcvbuf\":%d}\n",
+		       "\"recv_calls\":%lu,\"verdict_msgs\":%lu,\"rcvbuf\":%d",
 		       done, secs, secs > 0 ? (double)done / secs : 0.0,
 		       batch ? "batch" : "single", idled ? "true" : "false",
 		       recv_calls, verdict_msgs, rcvbuf);
+		if (rss_every) {
+			unsigned int i;
+
+			printf(",\"rss\":[");
+			for (i = 0; i < rss_n; i++)
+				printf("%s[%lu,%lu]", i ? "," : "", rss_at[i],
+				       rss_bytes[i]);
+			printf("]");
+		}
+		printf("}\n");
 		fflush(stdout);
 	}
 	mnl_socket_close(nl);
