@@ -174,10 +174,29 @@ def _last_cpu(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[36])
 
 
+def _is_worker(pid: int) -> bool:
+    """True while ``pid`` is still one of our consumer's processes."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"_consumer" in cmdline and os.path.basename(__file__).encode() in cmdline
+
+
+def _signal_worker(pid: int, sig: int) -> None:
+    if _is_worker(pid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def run_one(config: str, py: str, env: dict, udp_tool: str, npackets: int, size: int,
             sources: int, pin: bool, verbose: bool, tag: str) -> dict:
     ns = "nfb-serve-%d-%s" % (os.getpid(), tag)
     procs: list[Proc] = []
+    worker_pids: list[int] = []
     nq = 2 if config == "two" else 1
     result: dict = {"config": config, "ok": False}
 
@@ -209,6 +228,7 @@ def run_one(config: str, py: str, env: dict, udp_tool: str, npackets: int, size:
         cons.wait_line(b"READY", READY_TIMEOUT)
         line = next(l for l in cons.out.decode().splitlines() if l.startswith("PIDS "))
         pids = [int(p) for p in json.loads(line[5:])]
+        worker_pids.extend(pids)
         log("workers %s ready" % pids)
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
@@ -292,10 +312,19 @@ def run_one(config: str, py: str, env: dict, udp_tool: str, npackets: int, size:
         result["error"] = "%s: %s" % (type(e).__name__, e)
         return result
     finally:
+        # stopped workers must run to see their parent go (their stop pipe
+        # closes) and exit; the ones that do not are killed by pid
+        for pid in worker_pids:
+            _signal_worker(pid, signal.SIGCONT)
         for p in procs:
             p.kill()
             if p in _procs:
                 _procs.remove(p)
+        end = time.monotonic() + 5.0
+        while any(_is_worker(pid) for pid in worker_pids) and time.monotonic() < end:
+            time.sleep(0.05)
+        for pid in worker_pids:
+            _signal_worker(pid, signal.SIGKILL)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False, timeout=30)
         if ns in _namespaces:
             _namespaces.remove(ns)

@@ -486,15 +486,10 @@ class _Server:
                 os.close(fd)
             except OSError:
                 pass
-        for other in self.slots:
+        for other in self.slots:  # (the other workers' pipes are closed at exit)
             if other.pidfd >= 0:
                 try:
                     os.close(other.pidfd)
-                except OSError:
-                    pass
-            if other.conn is not None:
-                try:
-                    os.close(other.conn.fileno())
                 except OSError:
                     pass
 
