@@ -59,7 +59,7 @@ QUEUE_OPTIONS = ("copy_mode", "copy_range", "max_len", "fail_open", "conntrack",
                  "uid_gid", "secctx", "rcvbuf", "netns", "on_error", "default_verdict",
                  "on_overrun", "no_enobufs")
 
-#: handler errors a worker logs in full before it only logs every 1000th
+#: handler errors a worker logs one by one; after that, one line per 1000
 _LOG_FIRST = 10
 
 # worker exit codes
@@ -264,6 +264,7 @@ def _worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], A
     first: Optional[float] = None
     last: Optional[float] = None
     fatal: Optional[str] = None
+    errors = 0
     by_fd = {q.fileno(): q for q in qs}
     poller = select.poll()
     for fd in by_fd:
@@ -292,13 +293,12 @@ def _worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], A
                                                           type(e).__name__, e)
                         stopping = True
                         break
-                    for k in range(before + 1, now + 1):
-                        if k <= _LOG_FIRST or k % 1000 == 0:
-                            log.error("%s (queue %d): the handler raised %s: %s; the packet "
-                                      "got on_error (%d handler error%s so far in this "
-                                      "worker)", name, q.queue_num, type(e).__name__, e,
-                                      k, "" if k == 1 else "s",
-                                      exc_info=e if k == 1 else None)
+                    prev, errors = errors, errors + now - before
+                    if prev < _LOG_FIRST or prev // 1000 != errors // 1000:
+                        log.error("%s (queue %d): the handler raised %s: %s; the packet "
+                                  "got on_error (%d handler error%s so far in this worker)",
+                                  name, q.queue_num, type(e).__name__, e, errors,
+                                  "" if errors == 1 else "s", exc_info=e if not prev else None)
                     if first is None:
                         first = t0
                     last = mono()
