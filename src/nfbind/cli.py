@@ -1186,7 +1186,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "--hook runs your function: it gets an nfbind.Packet and returns a "
                        "Verdict, 'accept'/'drop', True/False, (verdict, mark), new payload "
                        "(bytes or a scapy packet: accepted rewritten), or None for --verdict; "
-                       "it may also call pkt.accept()/pkt.drop() itself.")
+                       "it may also call pkt.accept()/pkt.drop() itself. A range FIRST:LAST "
+                       "(`--queue-balance FIRST:LAST`) is served by --workers processes, each "
+                       "running the hook; Ctrl-C prints one summary for all of them.")
     p.add_argument("queues", type=_queue_spec, metavar="NUM|FIRST:LAST",
                    help="queue number 0..65535, or a range of queues for `--queue-balance "
                    "FIRST:LAST` (served by --workers processes)")
