@@ -184,6 +184,9 @@ def make_row(channel: str, scenario: str, d: dict) -> dict:
     if scenario in ("stream", "overload"):
         row["nfbind_loss"] = _loss(channel, d, "nfbind")
         row["c_loss"] = _loss(channel, d, "c")
+        # CPU time each consumer process used per packet handled (median)
+        row["nfbind_cpu_us_per_packet"] = d.get("nfbind_cpu_us_per_packet_median")
+        row["c_cpu_us_per_packet"] = d.get("c_cpu_us_per_packet_median")
         if scenario == "overload" and channel == "nfqueue":
             row["reference"] = "C, batch verdicts"
     elif scenario == "drain":

@@ -73,7 +73,7 @@ sys.path.insert(0, HERE)
 # the process, build and /proc helpers are the NFQUEUE driver's
 from bench_nfqueue import (  # noqa: E402
     RSS_EVERY, Proc, RunError, _build, _exe_name, _install_sigterm, _run,
-    _wait_stopped, live_summary, rss_summary,
+    _wait_stopped, cpu_seconds, live_summary, rss_summary,
 )
 from nflog_nfbind import ALL_FIELDS, parse_fields  # noqa: E402
 
@@ -470,10 +470,12 @@ def run_live(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
         # the socket's drop counter goes away with the consumer: read it
         # while it runs
         end = time.monotonic() + consumer_timeout + 15
+        cpu = None
         while cons.p.poll() is None and time.monotonic() < end:
             s = netlink_socket(ns, sock["inode"])
             if s is not None:
                 drops = s["drops"]
+            cpu = cpu_seconds(cons.p.pid) or cpu   # the last look before it exits
             cons.wait_exit(0.2)
         rc = cons.wait_exit(max(0.0, end - time.monotonic()))
         result["socket_drops"] = drops
@@ -489,6 +491,9 @@ def run_live(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
         result["consumer_extra"] = extra
         result.update(rss_summary(res.get("rss")))
         result["overruns"] = extra.get("enobufs", 0) + extra.get("overruns", 0)
+        if cpu is not None and result["packets"]:
+            result["cpu_seconds"] = cpu
+            result["cpu_us_per_packet"] = round(cpu * 1e6 / result["packets"], 2)
         result["lost"] = sent - (result["packets"] or 0)
         log(f"consumer: {extra} handled {result['packets']} at {result['pps']} pps")
 

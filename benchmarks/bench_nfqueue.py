@@ -265,6 +265,16 @@ def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
     raise RunError(f"pid {pid} did not stop within {timeout} s")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time process pid has used so far, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _exe_name(pid: int) -> str:
     try:
         return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
@@ -447,7 +457,7 @@ def rss_summary(samples: list | None) -> dict:
 
 def run_live(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
              udp_tool: str, scenario: str, npackets: int, size: int,
-             cpu: int | None, verbose: bool) -> dict:
+             cpu: int | None, verbose: bool, sender_cpu: int | None = None) -> dict:
     global _ns_counter
     _ns_counter += 1
     ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
@@ -460,10 +470,12 @@ def run_live(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
         if verbose:
             print(f"  [{impl} {scenario} {ns}] {msg}", file=sys.stderr, flush=True)
 
+    pin = [] if sender_cpu is None else ["taskset", "-c", str(sender_cpu)]
+
     def send(n: int) -> dict:
-        r = subprocess.run(["ip", "netns", "exec", ns, udp_tool, "send", str(PORT),
-                            str(n), str(size)], capture_output=True, text=True,
-                           timeout=SEND_TIMEOUT + n // 10000, check=False)
+        r = subprocess.run(["ip", "netns", "exec", ns, *pin, udp_tool, "send",
+                            str(PORT), str(n), str(size)], capture_output=True,
+                           text=True, timeout=SEND_TIMEOUT + n // 10000, check=False)
         if r.returncode != 0:
             raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
         return json.loads(r.stdout.strip().splitlines()[-1])
@@ -518,10 +530,12 @@ def run_live(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
         # line goes away with the consumer, so read it while it runs
         stats = queue_stats(ns)
         end = time.monotonic() + timeout + 15
+        cpu = None
         while cons.p.poll() is None and time.monotonic() < end:
             st = queue_stats(ns)
             if st is not None:
                 stats = st
+            cpu = cpu_seconds(cons.p.pid) or cpu   # the last look before it exits
             cons.wait_exit(0.2)
         rc = cons.wait_exit(max(0.0, end - time.monotonic()))
         result["queue"] = stats
@@ -536,6 +550,9 @@ def run_live(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
                  if k not in ("impl", "packets", "seconds", "pps", "rss")}
         result["consumer_extra"] = extra
         result.update(rss_summary(res.get("rss")))
+        if cpu is not None and result["packets"]:
+            result["cpu_seconds"] = cpu
+            result["cpu_us_per_packet"] = round(cpu * 1e6 / result["packets"], 2)
         log(f"consumer: {extra} handled {result['packets']} at {result['pps']} pps")
 
         rrc = recv.wait_exit(1.0)
@@ -580,7 +597,7 @@ def live_summary(rounds: list[dict], impls: list[str]) -> dict:
         ok = [row[impl] for row in rounds if row[impl]["ok"]]
         for key in ("sent", "packets", "received", "lost", "queue_dropped",
                     "user_dropped", "rss_warm_bytes", "rss_max_bytes",
-                    "rss_growth_pct"):
+                    "rss_growth_pct", "cpu_us_per_packet"):
             vals = [r[key] for r in ok if r.get(key) is not None]
             if vals:
                 out[f"{impl}_{key}_median"] = statistics.median(vals)
@@ -618,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: .venv/bin/python if it imports nfbind, else this "
                     "one with PYTHONPATH=src)")
     ap.add_argument("--cpu", type=int, help="pin the consumers to this CPU (taskset)")
+    ap.add_argument("--sender-cpu", type=int, help="stream, overload, memory: pin "
+                    "the sender to this CPU (taskset)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -635,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bench: --size must be 0..65507")
     if not 1 <= a.rounds <= 1000:
         sys.exit("bench: --rounds must be 1..1000")
-    for tool in ("ip", "iptables") + (("taskset",) if a.cpu is not None else ()):
+    pinned = a.cpu is not None or a.sender_cpu is not None
+    for tool in ("ip", "iptables") + (("taskset",) if pinned else ()):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} not found")
 
@@ -645,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     info: dict = {"scenario": a.scenario, "packets": a.packets, "rounds": a.rounds,
                   "size": a.size,
                   "kernel": platform.release(), "cpus": os.cpu_count(),
-                  "cpu_pin": a.cpu}
+                  "cpu_pin": a.cpu, "sender_cpu_pin": a.sender_cpu}
     if "c" in impls:
         cmds["c"] = ([_build("nfq_ref", "nfq_ref.c", ["-lnetfilter_queue", "-lmnl"])],
                      None)
@@ -679,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                               a.verbose)
             else:
                 res = run_live(impl, cmd, env, udp_tool, a.scenario, a.packets,
-                               a.size, a.cpu, a.verbose)
+                               a.size, a.cpu, a.verbose, a.sender_cpu)
             row[impl] = res
             if not res["ok"]:
                 failed = True
