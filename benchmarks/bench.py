@@ -284,6 +284,22 @@ def markdown(rows: list[dict]) -> str:
 # main
 
 
+def print_report(info: dict, rows: list[dict], md: bool) -> None:
+    print(f"nfbind benchmarks: {info['rounds']} rounds (medians), kernel "
+          f"{info['kernel']}, {info['cpus']} CPUs, Python {info['python']}, commit "
+          f"{info['commit']}, {info['seconds']:.0f} s")
+    print()
+    print(table(rows))
+    print()
+    print("ratio = nfbind rate / reference rate (conntrack: also nfbind time / C "
+          "time); lost = sent - received at the far side (nfqueue) or sent - "
+          "handled (nflog), median over rounds; memory: RSS after 100,000 "
+          "packets -> largest later sample, growth in %")
+    if md:
+        print()
+        print(markdown(rows))
+
+
 def _commit() -> str | None:
     try:
         r = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
@@ -307,12 +323,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="packets (conntrack: flows) for every selected row except memory")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="run nothing: print the table of a saved --json report")
     ap.add_argument("--timeout", type=int, default=900,
                     help="seconds one driver may take before it is stopped (default 900)")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="the drivers' own step-by-step logs on stderr")
     a = ap.parse_args(argv)
 
+    if a.from_json:
+        with open(a.from_json, encoding="utf-8") as f:
+            saved = json.loads(f.read().strip().splitlines()[-1])
+        print_report(saved, saved["rows"], a.markdown)
+        return 0 if saved.get("ok") else 1
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (network namespaces, iptables, ctnetlink)")
     rounds = a.rounds if a.rounds is not None else (1 if a.quick else 5)
@@ -403,19 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps({**info, "rows": rows, "ok": not failed}))
     else:
-        print(f"nfbind benchmarks: {rounds} rounds (medians), kernel {info['kernel']}, "
-              f"{info['cpus']} CPUs, Python {info['python']}, commit {info['commit']}, "
-              f"{info['seconds']:.0f} s")
-        print()
-        print(table(rows))
-        print()
-        print("ratio = nfbind rate / reference rate (conntrack: also nfbind time / C "
-              "time); lost = sent - received at the far side (nfqueue) or sent - "
-              "handled (nflog), median over rounds; memory: RSS after 100,000 "
-              "packets -> largest later sample, growth in %")
-        if a.markdown:
-            print()
-            print(markdown(rows))
+        print_report(info, rows, a.markdown)
     if failed:
         log("SOME ROWS FAILED")
     return 1 if failed else 0
