@@ -491,6 +491,9 @@ def run_live(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
         result["consumer_extra"] = extra
         result.update(rss_summary(res.get("rss")))
         result["overruns"] = extra.get("enobufs", 0) + extra.get("overruns", 0)
+        # the consumer's own count (READY to its report) if it gives one,
+        # else the driver's last look at /proc/PID/stat
+        cpu = extra.get("cpu_seconds", cpu)
         if cpu is not None and result["packets"]:
             result["cpu_seconds"] = cpu
             result["cpu_us_per_packet"] = round(cpu * 1e6 / result["packets"], 2)

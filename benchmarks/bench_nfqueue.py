@@ -550,6 +550,9 @@ def run_live(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
                  if k not in ("impl", "packets", "seconds", "pps", "rss")}
         result["consumer_extra"] = extra
         result.update(rss_summary(res.get("rss")))
+        # the consumer's own count (READY to its report) if it gives one,
+        # else the driver's last look at /proc/PID/stat
+        cpu = extra.get("cpu_seconds", cpu)
         if cpu is not None and result["packets"]:
             result["cpu_seconds"] = cpu
             result["cpu_us_per_packet"] = round(cpu * 1e6 / result["packets"], 2)

@@ -141,6 +141,7 @@ def main(argv: list[str]) -> int:
 
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(timeout)
+        cpu0 = time.process_time()
         print("READY", flush=True)
         # wait for the first packet (SIGALRM bounds this), then run until
         # the handler stops the loop at the N-th, or nothing comes for IDLE s
@@ -149,6 +150,7 @@ def main(argv: list[str]) -> int:
         if state[0] < npackets:
             log.run(handler, timeout=idle)
         t_run_end = clock()
+        cpu = round(time.process_time() - cpu0, 3)
         signal.alarm(0)
 
         # not timed: whatever is still readable (there should be nothing)
@@ -172,7 +174,8 @@ def main(argv: list[str]) -> int:
             "overruns": stats["overruns"], "extra": late[0], "rcvbuf": granted,
             "recv_calls": stats["recv_calls"], "fields": ",".join(fields) or "none",
             "with_prefix": acc[0], "no_timestamp": acc[3], "payload_bytes": acc[1],
-            "idle_stop": True, **({"rss": rss} if rss_every else {}), "stats": stats,
+            "idle_stop": True, **({"rss": rss} if rss_every else {}),
+            "cpu_seconds": cpu, "stats": stats,
         }, separators=(",", ":")), flush=True)
         return 0
     ok = seen >= npackets
@@ -192,6 +195,7 @@ def main(argv: list[str]) -> int:
         "payload_bytes": acc[1],
         "seconds_to_nth_handler": round(t_nth - t_first, 6) if ok else None,
         **({"rss": rss} if rss_every else {}),
+        "cpu_seconds": cpu,
         "stats": stats,
     }, separators=(",", ":")), flush=True)
     if not ok:

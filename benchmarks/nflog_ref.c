@@ -42,6 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -95,6 +96,20 @@ static double now(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
+
+/* User + system CPU seconds this process has used. */
+static double cpu_now(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) < 0)
+		return 0.0;
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* CPU seconds used when READY was printed */
+static double cpu0;
 
 static void die(const char *what)
 {
@@ -157,11 +172,11 @@ static void report(const struct state *st, double secs, unsigned long enobufs,
 	printf("{\"impl\":\"c\",\"packets\":%lu,\"seconds\":%.6f,\"pps\":%.1f,"
 	       "\"enobufs\":%lu,\"extra\":%lu,\"rcvbuf\":%d,\"recv_calls\":%lu,"
 	       "\"with_prefix\":%lu,\"no_timestamp\":%lu,"
-	       "\"payload_bytes\":%llu",
+	       "\"payload_bytes\":%llu,\"cpu_seconds\":%.3f",
 	       st->done > st->npackets ? st->npackets : st->done, secs,
 	       secs > 0 ? (double)st->done / secs : 0.0, enobufs, extra, rcvbuf, recvs,
 	       st->with_prefix, st->no_timestamp,
-	       (unsigned long long)st->payload_bytes);
+	       (unsigned long long)st->payload_bytes, cpu_now() - cpu0);
 	if (st->rss_every) {
 		unsigned int i;
 
@@ -246,6 +261,7 @@ int main(int argc, char **argv)
 
 	if (st.rss_every)
 		rss_sample(0);
+	cpu0 = cpu_now();
 	printf("READY\n");
 	fflush(stdout);
 	deadline = now() + (double)timeout_s;

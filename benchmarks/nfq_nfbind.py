@@ -127,6 +127,7 @@ def main(argv: list[str]) -> int:
 
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(timeout)
+        cpu0 = time.process_time()
         print("READY", flush=True)
         if rss_every:
             rss.append([0, rss_bytes()])
@@ -143,6 +144,7 @@ def main(argv: list[str]) -> int:
         else:
             q.run(handler)
         t_run_end = clock()
+        cpu = round(time.process_time() - cpu0, 3)
         signal.alarm(0)
         try:  # nfbind's own counters (recv/send calls, batching), if it has them
             stats = dict(q.stats.as_dict())
@@ -155,7 +157,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps({
             "impl": "nfbind", "packets": count, "seconds": round(secs, 6),
             "pps": round(count / secs, 1) if secs > 0 else 0.0,
-            "idle_stop": True, "rss": rss or None, "stats": stats,
+            "idle_stop": True, "rss": rss or None, "cpu_seconds": cpu,
+            "stats": stats,
         }, separators=(",", ":")), flush=True)
         return 0
     if count < npackets:
@@ -173,6 +176,7 @@ def main(argv: list[str]) -> int:
         "seconds_to_nth_handler": round(t_nth - t_first, 6),
         **({"idle_stop": False} if idle else {}),
         **({"rss": rss} if rss_every else {}),
+        "cpu_seconds": cpu,
         "stats": stats,
     }, separators=(",", ":")), flush=True)
     return 0

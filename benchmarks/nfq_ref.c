@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -84,6 +85,17 @@ static double now(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* User + system CPU seconds this process has used. */
+static double cpu_now(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) < 0)
+		return 0.0;
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static void die(const char *what)
@@ -194,7 +206,7 @@ int main(int argc, char **argv)
 	size_t buf_size;
 	char *buf;
 	unsigned long done = 0;
-	double t_first = 0.0, t_end = 0.0, deadline, idle_s = 0.0;
+	double t_first = 0.0, t_end = 0.0, deadline, idle_s = 0.0, cpu0;
 	int one = 1, rcvbuf = RCVBUF_BYTES, batch = 0, opt, idled = 0;
 	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
 
@@ -277,6 +289,7 @@ int main(int argc, char **argv)
 
 	if (rss_every)
 		rss_sample(0);
+	cpu0 = cpu_now();
 	printf("READY\n");
 	fflush(stdout);
 	deadline = now() + (double)timeout_s;
@@ -351,10 +364,11 @@ int main(int argc, char **argv)
 
 		printf("{\"impl\":\"c\",\"packets\":%lu,\"seconds\":%.6f,"
 		       "\"pps\":%.1f,\"mode\":\"%s\",\"idle_stop\":%s,"
-		       "\"recv_calls\":%lu,\"verdict_msgs\":%lu,\"rcvbuf\":%d",
+		       "\"recv_calls\":%lu,\"verdict_msgs\":%lu,\"rcvbuf\":%d,"
+		       "\"cpu_seconds\":%.3f",
 		       done, secs, secs > 0 ? (double)done / secs : 0.0,
 		       batch ? "batch" : "single", idled ? "true" : "false",
-		       recv_calls, verdict_msgs, rcvbuf);
+		       recv_calls, verdict_msgs, rcvbuf, cpu_now() - cpu0);
 		if (rss_every) {
 			unsigned int i;
 
