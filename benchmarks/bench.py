@@ -139,13 +139,26 @@ def run_driver(cmd: list[str], timeout: float, verbose: bool) -> tuple[dict | No
 
 
 def _loss(channel: str, d: dict, impl: str) -> dict:
-    g = lambda k: d.get(f"{impl}_{k}_median")  # noqa: E731
+    """What one consumer lost: the figures of its median round by loss (so
+    that they add up), with every round's loss and their sum."""
+    runs = [r[impl] for r in d.get("rounds_detail", [])
+            if isinstance(r.get(impl), dict) and r[impl].get("ok")
+            and r[impl].get("lost") is not None]
+    if not runs:
+        return {}
+    per_round = [r["lost"] for r in runs]
+    runs.sort(key=lambda r: r["lost"])
+    m = runs[(len(runs) - 1) // 2]
+    keys = (("sent", "sent"), ("handled", "packets"), ("lost", "lost"))
     if channel == "nfqueue":
-        return {"lost": g("lost"), "sent": g("sent"), "handled": g("packets"),
-                "received": g("received"), "queue_dropped": g("queue_dropped"),
-                "user_dropped": g("user_dropped")}
-    return {"lost": g("lost"), "sent": g("sent"), "handled": g("packets"),
-            "overruns": g("overruns"), "socket_drops": g("socket_drops")}
+        keys += (("received", "received"), ("queue_dropped", "queue_dropped"),
+                 ("user_dropped", "user_dropped"))
+    else:
+        keys += (("overruns", "overruns"), ("socket_drops", "socket_drops"))
+    out = {k: m.get(src) for k, src in keys}
+    out.update(lost_per_round=per_round, lost_sum=sum(per_round),
+               round=next(r["round"] for r in d["rounds_detail"] if r.get(impl) is m))
+    return out
 
 
 def make_row(channel: str, scenario: str, d: dict) -> dict:
@@ -292,9 +305,10 @@ def print_report(info: dict, rows: list[dict], md: bool) -> None:
     print(table(rows))
     print()
     print("ratio = nfbind rate / reference rate (conntrack: also nfbind time / C "
-          "time); lost = sent - received at the far side (nfqueue) or sent - "
-          "handled (nflog), median over rounds; memory: RSS after 100,000 "
-          "packets -> largest later sample, growth in %")
+          "time); lost = sent - received at the far side (nfqueue: q = "
+          "queue_dropped, user = user_dropped) or sent - handled (nflog: ENOBUFS "
+          "= overruns reported), from the round with the median loss; memory: RSS "
+          "after 100,000 packets -> largest later sample, growth in %")
     if md:
         print()
         print(markdown(rows))
@@ -334,7 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.from_json:
         with open(a.from_json, encoding="utf-8") as f:
             saved = json.loads(f.read().strip().splitlines()[-1])
-        print_report(saved, saved["rows"], a.markdown)
+        rows = []
+        for row in saved["rows"]:        # rebuilt from the drivers' own output
+            if row.get("detail"):
+                new = make_row(row["channel"], row["scenario"], row["detail"])
+                new.update({k: row[k] for k in ("failed", "error", "missing",
+                                                "detail", "command", "seconds")
+                            if k in row})
+                row = new
+            rows.append(row)
+        print_report(saved, rows, a.markdown)
         return 0 if saved.get("ok") else 1
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (network namespaces, iptables, ctnetlink)")
