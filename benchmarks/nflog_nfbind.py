@@ -75,8 +75,8 @@ def make_handler(fields: list[str], state: list, acc: list, n: int, clock, stop,
     loop over field names).  ``timed``: also keep the last packet's time in
     state[3]; ``rss_every``: append [count, RSS] to ``rss`` every that many
     packets."""
-    src = ("def handler(pkt, state=state, acc=acc, n=n, clock=clock, stop=stop,\n"
-           "            rss=rss, rss_bytes=rss_bytes):\n"
+    src = ("def handler(pkt, state=state, acc=acc, n=n, clock=clock, stop=stop"
+           + (", rss=rss, rss_bytes=rss_bytes" if rss_every else "") + "):\n"
            "    c = state[0] + 1\n"
            "    state[0] = c\n"
            "    if c == 1:\n"
