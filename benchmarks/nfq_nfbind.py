@@ -131,16 +131,14 @@ def main(argv: list[str]) -> int:
         print("READY", flush=True)
         if rss_every:
             rss.append([0, rss_bytes()])
-            handler = rss_handler
-        elif idle:
-            handler = timed_handler
         if idle or rss_every:
+            live = rss_handler if rss_every else timed_handler
             # wait for the first packet (SIGALRM bounds this), then run until
             # the N-th, or until nothing came for IDLE seconds
             while state[0] == 0:
-                q.run(handler, timeout=1.0)
+                q.run(live, timeout=1.0)
             if state[0] < npackets:
-                q.run(handler, timeout=idle or 3.0)
+                q.run(live, timeout=idle or 3.0)
         else:
             q.run(handler)
         t_run_end = clock()
