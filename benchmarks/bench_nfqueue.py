@@ -428,15 +428,18 @@ def run_one(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
 # the live scenarios: the consumer runs while the sender sends
 
 
-def live_args(impl: str, scenario: str) -> tuple[list[str], int]:
-    """(consumer options, queue max length) for a live scenario."""
+def live_args(impl: str, scenario: str, rcvbuf: int | None = None
+              ) -> tuple[list[str], int]:
+    """(consumer options, queue max length) for a live scenario; ``rcvbuf``
+    replaces the scenario's receive buffer."""
     if scenario == "stream":
-        return ["--idle", "1", "--rcvbuf", str(STREAM_RCVBUF)], STREAM_QUEUE_LEN
+        return (["--idle", "1", "--rcvbuf", str(rcvbuf or STREAM_RCVBUF)],
+                STREAM_QUEUE_LEN)
     if scenario == "overload":
-        opts = ["--idle", "1", "--rcvbuf", str(OVERLOAD_RCVBUF)]
+        opts = ["--idle", "1", "--rcvbuf", str(rcvbuf or OVERLOAD_RCVBUF)]
         return (["--batch"] if impl == "c" else []) + opts, OVERLOAD_QUEUE_LEN
     if scenario == "memory":
-        return (["--idle", "5", "--rcvbuf", str(STREAM_RCVBUF),
+        return (["--idle", "5", "--rcvbuf", str(rcvbuf or STREAM_RCVBUF),
                  "--rss-every", str(RSS_EVERY)], STREAM_QUEUE_LEN)
     raise ValueError(scenario)
 
@@ -457,13 +460,14 @@ def rss_summary(samples: list | None) -> dict:
 
 def run_live(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
              udp_tool: str, scenario: str, npackets: int, size: int,
-             cpu: int | None, verbose: bool, sender_cpu: int | None = None) -> dict:
+             cpu: int | None, verbose: bool, sender_cpu: int | None = None,
+             rcvbuf: int | None = None) -> dict:
     global _ns_counter
     _ns_counter += 1
     ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
     procs: list[Proc] = []
     result: dict = {"impl": impl, "scenario": scenario, "ok": False}
-    opts, max_len = live_args(impl, scenario)
+    opts, max_len = live_args(impl, scenario, rcvbuf)
     timeout = CONSUMER_TIMEOUT + npackets // 10000
 
     def log(msg: str) -> None:
@@ -638,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: .venv/bin/python if it imports nfbind, else this "
                     "one with PYTHONPATH=src)")
     ap.add_argument("--cpu", type=int, help="pin the consumers to this CPU (taskset)")
+    ap.add_argument("--rcvbuf", type=int, help="stream, overload, memory: the "
+                    "receive buffer both consumers force, bytes (the kernel doubles "
+                    "it; default: 64 MiB, overload 256 KiB)")
     ap.add_argument("--sender-cpu", type=int, help="stream, overload, memory: pin "
                     "the sender to this CPU (taskset)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -651,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     limit = NFQUEUE_MAX_PACKETS if a.scenario == "drain" else 10_000_000
     if not 1 <= a.packets <= limit:
         sys.exit(f"bench: --packets must be 1..{limit}")
+    if a.rcvbuf is not None and (a.scenario == "drain" or not 4096 <= a.rcvbuf <= 1 << 30):
+        sys.exit("bench: --rcvbuf is for stream, overload and memory, 4096..1073741824")
     if a.scenario == "memory" and a.packets < 3 * RSS_EVERY:
         sys.exit(f"bench: --scenario memory needs --packets >= {3 * RSS_EVERY}")
     if not 0 <= a.size <= 65507:
@@ -680,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         info["pythonpath"] = env.get("PYTHONPATH")
 
     if a.scenario != "drain":
-        info["consumer_options"] = {impl: live_args(impl, a.scenario)[0] for impl in impls}
+        info["consumer_options"] = {impl: live_args(impl, a.scenario, a.rcvbuf)[0]
+                                    for impl in impls}
         info["max_len"] = live_args(impls[0], a.scenario)[1]
     _install_sigterm()
     if not a.json:
@@ -702,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
                               a.verbose)
             else:
                 res = run_live(impl, cmd, env, udp_tool, a.scenario, a.packets,
-                               a.size, a.cpu, a.verbose, a.sender_cpu)
+                               a.size, a.cpu, a.verbose, a.sender_cpu, a.rcvbuf)
             row[impl] = res
             if not res["ok"]:
                 failed = True
