@@ -384,6 +384,9 @@ def _find_socket(ns: str, pid: int, impl: str) -> dict:
 
 
 def live_rcvbuf(scenario: str, npackets: int, size: int, rcvbuf: int | None) -> int:
+    """The receive buffer to request in a live scenario (--rcvbuf wins)."""
+    if rcvbuf is not None:
+        return rcvbuf
     if scenario == "overload":
         return OVERLOAD_RCVBUF
     if scenario == "memory":
