@@ -20,7 +20,10 @@ nfqueue/stream             the consumer runs while a sender sends N as fast
 nfqueue/overload           queue max length 1024, 256 KiB buffer; C with one
                            batch verdict per read; what each loses, and where
 nflog/drain, stream,       the same three for NFLOG (overload: 256 KiB
-overload                   buffer, default nlbufsiz)
+overload                   buffer, default nlbufsiz); the handler gets a
+                           Python object per packet
+nflog/drain-fields         the drain again, the handler also reading four
+                           fields (prefix, payload_len, indev, timestamp)
 conntrack/dump             50,000 flows dumped into Flow objects vs the
                            libnetfilter_conntrack dumper
 nfqueue/memory,            RSS of the nfbind consumer over 1,000,000 packets,
@@ -52,9 +55,12 @@ ROWS = [
     ("nfqueue", "drain", "bench_nfqueue.py", ["--scenario", "drain"]),
     ("nfqueue", "stream", "bench_nfqueue.py", ["--scenario", "stream"]),
     ("nfqueue", "overload", "bench_nfqueue.py", ["--scenario", "overload"]),
-    ("nflog", "drain", "bench_nflog.py", ["--scenario", "drain"]),
-    ("nflog", "stream", "bench_nflog.py", ["--scenario", "stream"]),
-    ("nflog", "overload", "bench_nflog.py", ["--scenario", "overload"]),
+    # NFLOG's handler gets a Python object per packet and reads no field (as
+    # nfqueue's accepts without reading one); drain-fields also reads four
+    ("nflog", "drain", "bench_nflog.py", ["--scenario", "drain", "--fields", "none"]),
+    ("nflog", "drain-fields", "bench_nflog.py", ["--scenario", "drain"]),
+    ("nflog", "stream", "bench_nflog.py", ["--scenario", "stream", "--fields", "none"]),
+    ("nflog", "overload", "bench_nflog.py", ["--scenario", "overload", "--fields", "none"]),
     ("conntrack", "dump", "bench_conntrack.py", ["--impl", "c,nfbind"]),
     ("nfqueue", "memory", "bench_nfqueue.py", ["--scenario", "memory"]),
     ("nflog", "memory", "bench_nflog.py", ["--scenario", "memory"]),
@@ -64,7 +70,7 @@ ROWS = [
 # --quick: packets (flows) per row, one round
 QUICK = {
     ("nfqueue", "drain"): 10000, ("nfqueue", "stream"): 20000,
-    ("nfqueue", "overload"): 30000, ("nflog", "drain"): 20000,
+    ("nfqueue", "overload"): 30000, ("nflog", "drain"): 20000, ("nflog", "drain-fields"): 20000,
     ("nflog", "stream"): 20000, ("nflog", "overload"): 30000,
     ("conntrack", "dump"): 5000, ("nfqueue", "memory"): 300000,
     ("nflog", "memory"): 300000,
@@ -163,6 +169,8 @@ def _loss(channel: str, d: dict, impl: str) -> dict:
 
 def make_row(channel: str, scenario: str, d: dict) -> dict:
     row: dict = {"channel": channel, "scenario": scenario, "unit": "pps"}
+    if scenario == "drain-fields":
+        scenario = "drain"
     if channel == "conntrack":
         flows = d.get("flows")
         cs, ns = d.get("c_seconds_median"), d.get("nfbind_seconds_median")
@@ -239,6 +247,9 @@ def cells(rows: list[dict]) -> list[list[str]]:
         label = r["scenario"]
         if r["scenario"] == "scale-out":
             label = SCALE_OUT_LABEL
+        elif r["scenario"] == "drain-fields":
+            fields = (r.get("detail") or {}).get("fields", "four fields")
+            label = f"drain, reading {fields}"
         elif r.get("reference"):
             label += f" (ref: {r['reference']})"
         if r.get("failed"):
