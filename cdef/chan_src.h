@@ -23,6 +23,7 @@ struct nfb_rx {
     uint64_t truncated_msgs;
     uint64_t recv_calls;
     uint64_t send_calls;
+    int short_read;         /* the last receive found the socket drained */
     /* private */
     uint32_t seq;
     uint32_t slot_size;
@@ -139,6 +140,7 @@ static int nfb_rx_recv(struct nfb_rx *rx, uint16_t pkt_type, nfb_parse_fn fn, vo
     }
     if (rx->stash_len) {
         rx->stash_ready = 1;
+        rx->short_read = 0;
         return nfb_rx_parse(rx, rx->stash, rx->stash_len, pkt_type, fn, ctx);
     }
     for (i = 0; i < rx->nslots; i++) {
@@ -151,6 +153,9 @@ static int nfb_rx_recv(struct nfb_rx *rx, uint16_t pkt_type, nfb_parse_fn fn, vo
     }
     rx->recv_calls++;
     r = recvmmsg(rx->fd, rx->mm, rx->nslots, MSG_DONTWAIT, NULL);
+    /* fewer messages than slots: the socket was empty when the call ended,
+     * so the caller can wait in poll() instead of asking again */
+    rx->short_read = r < rx->nslots;
     if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return 0;
@@ -194,6 +199,7 @@ static void nfb_rx_stash(struct nfb_rx *rx, const struct nlmsghdr *nlh)
     }
     memcpy(rx->stash + rx->stash_len, nlh, nlh->nlmsg_len);
     rx->stash_len += l;
+    rx->short_read = 0;     /* the next receive has these to hand out */
 }
 
 /* Send nmsg requests (buf[0..len), each with NLM_F_ACK and seqs[i]) in one

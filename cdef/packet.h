@@ -87,5 +87,6 @@ struct nfb_rx {
     uint64_t truncated_msgs;
     uint64_t recv_calls;
     uint64_t send_calls;
+    int short_read;         /* the last receive found the socket drained */
     ...;
 };

@@ -189,6 +189,7 @@ class Channel:
         self._on_overrun = check_choice("on_overrun", on_overrun, ON_OVERRUN)
         self._netns = netns
         self._stop_requested = False
+        self._more = True
         self._warned_overrun = False
         self._ifnames: dict = {}
         self._lock = threading.RLock()
@@ -359,14 +360,27 @@ class Channel:
         users' own event loops: call it when ``fileno()`` is readable.
         """
         total = 0
+        more = True
         for _ in range(max_batches):
             if self._closed:
+                more = False
                 break
             n = self._drain_once(handler)
             if not n:
+                more = False
                 break
             total += n
+            # the last receive found the socket drained (and the handlers
+            # stashed nothing meanwhile): no need to ask it again
+            if self._closed or self._short_read():
+                more = False
+                break
+        self._more = more
         return total
+
+    def _short_read(self) -> bool:
+        """Whether the last receive found the socket drained."""
+        return bool(self._c.rx.short_read)
 
     def stop(self) -> None:
         """Make ``run()`` and iteration return soon.
@@ -428,7 +442,10 @@ class Channel:
             while not self._stop_requested and not self._closed:
                 if self.drain(handler):
                     idle_since = time.monotonic()
-                    continue
+                    if self._more:
+                        continue
+                    # the last receive drained the socket: wait in poll(),
+                    # which returns at once if more came meanwhile
                 if self._stop_requested or self._closed:
                     break
                 if timeout is not None:

@@ -2452,6 +2452,9 @@ class EventStream(Channel):
             raise error_from_errno(-n, "receiving conntrack events")
         return n
 
+    def _short_read(self) -> bool:
+        return False  # events are read until the socket says EAGAIN
+
     def _drain_once(self, handler: Callable[[Event], Any]) -> int:
         with self._lock:
             if self._closed or self._stop_requested:
