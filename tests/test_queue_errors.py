@@ -328,6 +328,7 @@ SIZE = 1000
 def _overrun_setup(ns, num: int, **kw) -> tuple:
     queue_udp(ns, num)
     r = receiver(ns)
+    kw.setdefault("rcvbuf_max", 4096)  # a fixed buffer, unless a test lets it grow
     q = NfQueue(num, netns=ns.name, rcvbuf=4096, copy_range=0xFFFF, **kw)
     # SO_RCVBUFFORCE ignores rmem_max; the kernel doubles the request and
     # clamps it to its minimum, so a few 1 kB packets fill it
@@ -373,6 +374,44 @@ def test_overrun_counted_and_warned_once(ns):
         q.run(lambda p: (handled.append(p.id), q.stop(), Verdict.ACCEPT)[2], timeout=5)
         assert recv_all(r, 1.0) == [b"after"]
         assert q.stats.packets == len(handled)
+    finally:
+        q.close()
+        r.close()
+
+
+def test_overrun_grows_the_receive_buffer_up_to_rcvbuf_max(ns):
+    """Each overrun doubles the buffer (as conntrackd and ulogd do) until
+    rcvbuf_max; then a burst the first buffer lost is received whole."""
+    q, r = _overrun_setup(ns, 8, rcvbuf_max=1 << 20)
+    handled = []
+
+    def accept(p):
+        handled.append(p.id)
+        return Verdict.ACCEPT
+
+    try:
+        start = q.rcvbuf
+        with pytest.warns(OverrunWarning) as rec:
+            sent = 0
+            for _ in range(12):                  # bounded: 4 KiB doubles to 1 MiB in 8
+                send(ns, [b"x" * SIZE] * BURST)
+                sent += BURST
+                drain_all(q, accept)
+                if q.rcvbuf >= 2 << 20:          # the kernel reports twice the request
+                    break
+        assert q.rcvbuf == 2 << 20 > start
+        assert "doubles at each overrun up to rcvbuf_max=1048576" in str(rec[0].message)
+        # 300 packets overflowed the first buffer many times over; now they fit
+        before = q.stats.overruns
+        handled.clear()
+        send(ns, [b"z" * SIZE] * 300)
+        drain_all(q, accept)
+        assert q.stats.overruns == before, "the grown buffer still overflowed"
+        assert len(handled) == 300
+        assert len(recv_all(r, 0.5)) >= 300
+        # set_rcvbuf() fixes the size: no more growth
+        q.set_rcvbuf(8192)
+        assert q._rcvbuf_max == 8192
     finally:
         q.close()
         r.close()

@@ -185,8 +185,12 @@ class Channel:
         rcvbuf: int,
         on_overrun: str,
         no_enobufs: bool,
+        rcvbuf_max: Optional[int] = None,
     ) -> None:
         self._on_overrun = check_choice("on_overrun", on_overrun, ON_OVERRUN)
+        # an overrun doubles the receive buffer, up to rcvbuf_max
+        self._rcvbuf_req = rcvbuf
+        self._rcvbuf_max = rcvbuf if rcvbuf_max is None else max(rcvbuf, rcvbuf_max)
         self._netns = netns
         self._stop_requested = False
         self._more = True
@@ -235,10 +239,14 @@ class Channel:
         return self._sock.getsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF)
 
     def set_rcvbuf(self, size: int) -> int:
-        """Resize the receive buffer; returns the size granted."""
+        """Resize the receive buffer; returns the size granted.  It is also
+        the new ceiling for growth after overruns."""
         self._check_open()
         assert self._sock is not None
-        return set_rcvbuf(self._sock, check_int("rcvbuf", size, 4096, 1 << 30))
+        size = check_int("rcvbuf", size, 4096, 1 << 30)
+        granted = set_rcvbuf(self._sock, size)
+        self._rcvbuf_req = self._rcvbuf_max = size
+        return granted
 
     def _check_open(self) -> None:
         if self._closed:
@@ -246,18 +254,36 @@ class Channel:
 
     def _overrun(self, count: int) -> None:
         """Apply the ENOBUFS policy (called by _drain_once on -ENOBUFS)."""
+        grown = self._grow_rcvbuf()
         if self._on_overrun == "raise":
             raise Overrun(count=count, op="receiving from %s" % self._describe())
         if not self._warned_overrun:
             self._warned_overrun = True
             warnings.warn(
                 "%s: the kernel dropped messages because the receive buffer was "
-                "full (ENOBUFS); counting them in .stats.overruns. Raise rcvbuf=, "
-                "or pass on_overrun='raise' to get an exception, or "
-                "no_enobufs=True to silence the kernel's report." % self._describe(),
+                "full (ENOBUFS); counting them in .stats.overruns%s. Raise rcvbuf= "
+                "(or rcvbuf_max=), or pass on_overrun='raise' to get an exception, "
+                "or no_enobufs=True to silence the kernel's report." % (
+                    self._describe(),
+                    "; the buffer now has %d bytes and doubles at each overrun up to "
+                    "rcvbuf_max=%d" % (self._rcvbuf_req, self._rcvbuf_max) if grown else ""),
                 OverrunWarning,
                 stacklevel=4,
             )
+
+    def _grow_rcvbuf(self) -> bool:
+        """Double the receive buffer after an overrun, up to rcvbuf_max (as
+        conntrackd and ulogd do); True if it grew."""
+        if self._rcvbuf_req >= self._rcvbuf_max or self._sock is None:
+            return False
+        size = min(self._rcvbuf_req * 2, self._rcvbuf_max)
+        try:
+            set_rcvbuf(self._sock, size)
+        except OSError:  # no CAP_NET_ADMIN to pass rmem_max: stay as we are
+            self._rcvbuf_max = self._rcvbuf_req
+            return False
+        self._rcvbuf_req = size
+        return True
 
     def _recv_batch(self, recv: Callable[[Any], int], c: Any) -> int:
         """One receive by the C helper ``recv`` into ``c.rx``, never blocking.

@@ -157,6 +157,9 @@ class NfLog(Channel):
         seq, seq_global: attach per-group / global sequence numbers.
         conntrack: attach conntrack information (``pkt.ct``).
         rcvbuf: receive buffer in bytes (default 4 MiB).
+        rcvbuf_max: after an overrun (ENOBUFS) the receive buffer doubles, up
+            to this many bytes (default: the larger of ``rcvbuf`` and 4 MiB).
+            Pass ``rcvbuf_max=rcvbuf`` for a fixed size.
         netns: a network namespace name, path or fd.
         on_overrun: ``"count"`` (default) or ``"raise"``.
         no_enobufs: set NETLINK_NO_ENOBUFS.
@@ -186,6 +189,7 @@ class NfLog(Channel):
         seq_global: bool = False,
         conntrack: bool = False,
         rcvbuf: Optional[int] = None,
+        rcvbuf_max: Optional[int] = None,
         netns: _netns.NetNS = None,
         on_overrun: str = "count",
         no_enobufs: bool = False,
@@ -224,6 +228,8 @@ class NfLog(Channel):
             if not isinstance(value, bool):
                 raise TypeError("%s must be True or False, not %r" % (name, value))
         rcvbuf = check_int("rcvbuf", 4 << 20 if rcvbuf is None else rcvbuf, 4096, 1 << 30)
+        rcvbuf_max = check_int("rcvbuf_max", max(rcvbuf, 4 << 20) if rcvbuf_max is None
+                               else rcvbuf_max, 4096, 1 << 30)
         _netns.resolve(netns)
 
         self._npackets = 0
@@ -233,7 +239,7 @@ class NfLog(Channel):
         self._final: Dict[str, int] = {}
         self._ct_glue = False
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
-                           no_enobufs=no_enobufs)
+                           no_enobufs=no_enobufs, rcvbuf_max=rcvbuf_max)
         try:
             slot, nslots = self._slots()
             c = lib.nfb_log_new(self._fd, slot, nslots, _FAMILIES[family])

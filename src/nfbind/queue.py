@@ -268,6 +268,9 @@ class NfQueue(Channel):
         uid_gid: attach the owner of a local socket (``pkt.uid``, ``pkt.gid``).
         secctx: attach the security context (``pkt.secctx``).
         rcvbuf: receive buffer in bytes (default: sized from max_len).
+        rcvbuf_max: after an overrun (ENOBUFS) the receive buffer doubles, up
+            to this many bytes (default: the larger of ``rcvbuf`` and the size
+            picked from max_len).  Pass ``rcvbuf_max=rcvbuf`` for a fixed size.
         netns: a network namespace name, path or fd (see :mod:`nfbind.netns`).
         on_error: verdict for a packet whose handler raised.
         default_verdict: verdict for packets still waiting at ``close()``.
@@ -299,6 +302,7 @@ class NfQueue(Channel):
         uid_gid: bool = False,
         secctx: bool = False,
         rcvbuf: Optional[int] = None,
+        rcvbuf_max: Optional[int] = None,
         netns: _netns.NetNS = None,
         on_error: Union[Verdict, int] = Verdict.ACCEPT,
         default_verdict: Union[Verdict, int] = Verdict.ACCEPT,
@@ -323,10 +327,11 @@ class NfQueue(Channel):
         self.default_verdict = self._check_plain("default_verdict", default_verdict)
         if not isinstance(no_enobufs, bool):
             raise TypeError("no_enobufs must be True or False, not %r" % (no_enobufs,))
-        if rcvbuf is None:
-            per_pkt = 2048 if self._copy_mode != CopyMode.PACKET else min(self._copy_range, 1500) + 768
-            rcvbuf = min(max(self._max_len * per_pkt, 1 << 20), 64 << 20)
-        rcvbuf = check_int("rcvbuf", rcvbuf, 4096, 1 << 30)
+        per_pkt = 2048 if self._copy_mode != CopyMode.PACKET else min(self._copy_range, 1500) + 768
+        sized = min(max(self._max_len * per_pkt, 1 << 20), 64 << 20)
+        rcvbuf = check_int("rcvbuf", sized if rcvbuf is None else rcvbuf, 4096, 1 << 30)
+        rcvbuf_max = check_int("rcvbuf_max", max(rcvbuf, sized) if rcvbuf_max is None
+                               else rcvbuf_max, 4096, 1 << 30)
         _netns.resolve(netns)  # validate before any socket exists
 
         self._pending: Dict[int, Packet] = {}
@@ -348,7 +353,7 @@ class NfQueue(Channel):
         self._connmarks: List[tuple] = []
 
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
-                           no_enobufs=no_enobufs)
+                           no_enobufs=no_enobufs, rcvbuf_max=rcvbuf_max)
         try:
             slot, nslots = self._slots()
             c = lib.nfb_q_new(self._fd, self.queue_num, slot, nslots)

@@ -56,7 +56,7 @@ log = logging.getLogger("nfbind.serve")
 
 #: the NfQueue keyword arguments serve() passes through to every queue
 QUEUE_OPTIONS = ("copy_mode", "copy_range", "max_len", "fail_open", "conntrack", "gso",
-                 "uid_gid", "secctx", "rcvbuf", "netns", "on_error", "default_verdict",
+                 "uid_gid", "secctx", "rcvbuf", "rcvbuf_max", "netns", "on_error", "default_verdict",
                  "on_overrun", "no_enobufs")
 
 #: handler errors a worker logs one by one; after that, one line per 1000
