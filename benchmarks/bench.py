@@ -19,6 +19,9 @@ nfqueue/stream             the consumer runs while a sender sends N as fast
                            as it can (queue 65536, 64 MiB buffer)
 nfqueue/overload           queue max length 1024, 256 KiB buffer; C with one
                            batch verdict per read; what each loses, and where
+                           (nfbind's buffer doubles after an overrun, as it
+                           does by default)
+nfqueue/overload-fixed     the same with nfbind's buffer fixed at 256 KiB
 nflog/drain, stream,       the same three for NFLOG (overload: 256 KiB
 overload                   buffer, default nlbufsiz); the handler gets a
                            Python object per packet
@@ -55,6 +58,10 @@ ROWS = [
     ("nfqueue", "drain", "bench_nfqueue.py", ["--scenario", "drain"]),
     ("nfqueue", "stream", "bench_nfqueue.py", ["--scenario", "stream"]),
     ("nfqueue", "overload", "bench_nfqueue.py", ["--scenario", "overload"]),
+    # the same with nfbind's buffer kept at 256 KiB (by default it doubles
+    # after an overrun, up to the size nfbind picks for max_len 1024)
+    ("nfqueue", "overload-fixed", "bench_nfqueue.py",
+     ["--scenario", "overload", "--fixed-rcvbuf"]),
     # NFLOG's handler gets a Python object per packet and reads no field (as
     # nfqueue's accepts without reading one); drain-fields also reads four
     ("nflog", "drain", "bench_nflog.py", ["--scenario", "drain", "--fields", "none"]),
@@ -70,7 +77,8 @@ ROWS = [
 # --quick: packets (flows) per row, one round
 QUICK = {
     ("nfqueue", "drain"): 10000, ("nfqueue", "stream"): 20000,
-    ("nfqueue", "overload"): 30000, ("nflog", "drain"): 20000, ("nflog", "drain-fields"): 20000,
+    ("nfqueue", "overload"): 30000, ("nfqueue", "overload-fixed"): 30000,
+    ("nflog", "drain"): 20000, ("nflog", "drain-fields"): 20000,
     ("nflog", "stream"): 20000, ("nflog", "overload"): 30000,
     ("conntrack", "dump"): 5000, ("nfqueue", "memory"): 300000,
     ("nflog", "memory"): 300000,
@@ -169,8 +177,8 @@ def _loss(channel: str, d: dict, impl: str) -> dict:
 
 def make_row(channel: str, scenario: str, d: dict) -> dict:
     row: dict = {"channel": channel, "scenario": scenario, "unit": "pps"}
-    if scenario == "drain-fields":
-        scenario = "drain"
+    if scenario in ("drain-fields", "overload-fixed"):
+        scenario = scenario.split("-")[0]
     if channel == "conntrack":
         flows = d.get("flows")
         cs, ns = d.get("c_seconds_median"), d.get("nfbind_seconds_median")
@@ -250,6 +258,8 @@ def cells(rows: list[dict]) -> list[list[str]]:
         elif r["scenario"] == "drain-fields":
             fields = (r.get("detail") or {}).get("fields", "four fields")
             label = f"drain, reading {fields}"
+        elif r["scenario"] == "overload-fixed":
+            label = "overload, nfbind's buffer fixed"
         elif r.get("reference"):
             label += f" (ref: {r['reference']})"
         if r.get("failed"):

@@ -428,10 +428,15 @@ def run_one(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
 # the live scenarios: the consumer runs while the sender sends
 
 
-def live_args(impl: str, scenario: str, rcvbuf: int | None = None
-              ) -> tuple[list[str], int]:
+def live_args(impl: str, scenario: str, rcvbuf: int | None = None,
+              fixed: bool = False) -> tuple[list[str], int]:
     """(consumer options, queue max length) for a live scenario; ``rcvbuf``
-    replaces the scenario's receive buffer."""
+    replaces the scenario's receive buffer; ``fixed`` keeps nfbind's from
+    growing after an overrun (the C consumers never grow theirs)."""
+    if fixed and impl == "nfbind":
+        opts, max_len = live_args(impl, scenario, rcvbuf)
+        size = opts[opts.index("--rcvbuf") + 1]
+        return ["--rcvbuf-max", size] + opts, max_len
     if scenario == "stream":
         return (["--idle", "1", "--rcvbuf", str(rcvbuf or STREAM_RCVBUF)],
                 STREAM_QUEUE_LEN)
@@ -461,13 +466,13 @@ def rss_summary(samples: list | None) -> dict:
 def run_live(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
              udp_tool: str, scenario: str, npackets: int, size: int,
              cpu: int | None, verbose: bool, sender_cpu: int | None = None,
-             rcvbuf: int | None = None) -> dict:
+             rcvbuf: int | None = None, fixed: bool = False) -> dict:
     global _ns_counter
     _ns_counter += 1
     ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
     procs: list[Proc] = []
     result: dict = {"impl": impl, "scenario": scenario, "ok": False}
-    opts, max_len = live_args(impl, scenario, rcvbuf)
+    opts, max_len = live_args(impl, scenario, rcvbuf, fixed)
     timeout = CONSUMER_TIMEOUT + npackets // 10000
 
     def log(msg: str) -> None:
@@ -645,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rcvbuf", type=int, help="stream, overload, memory: the "
                     "receive buffer both consumers force, bytes (the kernel doubles "
                     "it; default: 64 MiB, overload 256 KiB)")
+    ap.add_argument("--fixed-rcvbuf", action="store_true", help="stream, overload, "
+                    "memory: nfbind's receive buffer keeps its size after an overrun "
+                    "(rcvbuf_max=rcvbuf) instead of growing, as it does by default")
     ap.add_argument("--sender-cpu", type=int, help="stream, overload, memory: pin "
                     "the sender to this CPU (taskset)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -689,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         info["pythonpath"] = env.get("PYTHONPATH")
 
     if a.scenario != "drain":
-        info["consumer_options"] = {impl: live_args(impl, a.scenario, a.rcvbuf)[0]
+        info["consumer_options"] = {impl: live_args(impl, a.scenario, a.rcvbuf,
+                                                    a.fixed_rcvbuf)[0]
                                     for impl in impls}
         info["max_len"] = live_args(impls[0], a.scenario)[1]
     _install_sigterm()
@@ -712,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
                               a.verbose)
             else:
                 res = run_live(impl, cmd, env, udp_tool, a.scenario, a.packets,
-                               a.size, a.cpu, a.verbose, a.sender_cpu, a.rcvbuf)
+                               a.size, a.cpu, a.verbose, a.sender_cpu, a.rcvbuf,
+                               a.fixed_rcvbuf)
             row[impl] = res
             if not res["ok"]:
                 failed = True

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """nfbind NFQUEUE consumer for benchmarks/bench_nfqueue.py.
 
-    python nfq_nfbind.py [--idle S] [--rcvbuf B] [--rss-every K]
+    python nfq_nfbind.py [--idle S] [--rcvbuf B] [--rcvbuf-max B] [--rss-every K]
                          QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]
 
 The same job as nfq_ref.c, written with nfbind: bind the queue (copy packet,
@@ -26,6 +26,11 @@ above):
     the return of ``run()`` if all N came.
 ``--rcvbuf B``
     the receive buffer to force instead of 64 MiB.
+``--rcvbuf-max B``
+    how far an overrun may grow it (``NfQueue(rcvbuf_max=B)``; default:
+    nfbind's own, the size it picks from MAX_QUEUE_LEN).  The size the
+    buffer ended with is reported as "rcvbuf_final" (as the kernel reports
+    it: twice the request).
 ``--rss-every K``
     every K packets, record the process's resident set size (from
     /proc/self/statm); reported as "rss" = [[packets, bytes], ...].
@@ -38,7 +43,7 @@ import signal
 import sys
 import time
 
-OPTIONS = {"--idle": float, "--rcvbuf": int, "--rss-every": int}
+OPTIONS = {"--idle": float, "--rcvbuf": int, "--rcvbuf-max": int, "--rss-every": int}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -65,7 +70,7 @@ def main(argv: list[str]) -> int:
         print(f"nfq_nfbind: bad option value: {e}", file=sys.stderr)
         return 64
     if len(argv) not in (4, 5):
-        print(f"usage: {argv[0]} [--idle S] [--rcvbuf B] [--rss-every K] "
+        print(f"usage: {argv[0]} [--idle S] [--rcvbuf B] [--rcvbuf-max B] [--rss-every K] "
               "QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]", file=sys.stderr)
         return 64
     idle = opts.get("idle")
@@ -85,7 +90,8 @@ def main(argv: list[str]) -> int:
     rss: list = []
 
     with NfQueue(queue_num, copy_range=0xFFFF, max_len=max_len,
-                 rcvbuf=opts.get("rcvbuf", 64 << 20)) as q:
+                 rcvbuf=opts.get("rcvbuf", 64 << 20),
+                 rcvbuf_max=opts.get("rcvbuf_max")) as q:
         stop = q.stop
 
         def handler(pkt, state=state, n=npackets, clock=clock,
@@ -148,6 +154,7 @@ def main(argv: list[str]) -> int:
             stats = dict(q.stats.as_dict())
         except Exception:  # noqa: BLE001 - informational only
             stats = None
+        rcvbuf_final = q.rcvbuf
 
     count, t_first, t_nth, t_last = state
     if (idle or rss_every) and count < npackets:
@@ -156,7 +163,7 @@ def main(argv: list[str]) -> int:
             "impl": "nfbind", "packets": count, "seconds": round(secs, 6),
             "pps": round(count / secs, 1) if secs > 0 else 0.0,
             "idle_stop": True, "rss": rss or None, "cpu_seconds": cpu,
-            "stats": stats,
+            "rcvbuf_final": rcvbuf_final, "stats": stats,
         }, separators=(",", ":")), flush=True)
         return 0
     if count < npackets:
@@ -175,6 +182,7 @@ def main(argv: list[str]) -> int:
         **({"idle_stop": False} if idle else {}),
         **({"rss": rss} if rss_every else {}),
         "cpu_seconds": cpu,
+        "rcvbuf_final": rcvbuf_final,
         "stats": stats,
     }, separators=(",", ":")), flush=True)
     return 0
