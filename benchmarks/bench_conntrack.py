@@ -53,7 +53,7 @@ BIN = os.path.join(HERE, "bin")
 sys.path.insert(0, HERE)
 
 # building the C helpers and the failure type are the NFQUEUE driver's
-from bench_nfqueue import RunError, _build  # noqa: E402
+from bench_nfqueue import RunError, _build, find_python  # noqa: E402
 
 SYSCTL = "/proc/sys/net/netfilter/"
 
@@ -79,42 +79,8 @@ import nfbind
 print(nfbind.__file__)
 """
 PYROUTE2_PROBE = "import pyroute2; from pyroute2 import NFCTSocket; print(pyroute2.__file__)"
-
-
-def _probe(py: str, env: dict[str, str], code: str) -> tuple[str | None, str]:
-    try:
-        r = subprocess.run([py, "-c", code], env=env, capture_output=True,
-                           text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, str(e)
-    if r.returncode == 0:
-        return r.stdout.strip(), ""
-    return None, (r.stderr.strip().splitlines() or ["?"])[-1]
-
-
-def find_python(code: str, override: str | None
-                ) -> tuple[str, dict[str, str], str] | tuple[None, None, str]:
-    """(python, env, module file) that runs `code`, or (None, None, why not)."""
-    src = os.path.join(REPO, "src")
-    base = dict(os.environ)
-    base.pop("PYTHONPATH", None)
-    with_src = dict(base, PYTHONPATH=src)
-    venv_py = os.path.join(REPO, ".venv", "bin", "python")
-    if override:
-        cands = [(override, base), (override, with_src)]
-    else:
-        cands = []
-        if os.path.exists(venv_py):
-            cands += [(venv_py, base), (venv_py, with_src)]
-        cands.append((shutil.which("python3") or sys.executable, with_src))
-    tried = []
-    for py, env in cands:
-        where, why = _probe(py, env, code)
-        if where:
-            return py, env, where
-        tried.append(py + (" (PYTHONPATH=src)" if "PYTHONPATH" in env else "")
-                     + f": {why}")
-    return None, None, "; ".join(tried)
+#: the last interpreter tried for the Python dumpers
+PYTHON3 = shutil.which("python3") or sys.executable
 
 
 # --------------------------------------------------------------------------
@@ -324,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bench: --impl must include c (every ratio is against it)")
     cmds["c"] = ([dump_ref, a.family], None)
     if "nfbind" in impls:
-        py, env, where = find_python(NFBIND_PROBE, a.python)
+        py, env, where = find_python(NFBIND_PROBE, a.python, PYTHON3)
         if py is None:
             sys.exit("bench: cannot import nfbind's Conntrack: " + where
                      + f"\n(build it with: cd {REPO} && python build_ffi.py; "
@@ -333,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                            "--timeout", str(a.timeout)], env)
         info.update(python=py, nfbind=where, pythonpath=env.get("PYTHONPATH"))
     if "pyroute2" in impls:
-        py, env, where = find_python(PYROUTE2_PROBE, a.pyroute2_python or a.python)
+        py, env, where = find_python(PYROUTE2_PROBE, a.pyroute2_python or a.python, PYTHON3)
         if py is None:
             if explicit:
                 sys.exit("bench: cannot import pyroute2: " + where)

@@ -73,7 +73,7 @@ sys.path.insert(0, HERE)
 # the process, build and /proc helpers are the NFQUEUE driver's
 from bench_nfqueue import (  # noqa: E402
     RSS_EVERY, Proc, RunError, _build, _exe_name, _install_sigterm, _run,
-    _wait_stopped, cpu_seconds, live_summary, rss_summary,
+    _wait_stopped, cpu_seconds, find_nfbind_python, live_summary, rss_summary,
 )
 from nflog_nfbind import ALL_FIELDS, parse_fields  # noqa: E402
 
@@ -96,43 +96,7 @@ MEMORY_CHUNK = 50000             # memory: packets sent before waiting for the c
 
 _ns_counter = 0
 
-
-# --------------------------------------------------------------------------
-# finding nfbind
-
-
-def _probe_python(py: str, env: dict[str, str]) -> str | None:
-    code = "import nfbind; nfbind.NfLog; nfbind.CopyMode; print(nfbind.__file__)"
-    try:
-        r = subprocess.run([py, "-c", code], env=env, capture_output=True,
-                           text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def find_nfbind_python(override: str | None) -> tuple[str, dict[str, str], str]:
-    """(python, env, nfbind.__file__) for running the nfbind consumer."""
-    src = os.path.join(REPO, "src")
-    base = dict(os.environ)
-    base.pop("PYTHONPATH", None)
-    with_src = dict(base, PYTHONPATH=src)
-    venv_py = os.path.join(REPO, ".venv", "bin", "python")
-    if override:
-        cands = [(override, base), (override, with_src)]
-    else:
-        cands = []
-        if os.path.exists(venv_py):
-            cands += [(venv_py, base), (venv_py, with_src)]
-        cands.append((sys.executable, with_src))
-    tried = []
-    for py, env in cands:
-        where = _probe_python(py, env)
-        if where:
-            return py, env, where
-        tried.append(py + (" (PYTHONPATH=src)" if "PYTHONPATH" in env else ""))
-    sys.exit("bench: cannot import nfbind.NfLog with any of: " + ", ".join(tried)
-             + "\n(build it with: cd %s && python build_ffi.py)" % REPO)
+NFLOG_PROBE = "import nfbind; nfbind.NfLog; nfbind.CopyMode; print(nfbind.__file__)"
 
 
 # --------------------------------------------------------------------------
@@ -594,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     if "c" in impls:
         cmds["c"] = ([_build("nflog_ref", "nflog_ref.c", ["-lnetfilter_log"])], [], None)
     if "nfbind" in impls:
-        py, env, where = find_nfbind_python(a.python)
+        py, env, where = find_nfbind_python(a.python, NFLOG_PROBE, "nfbind.NfLog")
         cmds["nfbind"] = ([py, os.path.join(HERE, "nflog_nfbind.py")], [a.fields], env)
         info["python"] = py
         info["nfbind"] = where

@@ -115,18 +115,26 @@ def _build(name: str, src: str, libs: list[str]) -> str:
 # finding nfbind
 
 
-def _probe_python(py: str, env: dict[str, str]) -> str | None:
-    code = "import nfbind; nfbind.NfQueue; nfbind.Verdict; print(nfbind.__file__)"
+NFQUEUE_PROBE = "import nfbind; nfbind.NfQueue; nfbind.Verdict; print(nfbind.__file__)"
+
+
+def _probe(py: str, env: dict[str, str], code: str) -> tuple[str | None, str]:
     try:
         r = subprocess.run([py, "-c", code], env=env, capture_output=True,
                            text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, str(e)
+    if r.returncode == 0:
+        return r.stdout.strip(), ""
+    return None, (r.stderr.strip().splitlines() or ["?"])[-1]
 
 
-def find_nfbind_python(override: str | None) -> tuple[str, dict[str, str], str]:
-    """(python, env, nfbind.__file__) for running the nfbind consumer."""
+def find_python(code: str, override: str | None, fallback: str | None = None
+                ) -> tuple[str, dict[str, str], str] | tuple[None, None, str]:
+    """(python, env, module file) that runs ``code`` (which prints a module's
+    file), or (None, None, why not): ``override`` if given, else
+    .venv/bin/python, then ``fallback`` (default: this interpreter), each as it
+    is and with PYTHONPATH=src."""
     src = os.path.join(REPO, "src")
     base = dict(os.environ)
     base.pop("PYTHONPATH", None)
@@ -138,15 +146,26 @@ def find_nfbind_python(override: str | None) -> tuple[str, dict[str, str], str]:
         cands = []
         if os.path.exists(venv_py):
             cands += [(venv_py, base), (venv_py, with_src)]
-        cands.append((sys.executable, with_src))
+        cands.append((fallback or sys.executable, with_src))
     tried = []
     for py, env in cands:
-        where = _probe_python(py, env)
+        where, why = _probe(py, env, code)
         if where:
             return py, env, where
-        tried.append(py + (" (PYTHONPATH=src)" if "PYTHONPATH" in env else ""))
-    sys.exit("bench: cannot import nfbind.NfQueue with any of: " + ", ".join(tried)
-             + "\n(build it with: cd %s && python build_ffi.py)" % REPO)
+        tried.append(py + (" (PYTHONPATH=src)" if "PYTHONPATH" in env else "")
+                     + f": {why}")
+    return None, None, "; ".join(tried)
+
+
+def find_nfbind_python(override: str | None, code: str = NFQUEUE_PROBE,
+                       what: str = "nfbind.NfQueue") -> tuple[str, dict[str, str], str]:
+    """(python, env, nfbind.__file__) for running the nfbind consumer; exits
+    saying how to build nfbind if no interpreter imports ``what``."""
+    py, env, where = find_python(code, override)
+    if py is None:
+        sys.exit(f"bench: cannot import {what} with any of: {where}"
+                 + "\n(build it with: cd %s && python build_ffi.py)" % REPO)
+    return py, env, where
 
 
 # --------------------------------------------------------------------------
