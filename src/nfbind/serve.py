@@ -36,6 +36,7 @@ Policy, in short (the docs page "Using more than one core" has the details):
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 import os
 import select
@@ -49,15 +50,16 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from ._channel import check_int
 from .errors import NetlinkError, NfbindError, Overrun
+from .queue import NfQueue
 
 __all__ = ["serve", "ServeResult", "WorkerStats", "WorkerError"]
 
 log = logging.getLogger("nfbind.serve")
 
-#: the NfQueue keyword arguments serve() passes through to every queue
-QUEUE_OPTIONS = ("copy_mode", "copy_range", "max_len", "fail_open", "conntrack", "gso",
-                 "uid_gid", "secctx", "rcvbuf", "rcvbuf_max", "netns", "on_error", "default_verdict",
-                 "on_overrun", "no_enobufs")
+#: the NfQueue keyword arguments serve() passes through to every queue: all
+#: of its keyword-only options
+QUEUE_OPTIONS = tuple(name for name, p in inspect.signature(NfQueue).parameters.items()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 #: handler errors a worker logs one by one; after that, one line per 1000
 _LOG_FIRST = 10
@@ -228,8 +230,6 @@ def _worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], A
                  options: Dict[str, Any], conn: Connection, stop_r: int,
                  old_mask: Any) -> int:
     """The body of a worker process; returns its exit code."""
-    from .queue import NfQueue
-
     stopping = False
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
