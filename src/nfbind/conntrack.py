@@ -1212,7 +1212,7 @@ class _Batches:
     released (False only if the thread is stuck in a receive).
     """
 
-    __slots__ = ("ct", "h", "op", "q", "thread", "halt", "first")
+    __slots__ = ("ct", "h", "op", "q", "thread", "halt")
 
     def __init__(self, ct: "Conntrack", h: _Handle, op: str) -> None:
         self.ct = ct
@@ -1221,7 +1221,6 @@ class _Batches:
         self.q: Any = None
         self.thread: Optional[threading.Thread] = None
         self.halt = False
-        self.first = True
 
     def _take(self) -> tuple:
         """Receive one batch; a copy of the records (the C buffer is reused)."""
@@ -1244,8 +1243,7 @@ class _Batches:
             if self.h.c.done:
                 return None
             batch = self._take()
-            if self.first and not self.h.c.done and _PREFETCH:
-                self.first = False
+            if not self.h.c.done and _PREFETCH:
                 self.q = _queue.Queue(_AHEAD)
                 self.thread = threading.Thread(target=self._run, name="nfbind-ct-dump",
                                                daemon=True)
