@@ -3,6 +3,8 @@
 #   make demo    NFLOG, NFQUEUE and conntrack in a throw-away network namespace (root)
 #   make test    the whole test suite, unit and integration (root)
 #   make bench   the throughput benchmarks, nfbind beside C references (root)
+#   make soak    the fault and load suite at full size (root; tens of minutes)
+#   make fuzz    the C attribute parsers under libFuzzer and AddressSanitizer, time-bounded
 #   make docs    the Sphinx site in docs/_build/html, warnings as errors
 #   make deps    the Debian packages nfbind builds and tests against
 #   make venv    .venv with nfbind installed in editable mode, extras test+scapy
@@ -26,7 +28,7 @@ APT_PACKAGES := libnetfilter-log-dev libnetfilter-queue-dev libnetfilter-conntra
 # Everything the compiled modules are built from: a change here rebuilds them.
 BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c)
 
-.PHONY: all deps venv test demo bench docs clean need-root
+.PHONY: all deps venv test soak fuzz demo bench docs clean need-root
 
 all: test
 
@@ -81,6 +83,19 @@ TEST_TIMEOUT ?= 1800
 
 test: need-root deps venv
 	timeout --signal=INT --kill-after=30 $(TEST_TIMEOUT) $(VPY) -m pytest -q tests
+
+# The fault and load suite (tests marked 'fault') at full size: a million packets,
+# 100,000 conntrack flows, 10,000 open/close cycles of each class.
+SOAK_TIMEOUT ?= 5400
+
+soak: need-root deps venv
+	timeout --signal=INT --kill-after=30 $(SOAK_TIMEOUT) $(VPY) -m pytest -q -m fault --soak tests
+
+# Each libFuzzer target runs FUZZ_SECONDS seconds over an AddressSanitizer build.
+FUZZ_SECONDS ?= 60
+
+fuzz: need-root deps venv
+	bash fuzz/run.sh $(FUZZ_SECONDS)
 
 demo: need-root deps venv
 	$(VPY) -m nfbind demo

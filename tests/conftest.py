@@ -22,6 +22,30 @@ from nfbind import netns as nfnetns
 IS_ROOT = os.geteuid() == 0
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--soak", action="store_true", default=False,
+        help="run the fault and load suite (marker 'fault') at full size, as make soak does",
+    )
+
+
+class Soak:
+    """How big the fault and load scenarios are: bounded in ``make test``,
+    full size in ``make soak`` (``pytest --soak``)."""
+
+    def __init__(self, full: bool) -> None:
+        self.full = full
+
+    def size(self, bounded, full):
+        """``full`` under ``--soak``, otherwise ``bounded``."""
+        return full if self.full else bounded
+
+
+@pytest.fixture(scope="session")
+def soak(request) -> Soak:
+    return Soak(bool(request.config.getoption("--soak")))
+
+
 def pytest_collection_modifyitems(config, items):
     if IS_ROOT:
         return
