@@ -8,6 +8,7 @@ ended by PID.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -44,6 +45,18 @@ class Soak:
 @pytest.fixture(scope="session")
 def soak(request) -> Soak:
     return Soak(bool(request.config.getoption("--soak")))
+
+
+def fault_report(scenario: str, **figures) -> None:
+    """Record one fault scenario's figures (packets sent, arrived, dropped,
+    overrun, rate ...): printed, and appended as a JSON line to the file named
+    by ``NFBIND_FAULT_REPORT`` when that is set."""
+    line = json.dumps(dict(scenario=scenario, **figures), sort_keys=True)
+    print("fault-report " + line)
+    path = os.environ.get("NFBIND_FAULT_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
 
 def pytest_collection_modifyitems(config, items):
