@@ -169,7 +169,7 @@ def _proto(name: str, value: Any) -> int:
         if p is None:
             try:
                 return _PROTO[socket.getprotobyname(value)]
-            except OSError:
+            except (OSError, ValueError):  # unknown, or a NUL or a lone surrogate in it
                 raise ValueError(
                     "%s: unknown protocol name %r (use a number, or one of %s)"
                     % (name, value, ", ".join(sorted(_PROTO_NAMES)))
