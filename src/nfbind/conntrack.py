@@ -233,6 +233,14 @@ def _label_bits(name: str, values: Any, labelmap: Optional[Callable[[], "LabelMa
     return frozenset(bits)
 
 
+def _helper_len(name: str) -> int:
+    """Bytes of a helper name in UTF-8; 0 (refused) when it cannot be encoded."""
+    try:
+        return len(name.encode())
+    except UnicodeEncodeError:
+        return 0
+
+
 def _labels_bytes(bits: Iterable[int]) -> bytes:
     """128 label bits as libnetfilter_conntrack lays them out: 4 native uint32 words."""
     words = [0, 0, 0, 0]
@@ -456,7 +464,7 @@ class Flow:
             if v is not None and not isinstance(v, cls):
                 raise TypeError("Flow.%s must be a %s or None" % (name, cls.__name__))
         if self.helper is not None:
-            if not isinstance(self.helper, str) or not 0 < len(self.helper.encode()) < 16:
+            if not isinstance(self.helper, str) or not 0 < _helper_len(self.helper) < 16:
                 raise ValueError("Flow.helper must be a helper name of 1..15 bytes, e.g. 'ftp'")
         if self.secctx is not None and not isinstance(self.secctx, str):
             raise TypeError("Flow.secctx must be a str or None")
@@ -526,7 +534,7 @@ class Expectation:
         if len({self.master.family, self.expected.family, self.mask.family}) != 1:
             raise ValueError("the master, expected and mask tuples must be of one IP version")
         if self.helper is not None and (not isinstance(self.helper, str)
-                                        or not 0 < len(self.helper.encode()) < 16):
+                                        or not 0 < _helper_len(self.helper) < 16):
             raise ValueError("Expectation.helper must be a helper name of 1..15 bytes")
         _osa(self, "timeout", _opt(_u32, "timeout", self.timeout))
         _osa(self, "zone", _u16("zone", self.zone))
