@@ -1062,7 +1062,7 @@ class LabelMap:
         if path is None:
             p = lib.nfct_labels_get_path()
             path = ffi.string(p).decode() if p != ffi.NULL else "/etc/xtables/connlabel.conf"
-        self.path = os.fspath(path)
+        self.path = os.fsdecode(os.fspath(path))
         if not os.path.isfile(self.path):
             raise FileNotFoundError(
                 errno.ENOENT,
@@ -1072,7 +1072,7 @@ class LabelMap:
                 % (self.path, self.path, MAX_LABEL),
                 self.path,
             )
-        m = lib.nfct_labelmap_new(self.path.encode())
+        m = lib.nfct_labelmap_new(os.fsencode(self.path))
         if m == ffi.NULL:
             raise ValueError(
                 "libnetfilter_conntrack could not read %s (%s): each line must be "
@@ -1085,7 +1085,11 @@ class LabelMap:
         """The bit of label ``name``.  Raises KeyError naming the file."""
         if not isinstance(name, str):
             raise TypeError("a label name must be a str, not %s" % type(name).__name__)
-        b = lib.nfct_labelmap_get_bit(self._m, name.encode())
+        try:
+            raw = name.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no such name in any file
+            raw = None
+        b = lib.nfct_labelmap_get_bit(self._m, raw) if raw is not None else -1
         if b < 0:
             raise KeyError("no label named %r in %s" % (name, self.path))
         return b
