@@ -213,6 +213,8 @@ def _label_bits(name: str, values: Any, labelmap: Optional[Callable[[], "LabelMa
     if isinstance(values, (int, str)) and not isinstance(values, bool):
         values = (values,)
     try:
+        if isinstance(values, (bytes, bytearray, memoryview)):
+            raise TypeError  # not a collection of bits
         items = list(values)
     except TypeError:
         raise TypeError(
@@ -2169,13 +2171,24 @@ def _read_int(path: str) -> int:
 # -- events ------------------------------------------------------------------------------------
 
 
+def _items(name: str, value: Any) -> list:
+    """The values of a filter condition given as a collection (not bytes)."""
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError
+        return list(value)
+    except TypeError:
+        raise TypeError("%s must be a value or a collection of values, not %s"
+                        % (name, type(value).__name__)) from None
+
+
 def _ports(name: str, value: Any) -> _t.Tuple[_t.Tuple[int, int], ...]:
     if value is None:
         return ()
     if isinstance(value, (int, range)) and not isinstance(value, bool):
         value = (value,)
     out = []
-    for v in value:
+    for v in _items(name, value):
         if isinstance(v, range):
             if v.step != 1 or not len(v):
                 raise ValueError("%s: a port range must be a non-empty range with step 1" % name)
@@ -2193,7 +2206,7 @@ def _networks(name: str, value: Any) -> tuple:
                           ipaddress.IPv4Network, ipaddress.IPv6Network)):
         value = (value,)
     out = []
-    for v in value:
+    for v in _items(name, value):
         if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
             out.append(v)
             continue
@@ -2241,7 +2254,7 @@ class EventFilter:
         p = self.proto
         if isinstance(p, (int, str)):
             p = (p,)
-        protos = tuple(_proto("proto", v) for v in (p or ()))
+        protos = tuple(_proto("proto", v) for v in (_items("proto", p) if p is not None else ()))
         src = _networks("src", self.src)
         dst = _networks("dst", self.dst)
         object.__setattr__(self, "proto", protos)
