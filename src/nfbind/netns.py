@@ -47,7 +47,7 @@ def resolve(netns: NetNS) -> Optional[Union[str, int]]:
             raise ValueError("netns file descriptor must be >= 0, got %d" % netns)
         try:
             os.fstat(netns)
-        except OSError as e:
+        except (OSError, OverflowError) as e:  # OverflowError: beyond a C int
             raise ValueError("netns file descriptor %d is not open" % netns) from e
         return netns
     if isinstance(netns, os.PathLike):
