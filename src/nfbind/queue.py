@@ -573,10 +573,10 @@ class NfQueue(Channel):
                 return self._run_backlog(handler)
             c = self._c
             n = self._recv_batch(lib.nfb_q_recv, c)
-            if n == 0:
-                return 0
             if c.rx.async_errors != self._seen_async:
                 self._warn_async(c)
+            if n == 0:
+                return 0
             b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
                       memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"), self)
             self._npackets += n
@@ -851,13 +851,26 @@ class NfQueue(Channel):
         v = int(self.default_verdict)
         try:
             with self._send_lock:
+                # stop the kernel queueing more: with max_len 0 a new packet
+                # finds the queue full and meets the default verdict there
+                # (accepted through fail-open, or dropped and counted), instead
+                # of being queued after the last read and dropped unseen by
+                # the unbind
+                cfg = ffi.new("struct nfb_qcfg *")
+                cfg.copy_mode = -1
+                cfg.max_len = 0
+                if v in (lib.NF_ACCEPT, lib.NF_STOP):
+                    cfg.flags_mask = cfg.flags = int(QueueFlag.FAIL_OPEN)
+                lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
                 # read what is already queued to us, so every id is known
                 for _ in range(1024):
                     n = lib.nfb_q_recv(c)
                     if n == -errno.ENOBUFS:
                         continue
-                    if n <= 0:
+                    if n < 0 or (n == 0 and not c.rx.data_len):
                         break
+                    if n == 0:  # error replies only: read on
+                        continue
                     recs = memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I")
                     last = recs[(n - 1) * NF + _F_ID]
                     self._npackets += n
