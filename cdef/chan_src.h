@@ -103,12 +103,13 @@ static int nfb_rx_parse(struct nfb_rx *rx, char *data, size_t len,
 
     rx->data = data;
     rx->data_len = len;
-    while (mnl_nlmsg_ok(nlh, remaining)) {
+    while (nfb_nlmsg_ok(nlh, remaining)) {
         if (nlh->nlmsg_type == NLMSG_ERROR) {
             const struct nlmsgerr *err = mnl_nlmsg_get_payload(nlh);
             if (nlh->nlmsg_len >= mnl_nlmsg_size(sizeof(*err)) && err->error) {
                 rx->async_errors++;
-                rx->last_async_error = -err->error;
+                /* negated in unsigned: a lying error of INT_MIN is no overflow */
+                rx->last_async_error = (int)(0u - (unsigned int)err->error);
             }
         } else if (nlh->nlmsg_type == pkt_type &&
                    nlh->nlmsg_len >= NLMSG_HDRLEN + sizeof(struct nfgenmsg)) {
@@ -178,6 +179,11 @@ static int nfb_rx_recv(struct nfb_rx *rx, uint16_t pkt_type, nfb_parse_fn fn, vo
         }
         if (src != rx->rbuf + used)
             memmove(rx->rbuf + used, src, l);
+        /* a datagram of unaligned length: its padding is zeros, not what the
+         * buffer held before (a lying nlmsg_len must not read stale bytes) */
+        if (NLMSG_ALIGN(l) != l &&
+            used + NLMSG_ALIGN(l) <= (size_t)rx->slot_size * rx->nslots)
+            memset(rx->rbuf + used + l, 0, NLMSG_ALIGN(l) - l);
         used += NLMSG_ALIGN(l);
     }
     return nfb_rx_parse(rx, rx->rbuf, used, pkt_type, fn, ctx);
@@ -198,6 +204,7 @@ static void nfb_rx_stash(struct nfb_rx *rx, const struct nlmsghdr *nlh)
         rx->stash_cap = cap;
     }
     memcpy(rx->stash + rx->stash_len, nlh, nlh->nlmsg_len);
+    memset(rx->stash + rx->stash_len + nlh->nlmsg_len, 0, l - nlh->nlmsg_len);
     rx->stash_len += l;
     rx->short_read = 0;     /* the next receive has these to hand out */
 }
@@ -251,10 +258,15 @@ static int nfb_rx_transact(struct nfb_rx *rx, const char *buf, size_t len, int n
         }
         h = (const struct nlmsghdr *)in;
         remaining = (int)n;
-        while (mnl_nlmsg_ok(h, remaining)) {
+        while (nfb_nlmsg_ok(h, remaining)) {
             if (h->nlmsg_type == NLMSG_ERROR) {
                 const struct nlmsgerr *err = mnl_nlmsg_get_payload(h);
                 int matched = 0;
+                if (h->nlmsg_len < mnl_nlmsg_size(sizeof(*err))) {
+                    /* too short to hold an error code: not an answer */
+                    h = mnl_nlmsg_next(h, &remaining);
+                    continue;
+                }
                 for (i = 0; i < nmsg; i++) {
                     if (results[i] == 1 && h->nlmsg_seq == seqs[i]) {
                         results[i] = err->error;
@@ -267,7 +279,7 @@ static int nfb_rx_transact(struct nfb_rx *rx, const char *buf, size_t len, int n
                 }
                 if (!matched && err->error) {
                     rx->async_errors++;
-                    rx->last_async_error = -err->error;
+                    rx->last_async_error = (int)(0u - (unsigned int)err->error);
                 }
             } else if (h->nlmsg_type != NLMSG_NOOP && h->nlmsg_type != NLMSG_DONE) {
                 nfb_rx_stash(rx, h);

@@ -23,3 +23,12 @@
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <libmnl/libmnl.h>
 
+/* mnl_nlmsg_ok() of libmnl 1.0.4 compares (int)nlmsg_len with the bytes
+ * left, so a message claiming 2 GiB or more passes it (a negative int) and
+ * mnl_nlmsg_next() then jumps out of the buffer.  This one compares unsigned. */
+static inline int nfb_nlmsg_ok(const struct nlmsghdr *nlh, int len)
+{
+    return len >= (int)sizeof(struct nlmsghdr) &&
+           nlh->nlmsg_len >= sizeof(struct nlmsghdr) &&
+           nlh->nlmsg_len <= (unsigned int)len;
+}

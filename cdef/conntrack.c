@@ -1039,7 +1039,7 @@ int nfb_ct_recv_answer(struct nfb_ct *c, int mode, int max_items, int timeout_ms
         }
         h = (const struct nlmsghdr *)c->rbuf;
         remaining = (int)n;
-        for (; mnl_nlmsg_ok(h, remaining); h = mnl_nlmsg_next(h, &remaining)) {
+        for (; nfb_nlmsg_ok(h, remaining); h = mnl_nlmsg_next(h, &remaining)) {
             int rc;
             if (h->nlmsg_seq != c->seq) {
                 c->ignored++;      /* a stale answer to an earlier request */
@@ -1111,7 +1111,7 @@ int nfb_ct_recv_events(struct nfb_ct *c)
             c->truncated++;
             continue;
         }
-        for (; mnl_nlmsg_ok(h, remaining); h = mnl_nlmsg_next(h, &remaining)) {
+        for (; nfb_nlmsg_ok(h, remaining); h = mnl_nlmsg_next(h, &remaining)) {
             int rc;
             if (h->nlmsg_type < NLMSG_MIN_TYPE)
                 continue;

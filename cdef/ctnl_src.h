@@ -153,12 +153,12 @@ int nfb_ct_by_packet(int fd, const char *pkt, uint32_t len, uint16_t zone,
         }
         h = (const struct nlmsghdr *)rx;
         remaining = (int)n;
-        for (; mnl_nlmsg_ok(h, remaining); h = mnl_nlmsg_next(h, &remaining)) {
+        for (; nfb_nlmsg_ok(h, remaining); h = mnl_nlmsg_next(h, &remaining)) {
             if (h->nlmsg_seq != seq)
                 continue;     /* a stale answer to an earlier request */
             if (h->nlmsg_type == NLMSG_ERROR) {
                 const struct nlmsgerr *e = mnl_nlmsg_get_payload(h);
-                rc = e->error;
+                rc = h->nlmsg_len < mnl_nlmsg_size(sizeof(*e)) ? -EBADMSG : e->error;
                 if (rc == 0 && !set_mark && !got)
                     rc = -ENOENT;
                 done = 1;

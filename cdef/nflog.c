@@ -108,7 +108,7 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
     rec[NFB_F_FAMILY] = nfg->nfgen_family;
     rec[NFB_F_QUEUE] = ntohs(nfg->res_id);
 
-    mnl_attr_for_each(attr, nlh, sizeof(struct nfgenmsg)) {
+    nfb_attr_for_each(attr, nlh, sizeof(struct nfgenmsg)) {
         uint16_t type = mnl_attr_get_type(attr);
         uint16_t len = mnl_attr_get_payload_len(attr);
         const char *p = mnl_attr_get_payload(attr);

@@ -77,6 +77,16 @@ enum {
 
 /* ---- helpers both parsers use (NFQA_* and NFULA_* share these shapes) ---- */
 
+/* The attributes of a packet message after its offset-byte header, within
+ * nlmsg_len.  libmnl's mnl_attr_for_each() walks to the aligned end, so with
+ * an unaligned nlmsg_len an attribute could take up to 3 bytes past the
+ * message (past the buffer, when the message ends it). */
+#define nfb_attr_for_each(attr, nlh, offset)                                  \
+    for ((attr) = mnl_nlmsg_get_payload_offset((nlh), (offset));             \
+         mnl_attr_ok((attr), (int)((const char *)(nlh) + (nlh)->nlmsg_len -  \
+                                   (const char *)(attr)));                   \
+         (attr) = mnl_attr_next(attr))
+
 static inline uint32_t nfb_get_be32(const char *p)
 {
     uint32_t v;
