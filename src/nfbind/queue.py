@@ -829,7 +829,11 @@ class NfQueue(Channel):
     def close(self) -> None:
         """Give every packet still waiting the default verdict, unbind, close.
 
-        Packets already in the socket are read and settled too.  Safe to call
+        Packets already in the socket are read and settled too.  First the
+        queue stops taking packets (max_len 0), so one that arrives while it
+        closes meets the default verdict in the kernel (accepted through
+        fail-open, or dropped and counted) and the unbind, which drops what
+        the queue still holds, finds nothing.  Safe to call
         twice, from any thread, and from inside the handler (the queue closes
         once the current batch is done).
         """
