@@ -222,6 +222,8 @@ class Packet(PacketBase):
         """Hand the packet to queue ``num``.  With ``bypass`` the packet is
         accepted when nobody listens there (instead of dropped)."""
         num = check_int("queue number", num, 0, 0xFFFF)
+        if not isinstance(bypass, bool):
+            raise TypeError("bypass must be True or False, not %r" % (bypass,))
         v = lib.NF_QUEUE | (num << lib.NF_VERDICT_QBITS)
         if bypass:
             v |= lib.NF_VERDICT_FLAG_QUEUE_BYPASS
