@@ -797,6 +797,7 @@ class NfQueue(Channel):
         """Give ``verdict`` to every waiting packet with id <= ``up_to_id``.
 
         One message (the kernel's NFQNL_MSG_VERDICT_BATCH) covers them all.
+        Packets not received yet are left to the handler, whatever their id.
         Returns how many received packets it settled.
         """
         self._check_open()
@@ -809,6 +810,14 @@ class NfQueue(Channel):
             vflags |= _VF_MARK
         settled = 0
         with self._lock, self._send_lock:
+            # the kernel settles the ids up to up_to_id it holds, comparing
+            # them modulo 2**32: an id beyond the last one received would leave
+            # later packets to the kernel's batch (or, 2**31 ahead, settle
+            # none) while they are taken as settled here, so stop at that one
+            top = self._max_id
+            if self._cur_batch is not None and self._cur_vbuf is not None:
+                top = max(top, self._cur_batch.recs[(len(self._cur_vbuf) - 1) * NF + _F_ID])
+            up_to_id = min(up_to_id, top)
             for pid in [pid for pid in self._pending if pid <= up_to_id]:
                 self._pending.pop(pid)._state = _DONE
                 settled += 1
