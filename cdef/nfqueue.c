@@ -460,3 +460,45 @@ int nfb_l4_csum_fill(char *buf, uint32_t len)
     p[check_at + 1] = (uint8_t)sum;
     return 1;
 }
+
+/* --- privileges: nfbind.drop_privileges ------------------------------------- */
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+long nfb_prctl(int option, unsigned long arg2, unsigned long arg3,
+               unsigned long arg4, unsigned long arg5)
+{
+    int rc = prctl(option, arg2, arg3, arg4, arg5);
+    return rc < 0 ? -errno : rc;
+}
+
+int nfb_capget(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable)
+{
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+
+    memset(data, 0, sizeof(data));
+    if (syscall(SYS_capget, &hdr, data) < 0)
+        return -errno;
+    *effective = (uint64_t)data[1].effective << 32 | data[0].effective;
+    *permitted = (uint64_t)data[1].permitted << 32 | data[0].permitted;
+    *inheritable = (uint64_t)data[1].inheritable << 32 | data[0].inheritable;
+    return 0;
+}
+
+int nfb_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable)
+{
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    int i;
+
+    for (i = 0; i < _LINUX_CAPABILITY_U32S_3; i++) {
+        data[i].effective = (uint32_t)(effective >> (32 * i));
+        data[i].permitted = (uint32_t)(permitted >> (32 * i));
+        data[i].inheritable = (uint32_t)(inheritable >> (32 * i));
+    }
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        return -errno;
+    return 0;
+}

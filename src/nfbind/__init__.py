@@ -23,6 +23,7 @@ from ._channel import OverrunWarning
 from .packet import CtSummary, Vlan
 from .log import LogPacket, LogStats, NfLog
 from .queue import NfQueue, Packet, QueueStats
+from .privileges import drop_privileges
 from .serve import serve
 
 try:  # absent on a machine without libnetfilter_conntrack
@@ -61,6 +62,7 @@ __all__ = [
     "Packet",
     "QueueStats",
     "serve",
+    "drop_privileges",
     "NfLog",
     "LogPacket",
     "LogStats",
