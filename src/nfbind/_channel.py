@@ -570,12 +570,16 @@ class Channel:
 
     def __del__(self) -> None:
         if not self._closed and self._sock is not None:
-            warnings.warn(
-                "unclosed %s: call close() or use a with block" % type(self).__name__,
-                ResourceWarning,
-                source=self,
-            )
             try:
-                self.close()
-            except Exception:
-                pass
+                warnings.warn(
+                    "unclosed %s: call close() or use a with block" % type(self).__name__,
+                    ResourceWarning,
+                    source=self,
+                )
+            finally:
+                # also when the warning is an error (-W error): nothing else
+                # would close the wake-up pipe or settle waiting packets
+                try:
+                    self.close()
+                except Exception:
+                    pass

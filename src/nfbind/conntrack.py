@@ -2147,12 +2147,15 @@ class Conntrack:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            warnings.warn("unclosed Conntrack: call close() or use a with block",
-                          ResourceWarning, source=self)
             try:
-                self.close()
-            except Exception:
-                pass
+                warnings.warn("unclosed Conntrack: call close() or use a with block",
+                              ResourceWarning, source=self)
+            finally:
+                # also when the warning is an error (-W error)
+                try:
+                    self.close()
+                except Exception:
+                    pass
 
     def __repr__(self) -> str:
         return "<nfbind.Conntrack netns=%r%s>" % (self._netns, " closed" if self._closed else "")
