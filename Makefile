@@ -23,7 +23,7 @@ GOAL    := $(or $(MAKECMDGOALS),all)
 # and a compiler. python3-venv is added below only when `python3 -m venv` cannot work.
 APT_PACKAGES := libnetfilter-log-dev libnetfilter-queue-dev libnetfilter-conntrack-dev \
                 libnfnetlink-dev libmnl-dev iptables conntrack tcpdump iproute2 nftables \
-                pkg-config gcc python3
+                pkg-config gcc python3 libcap2-bin
 
 # Everything the compiled modules are built from: a change here rebuilds them.
 BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c)
