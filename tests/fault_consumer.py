@@ -18,7 +18,8 @@ Every verdict is recorded in ``RECORD_FILE`` as a native uint32
   run() absorbs); records are written in chunks from the handler, so a
   recorded verdict may still be in the batch being sent.  Then ``close()``
   and one JSON line on stdout: the last records, the packet the interrupt
-  hit (if any), the queue's stats, the queue's /proc row just before close.
+  hit inside the handler (if any), the queue's stats, the queue's /proc row
+  just before close.
 * ``drain`` mode: poll() and ``q.drain(handler)``; the records of a drain
   are written after it returned, i.e. after their verdicts were sent, so a
   recorded packet is never one the kernel still held.  Runs until killed.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import sys
 from array import array
 
@@ -61,9 +63,15 @@ def main() -> int:
     current = [-1]  # the sequence number being handled, -1 between packets
 
     def flush() -> None:
+        # SIGINT held off meanwhile: its KeyboardInterrupt comes before or
+        # after, so no record is lost or written twice
         if records:
-            os.write(record_fd, records.tobytes())
-            del records[:]
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                os.write(record_fd, records.tobytes())
+                del records[:]
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def handler(pkt):
         p = pkt.payload
