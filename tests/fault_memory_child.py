@@ -367,6 +367,7 @@ def cycles(kind: str, env: CycleEnv, warmup: int, count: int, deadline: float) -
             table0 = fd_table()
             fds0 = len(os.listdir("/proc/self/fd"))
             threads0 = thread_names()
+            rss0 = rss_kib()
             t0 = time.monotonic()
             done = 0
             for i in range(warmup, warmup + count):
@@ -376,6 +377,7 @@ def cycles(kind: str, env: CycleEnv, warmup: int, count: int, deadline: float) -
                 done += 1
             elapsed = time.monotonic() - t0
             gc.collect()
+            rss1 = rss_kib()
     finally:
         sys.unraisablehook = hook
     table1 = fd_table()
@@ -383,7 +385,9 @@ def cycles(kind: str, env: CycleEnv, warmup: int, count: int, deadline: float) -
                 fds_before=fds0, fds_after=len(os.listdir("/proc/self/fd")),
                 fd_table_before=table0, fd_table_after=table1,
                 threads_before=threads0, threads_after=thread_names(),
-                resource_warnings=counter.unclosed, resource_warnings_raised=counter.unclosed_raised,
+                rss_start_kib=rss0, rss_end_kib=rss1,
+                resource_warnings=counter.unclosed,
+                resource_warnings_raised=counter.unclosed_raised,
                 other_warnings=counter.others[:20], elapsed=round(elapsed, 3),
                 cycles_per_s=round(done / elapsed, 1) if elapsed > 0 else None,
                 stats=dict(env.stats))
@@ -518,9 +522,13 @@ def main_memory(args: dict) -> dict:
 
     def sample(label: str) -> dict:
         gc.collect()
-        cur, peak = tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else (0, 0)
+        tracing = tracemalloc.is_tracing()
+        cur, peak = tracemalloc.get_traced_memory() if tracing else (0, 0)
+        # tracemalloc's own tables (they grow with the peak number of live
+        # blocks, and count in RSS)
+        own = tracemalloc.get_tracemalloc_memory() if tracing else 0
         s = dict(label=label, sent=st["sent"], rss_kib=rss_kib(), tm_current=cur, tm_peak=peak,
-                 t=round(time.monotonic() - t_start, 3))
+                 tm_own=own, t=round(time.monotonic() - t_start, 3))
         samples.append(s)
         return s
 

@@ -8,10 +8,11 @@
   cycles end the objects' lives every way: close, close twice, ``with``, an
   exception inside the ``with``, and dropped without close (collected, with
   a ResourceWarning, which in every other stretch of cycles is an error
-  raised from ``__del__`` as under ``-W error``).  Some cycles leave packets or events unread, a packet
-  without its verdict, or a conntrack dump suspended.  After a warm-up the
-  descriptor table (``/proc/self/fd``) and the threads must be exactly the
-  same at the end, and the kernel must hold no queue or NFLOG binding.
+  raised from ``__del__`` as under ``-W error``).  Some cycles leave packets
+  or events unread, a packet without its verdict, or a conntrack dump
+  suspended.  After a warm-up the descriptor table (``/proc/self/fd``) and
+  the threads must be exactly the same at the end, and the kernel must hold
+  no queue or NFLOG binding.
 * RSS and tracemalloc over a long run in a child process: NfQueue with
   traffic (every kind of verdict, payload rewrites, marks, connmarks,
   deferred verdicts, handler errors, attribute reads), NfLog on the same
@@ -93,6 +94,10 @@ def check_cycles(ns, res: dict) -> None:
     assert res["fds_after"] == res["fds_before"], res
     assert res["fd_table_after"] == res["fd_table_before"]
     assert res["threads_after"] == res["threads_before"]
+    # the C state of one queue or log is a few MiB of receive slots: had a
+    # cycle kept it (or any C buffer of a socket), RSS would grow by that
+    # much per cycle; 16 MiB leaves room for the allocator's own moves
+    assert res["rss_end_kib"] - res["rss_start_kib"] <= 16 * 1024, res
     # every dropped object was collected (run_cycle checks) with its
     # warning, shown or (under an error filter) raised from __del__
     assert res["resource_warnings_raised"] == st.get("dropped_warning_as_error", 0) > 0, res
@@ -146,6 +151,7 @@ def test_open_close_cycles_leave_no_descriptor_or_binding(ns, soak, kind):
     fault_report("resources-cycles-" + kind, netns="name,path,fd", cycles=res["cycles"],
                  cycles_planned=res["cycles_planned"], warmup=res["warmup"],
                  fds_before=res["fds_before"], fds_after=res["fds_after"],
+                 rss_start_kib=res["rss_start_kib"], rss_end_kib=res["rss_end_kib"],
                  resource_warnings=res["resource_warnings"],
                  resource_warnings_raised=res["resource_warnings_raised"], elapsed=res["elapsed"],
                  cycles_per_s=res["cycles_per_s"], stats=res["stats"], **got)
@@ -174,7 +180,8 @@ def test_open_close_cycles_without_netns_in_a_child(ns, soak):
             fault_report("resources-cycles-" + kind, netns="none (child in the namespace)",
                          cycles=res["cycles"], cycles_planned=res["cycles_planned"],
                          warmup=res["warmup"], fds_before=res["fds_before"],
-                         fds_after=res["fds_after"], resource_warnings=res["resource_warnings"],
+                         fds_after=res["fds_after"], rss_start_kib=res["rss_start_kib"],
+                         rss_end_kib=res["rss_end_kib"], resource_warnings=res["resource_warnings"],
                          resource_warnings_raised=res["resource_warnings_raised"],
                          elapsed=res["elapsed"], cycles_per_s=res["cycles_per_s"],
                          stats=res["stats"])
@@ -256,9 +263,13 @@ def test_memory_flat_under_traffic(ns, soak):
     nfbind_grown = r["tm_growth_by_file"].get("nfbind", 0)
     assert nfbind_grown <= 16 * 1024 + 1024 * per_100k, r["tm_growth_top"]
     assert grown <= 32 * 1024 + 2048 * per_100k, r["tm_growth_top"]
-    # RSS moves in steps of the allocator: the receiver thread's arena and the
-    # lists of a 3000-flow dump come and go by about 1 MiB (see the samples),
-    # so the bound is 5 % of the baseline (some 1.7 MiB); a leak of two bytes
-    # per packet would pass it in the full run, and tracemalloc above is the
-    # exact measure.
-    assert r["rss_end_kib"] - r["rss_start_kib"] <= r["rss_start_kib"] * 0.05, r["samples"]
+    # RSS moves in steps of the allocator, not with the packets: a dump of
+    # the 3000 flows holds some 2-4 MiB of objects for a moment (tm_peak),
+    # and malloc keeps those pages or gives them back depending on what lies
+    # above them, so RSS jumps by about that much between samples with no
+    # trend (see the samples).  The bound is 5 % of the baseline plus the
+    # largest transient (tm_peak); a leak of 8 bytes per packet would exceed it
+    # in the full run, as would one of a kilobyte per batch of 128.  tracemalloc
+    # above is the exact measure for Python objects.
+    rss_bound = r["rss_start_kib"] * 0.05 + r["tm_peak"] / 1024
+    assert r["rss_end_kib"] - r["rss_start_kib"] <= rss_bound, r["samples"]
