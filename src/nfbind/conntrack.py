@@ -2217,6 +2217,8 @@ def _networks(name: str, value: Any) -> tuple:
             out.append(ipaddress.ip_network(v))
             continue
         try:
+            if isinstance(v, bool):  # ip_network(True) would be 0.0.0.1/32
+                raise TypeError
             out.append(ipaddress.ip_network(v, strict=False))
         except (ValueError, TypeError):
             raise ValueError("%s: %r is not an address or network" % (name, v)) from None
