@@ -821,14 +821,18 @@ class NfQueue(Channel):
             for pid in [pid for pid in self._pending if pid <= up_to_id]:
                 self._pending.pop(pid)._state = _DONE
                 settled += 1
+            marked = 0
             if self._cur_vbuf is not None and self._cur_batch is not None:
                 recs = self._cur_batch.recs
                 for i in range(len(self._cur_vbuf)):
                     if self._cur_vbuf[i] == _V_DEFERRED and recs[i * NF + _F_ID] <= up_to_id:
                         self._cur_vbuf[i] = _V_DONE
+                        marked += 1
             self._floor = max(self._floor, up_to_id)
             rc = lib.nfb_q_flush(self._c)
-            if rc >= 0:
+            # with no waiting packet up to the id the kernel holds none either:
+            # it would answer ENOENT (a refused verdict)
+            if rc >= 0 and (settled or marked):
                 rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, up_to_id, v, vflags,
                                             m, 0, ffi.NULL, 0)
         if rc < 0:
