@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ._channel import check_int
+from ._channel import ON_OVERRUN, check_choice, check_int
 from .errors import NetlinkError, NfbindError, Overrun
 from .queue import NfQueue
 
@@ -60,6 +60,20 @@ log = logging.getLogger("nfbind.serve")
 #: of its keyword-only options
 QUEUE_OPTIONS = tuple(name for name, p in inspect.signature(NfQueue).parameters.items()
                       if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+class _OptionsChecked(Exception):
+    """NfQueue's argument checks passed (raised where it would open its socket)."""
+
+
+class _CheckedQueue(NfQueue):
+    """Runs NfQueue's argument checks in the calling process and stops
+    before any socket exists: serve() refuses bad options before forking."""
+
+    def _init_channel(self, *, on_overrun: str, **kw: Any) -> None:
+        check_choice("on_overrun", on_overrun, ON_OVERRUN)
+        raise _OptionsChecked
+
 
 #: handler errors a worker logs one by one; after that, one line per 1000
 _LOG_FIRST = 10
@@ -844,10 +858,10 @@ def serve(
         raise TypeError("serve() got unknown queue option%s %s (known: %s)" % (
             "" if len(unknown) == 1 else "s", ", ".join(map(repr, unknown)),
             ", ".join(QUEUE_OPTIONS)))
-    if "netns" in queue_options:
-        from . import netns as _netns
-
-        _netns.resolve(queue_options["netns"])
+    try:  # the options' values, as NfQueue checks them (netns included)
+        _CheckedQueue(qlist[0], **queue_options)
+    except _OptionsChecked:
+        pass
     assignment = [tuple(qlist[i::workers]) for i in range(workers)]
     server = _Server(handler, assignment, dict(queue_options), restart=restart,
                      max_restarts=max_restarts, timeout=timeout, stop_event=stop_event,
