@@ -2175,9 +2175,9 @@ def _read_int(path: str) -> int:
 
 
 def _items(name: str, value: Any) -> list:
-    """The values of a filter condition given as a collection (not bytes)."""
+    """The values of a filter condition given as a collection (not text or bytes)."""
     try:
-        if isinstance(value, (bytes, bytearray, memoryview)):
+        if isinstance(value, (str, bytes, bytearray, memoryview)):
             raise TypeError
         return list(value)
     except TypeError:
