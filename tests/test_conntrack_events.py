@@ -123,6 +123,29 @@ def test_events_match_conntrack_e(ns):
     assert stream.closed
 
 
+def test_drain_returns_the_events_it_dispatched(ns):
+    ct_ns(ns, v6=False)
+    with Conntrack(netns=ns.name) as ct, ct.events(CtEvent.NEW) as every, \
+            ct.events(CtEvent.NEW, EventFilter(dport=range(100, 200))) as none_pass:
+        for port in (1001, 1002, 1003):
+            ct.create(Flow(Tuple("10.0.0.1", "10.0.0.2", "udp", port, 53), timeout=30))
+        got: List[Event] = []
+        seen: List[Event] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            select.select([every], [], [], 0.5)
+            before = len(got)
+            assert every.drain(got.append) == len(got) - before
+        assert len(got) == 3
+        assert sorted(e.flow.orig.sport for e in got) == [1001, 1002, 1003]
+        # a stream whose filter passes none of them dispatches nothing and says so
+        deadline = time.monotonic() + 10
+        while none_pass.stats.events < 3 and time.monotonic() < deadline:
+            select.select([none_pass], [], [], 0.5)
+            assert none_pass.drain(seen.append) == 0
+        assert none_pass.stats.events == 3 and seen == []
+
+
 def test_events_of_real_traffic_and_type_selection(ns):
     ct_ns(ns, v6=False)
     with Conntrack(netns=ns.name) as ct, ct.events(CtEvent.DESTROY) as only_destroy, \

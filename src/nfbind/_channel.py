@@ -163,7 +163,8 @@ class Channel:
     """Base of NfQueue and NfLog: a netlink socket with loops on top.
 
     Subclasses implement ``_drain_once(handler) -> int`` (non-blocking: read one
-    batch, dispatch it, return the number of packets) and ``_close_channel()``.
+    batch, dispatch it, return the number of packets, or -1 when a batch was
+    read but nothing in it was dispatched) and ``_close_channel()``.
     """
 
     _sock: Optional[socket.socket] = None
@@ -395,7 +396,7 @@ class Channel:
             if not n:
                 more = False
                 break
-            total += n
+            total += max(n, 0)
             # the last receive found the socket drained (and the handlers
             # stashed nothing meanwhile): no need to ask it again
             if self._closed or self._short_read():

@@ -2520,7 +2520,8 @@ class EventStream(Channel):
                     # stop() ends the loop after this event; the rest wait
                     self._backlog = todo[done:] + self._backlog
                     break
-            return got + done
+            # a batch the filter emptied is no reason to stop draining
+            return done if done or not got else -1
 
     def _close_channel(self) -> None:
         if self._c is not None:
