@@ -109,8 +109,15 @@ class NetNS:
 
     def queue_proc(self) -> dict:
         """/proc/net/netfilter/nfnetlink_queue of the namespace, by queue number."""
+        # read by a thread inside the namespace, not by a child process: a test
+        # may poll this while serve() forks a worker, and a worker forked while
+        # a child process starts would hold that child's exec-status pipe open
+        def read() -> str:
+            with open("/proc/thread-self/net/netfilter/nfnetlink_queue") as f:
+                return f.read()
+
         rows = {}
-        for line in self.run("cat", "/proc/net/netfilter/nfnetlink_queue").splitlines():
+        for line in nfnetns.call_in(self.name, read).splitlines():
             f = line.split()
             rows[int(f[0])] = {
                 "portid": int(f[1]), "waiting": int(f[2]), "copy_mode": int(f[3]),
