@@ -30,6 +30,13 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    # make soak tries ten times as many property examples (test_properties.py
+    # reads this when it is imported, after this hook)
+    if config.getoption("--soak"):
+        os.environ.setdefault("NFBIND_PROPERTY_SCALE", "10")
+
+
 class Soak:
     """How big the fault and load scenarios are: bounded in ``make test``,
     full size in ``make soak`` (``pytest --soak``)."""

@@ -67,7 +67,9 @@ SPORT = 7778
 
 #: the examples are few: the whole module runs in well under a minute on a
 #: loaded 2-CPU machine; every example has a generous deadline.
-#: NFBIND_PROPERTY_SCALE=N tries N times as many.
+#: NFBIND_PROPERTY_SCALE=N tries N times as many (make soak: 10).
+pytestmark = pytest.mark.fault
+
 SCALE = max(1, int(os.environ.get("NFBIND_PROPERTY_SCALE", "1")))
 FAST = settings(max_examples=200 * SCALE, deadline=10000,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
