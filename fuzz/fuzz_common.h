@@ -90,6 +90,36 @@ static int fz_send_burst(struct fz_pair *p, const uint8_t *data, const size_t *o
     return sent;
 }
 
+/* Steps 2 to 4 of the packet targets: the input through recv_all as one
+ * datagram into large slots, as one datagram into 64-byte slots (cut), and as
+ * the datagrams its headers claim, in bursts.  Fills off/len with those
+ * datagrams for the target's later steps and returns how many there are. */
+static int fz_recv_paths(const uint8_t *data, size_t size, size_t *off, size_t *len,
+                         void (*recv_all)(void *q),
+                         struct fz_pair *big, void *q_big,
+                         struct fz_pair *small, void *q_small,
+                         struct fz_pair *split, void *q_split)
+{
+    int ndg, next = 0;
+
+    if (send(big->wfd, data, size, MSG_DONTWAIT) == (ssize_t)size)
+        recv_all(q_big);
+    fz_drain(big->rfd);
+
+    if (send(small->wfd, data, size, MSG_DONTWAIT) == (ssize_t)size)
+        recv_all(q_small);
+    fz_drain(small->rfd);
+
+    ndg = fz_split(data, size, off, len);
+    while (next < ndg) {
+        if (!fz_send_burst(split, data, off, len, ndg, &next))
+            break;
+        recv_all(q_split);
+    }
+    fz_drain(split->rfd);
+    return ndg;
+}
+
 /* Read every byte of [off, off+len) of a buffer of size bytes: the range
  * must lie inside it, and AddressSanitizer sees each byte read. */
 static unsigned fz_touch_range(const char *buf, size_t size, uint32_t off, uint32_t len)

@@ -53,8 +53,9 @@ static void fz_check(const struct nfb_rx *rx, int rc)
 }
 
 /* Receive until the socket is drained (bounded). */
-static void fz_recv_all(struct nfb_log *q)
+static void fz_recv_all(void *arg)
 {
+    struct nfb_log *q = arg;
     int k;
     for (k = 0; k < 64; k++) {
         int rc = nfb_log_recv(q);
@@ -91,25 +92,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FZ_CHECK((uint64_t)rc + (fz_direct.filtered - filtered) == (uint64_t)all);
     free(copy);
 
-    /* 2. one datagram, slots large enough */
-    if (send(fz_big.wfd, data, size, MSG_DONTWAIT) == (ssize_t)size)
-        fz_recv_all(fz_q_big);
-    fz_drain(fz_big.rfd);
-
-    /* 3. one datagram, slots of 64 bytes: cut */
-    if (send(fz_small.wfd, data, size, MSG_DONTWAIT) == (ssize_t)size)
-        fz_recv_all(fz_q_small);
-    fz_drain(fz_small.rfd);
-
-    /* 4. datagrams as the headers claim them */
-    ndg = fz_split(data, size, off, len);
-    next = 0;
-    while (next < ndg) {
-        if (!fz_send_burst(&fz_split_pair, data, off, len, ndg, &next))
-            break;
-        fz_recv_all(fz_q_split);
-    }
-    fz_drain(fz_split_pair.rfd);
+    /* 2-4. one datagram into large slots, into 64-byte slots (cut), and the
+     * datagrams as the headers claim them */
+    ndg = fz_recv_paths(data, size, off, len, fz_recv_all, &fz_big, fz_q_big,
+                        &fz_small, fz_q_small, &fz_split_pair, fz_q_split);
 
     /* 5. the same datagrams read while waiting for configuration acks;
      * sequence numbers restart at 1 so an input can answer the requests */
