@@ -337,6 +337,24 @@ def check_kernel_side(k: Kernel, sent: int, rx: Receiver) -> None:
     assert k.udp_dropped == 0, "the receiver lost %r" % k.udp
 
 
+def start_stream(ns, num: int, rx: Receiver, tx: Sender, threads: list,
+                 settled: Callable[[], int]) -> Callable[[], bool]:
+    """Start the receiver and the sender; return what ``run_until`` waits for:
+    the sender has finished and each packet it delivered to queue ``num`` was
+    settled (``settled()`` counts them) or counted as dropped by the kernel."""
+    threads.append(rx)
+    rx.start()
+    threads.append(tx)
+    tx.start()
+
+    def done() -> bool:
+        if tx.is_alive():
+            return False
+        row = ns.queue_proc()[num]
+        return settled() + row["queue_dropped"] + row["user_dropped"] >= tx.delivered
+    return done
+
+
 def run_until(q: NfQueue, handler, done: Callable[[], bool], deadline: float,
               on_error=None) -> int:
     """``q.run(handler)`` until ``done()``; an exception from run() goes to
@@ -399,17 +417,8 @@ def test_random_verdicts_stream(ns, soak, threads):
     rx = Receiver(ns, n)
     with NfQueue(num, netns=ns.name) as q:
         tx = Sender(ns, n, lambda: handled[0])
-        threads.append(rx)
-        rx.start()
-        threads.append(tx)
-        tx.start()
+        done = start_stream(ns, num, rx, tx, threads, lambda: handled[0])
         deadline = time.monotonic() + (1800 if soak.full else 120)
-
-        def done():
-            if tx.is_alive():
-                return False
-            row = ns.queue_proc()[num]
-            return handled[0] + row["queue_dropped"] + row["user_dropped"] >= tx.delivered
 
         run_until(q, handler, done, deadline)
         tx.finish()
@@ -494,17 +503,8 @@ def test_handler_raising_on_ten_percent(ns, soak, threads):
     with NfQueue(num, netns=ns.name) as q:
         assert q.on_error == Verdict.ACCEPT
         tx = Sender(ns, n, lambda: handled[0])
-        threads.append(rx)
-        rx.start()
-        threads.append(tx)
-        tx.start()
+        done = start_stream(ns, num, rx, tx, threads, lambda: handled[0])
         deadline = time.monotonic() + (900 if soak.full else 120)
-
-        def done():
-            if tx.is_alive():
-                return False
-            row = ns.queue_proc()[num]
-            return handled[0] + row["queue_dropped"] + row["user_dropped"] >= tx.delivered
 
         def on_error(e):
             assert isinstance(e, HandlerFault), repr(e)
@@ -687,18 +687,12 @@ def test_deferred_verdicts_from_four_threads(ns, soak, threads):
     try:
         with NfQueue(num, netns=ns.name) as q:
             tx = Sender(ns, n, lambda: sum(done_count))
-            threads.append(rx)
-            rx.start()
-            threads.append(tx)
-            tx.start()
+            streamed = start_stream(ns, num, rx, tx, threads, lambda: sum(done_count))
             deadline = time.monotonic() + (900 if soak.full else 120)
 
             def done():
                 assert not errors, errors
-                if tx.is_alive():
-                    return False
-                row = ns.queue_proc()[num]
-                return sum(done_count) + row["queue_dropped"] + row["user_dropped"] >= tx.delivered
+                return streamed()
 
             run_until(q, handler, done, deadline)
             tx.finish()

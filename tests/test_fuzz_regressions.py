@@ -267,30 +267,26 @@ def payload(rec: List[int], data: bytes) -> Optional[bytes]:
     return data[off:off + rec[q_lib.NFB_F_PAYLOAD_LEN]]
 
 
-@pytest.fixture
-def queue_rx():
+def _rx_factory(kind: str):
     made: List[PacketRx] = []
 
     def make(**kw) -> PacketRx:
-        rx = PacketRx("queue", **kw)
+        rx = PacketRx(kind, **kw)
         made.append(rx)
         return rx
     yield make
     for rx in made:
         rx.close()
+
+
+@pytest.fixture
+def queue_rx():
+    yield from _rx_factory("queue")
 
 
 @pytest.fixture
 def log_rx():
-    made: List[PacketRx] = []
-
-    def make(**kw) -> PacketRx:
-        rx = PacketRx("log", **kw)
-        made.append(rx)
-        return rx
-    yield make
-    for rx in made:
-        rx.close()
+    yield from _rx_factory("log")
 
 
 # -- NFQUEUE ----------------------------------------------------------------------------
