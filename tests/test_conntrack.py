@@ -43,6 +43,8 @@ from nfbind.conntrack import (
 from nfbind.enums import CtStatus, Family, IPProto, SctpState, TcpState
 from nfbind.errors import ClosedError, NetlinkError
 
+from nethelpers import csum16
+
 pytestmark = pytest.mark.integration
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -115,7 +117,7 @@ class Traffic:
         else:
             s = self.sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"nfbind"
-            pkt = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+            pkt = body[:2] + struct.pack("!H", csum16(body)) + body[4:]
             s.sendto(pkt, ("127.0.0.1", 0))
             want = 0
         deadline = time.monotonic() + 5
@@ -135,15 +137,6 @@ def settle() -> None:
     """Let a delayed ACK go out: it moves a TCP flow from the 300 s
     "unacknowledged" timeout to the established one."""
     time.sleep(0.3)
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from typing import List
 
 import pytest
 
+from nethelpers import csum16
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,22 +100,13 @@ def header_rules(name: str) -> str:
     return "\n".join(l for l in text.splitlines() if l.startswith("#"))
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def icmp_echo(ns, ident: int, seq: int, data: bytes = b"nfbind-example") -> bytes:
     """One ICMP echo to 127.0.0.1 over a raw socket (no ping needed); returns the reply's data."""
     s = ns.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     try:
         s.settimeout(5)
         body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + data
-        s.sendto(body[:2] + struct.pack("!H", _csum(body)) + body[4:], ("127.0.0.1", 0))
+        s.sendto(body[:2] + struct.pack("!H", csum16(body)) + body[4:], ("127.0.0.1", 0))
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             pkt = s.recv(2000)
