@@ -235,6 +235,35 @@ def _label_bits(name: str, values: Any, labelmap: Optional[Callable[[], "LabelMa
     return frozenset(bits)
 
 
+def _status_filter(status: Any, status_mask: Any) -> _t.Tuple[Optional[int], Optional[int]]:
+    """The checked status and status mask of a dump or flush filter; the mask
+    defaults to the status itself."""
+    st = _opt(_u32, "status", status)
+    smask = _opt(_u32, "status_mask", status_mask)
+    if smask is not None and st is None:
+        raise ValueError("status_mask needs status=")
+    if st is not None and smask is None:
+        smask = st
+    return st, smask
+
+
+def _dump_filter(fam: Optional[int], mark: Optional[int], mmask: int, status: Optional[int],
+                 smask: Optional[int]) -> Any:
+    """The kernel-side filter of a dump or flush: family, mark under its mask,
+    status under its mask."""
+    f = ffi.new("struct nfb_ct_dumpf *")
+    f.family = fam or 0
+    if mark is not None:
+        f.set |= lib.NFB_DF_MARK
+        f.mark = mark & mmask
+        f.mark_mask = mmask
+    if status is not None:
+        f.set |= lib.NFB_DF_STATUS
+        f.status = status & (smask or 0)
+        f.status_mask = smask or 0
+    return f
+
+
 def _helper_len(name: str) -> int:
     """Bytes of a helper name in UTF-8; 0 (refused) when it cannot be encoded."""
     try:
@@ -1510,12 +1539,7 @@ class Conntrack:
         mk = _opt(_u32, "mark", mark)
         mmask = _u32("mark_mask", mark_mask)
         zn = _opt(_u16, "zone", zone)
-        st = _opt(_u32, "status", status)
-        smask = _opt(_u32, "status_mask", status_mask)
-        if smask is not None and st is None:
-            raise ValueError("status_mask needs status=")
-        if st is not None and smask is None:
-            smask = st
+        st, smask = _status_filter(status, status_mask)
         if table not in _TABLES:
             raise ValueError("table must be one of %s, got %r" % (", ".join(_TABLES), table))
         self._check_open()
@@ -1531,17 +1555,8 @@ class Conntrack:
             if not kernel_filter:
                 return lib.nfb_ct_build_simple(h.buf, lib.NFNL_SUBSYS_CTNETLINK, msg,
                                                lib.NLM_F_DUMP, fam or 0, 0)
-            f = ffi.new("struct nfb_ct_dumpf *")
-            f.family = fam or 0
-            if mark is not None:
-                f.set |= lib.NFB_DF_MARK
-                f.mark = mark & mmask
-                f.mark_mask = mmask
-            if status is not None:
-                f.set |= lib.NFB_DF_STATUS
-                f.status = status & (smask or 0)
-                f.status_mask = smask or 0
-            return lib.nfb_ct_build_filtered(h.buf, msg, lib.NLM_F_DUMP, f)
+            return lib.nfb_ct_build_filtered(h.buf, msg, lib.NLM_F_DUMP,
+                                             _dump_filter(fam, mark, mmask, status, smask))
 
         check_mark = mark is not None
         want_mark = (mark or 0) & mmask
@@ -1862,22 +1877,8 @@ class Conntrack:
         fam = _family("family", family)
         mk = _opt(_u32, "mark", mark)
         mmask = _u32("mark_mask", mark_mask)
-        st = _opt(_u32, "status", status)
-        smask = _opt(_u32, "status_mask", status_mask)
-        if smask is not None and st is None:
-            raise ValueError("status_mask needs status=")
-        if st is not None and smask is None:
-            smask = st
-        f = ffi.new("struct nfb_ct_dumpf *")
-        f.family = fam or 0
-        if mk is not None:
-            f.set |= lib.NFB_DF_MARK
-            f.mark = mk & mmask
-            f.mark_mask = mmask
-        if st is not None:
-            f.set |= lib.NFB_DF_STATUS
-            f.status = st & (smask or 0)
-            f.status_mask = smask or 0
+        st, smask = _status_filter(status, status_mask)
+        f = _dump_filter(fam, mk, mmask, st, smask)
         what = []
         if fam:
             what.append(_FAMILY[fam].name)
