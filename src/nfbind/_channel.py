@@ -36,7 +36,8 @@ class OverrunWarning(RuntimeWarning):
     """Issued once per object when the kernel first drops messages (ENOBUFS)."""
 
 
-def _open_netlink(netns: _netns.NetNS, rcvbuf: int, no_enobufs: bool) -> socket.socket:
+def open_netfilter_socket(netns: _netns.NetNS) -> socket.socket:
+    """A NETLINK_NETFILTER socket (close-on-exec) opened and bound in ``netns``."""
     def opener() -> socket.socket:
         s = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, lib.NETLINK_NETFILTER
@@ -48,7 +49,11 @@ def _open_netlink(netns: _netns.NetNS, rcvbuf: int, no_enobufs: bool) -> socket.
             raise
         return s
 
-    sock = _netns.call_in(netns, opener)
+    return _netns.call_in(netns, opener)
+
+
+def _open_netlink(netns: _netns.NetNS, rcvbuf: int, no_enobufs: bool) -> socket.socket:
+    sock = open_netfilter_socket(netns)
     try:
         set_rcvbuf(sock, rcvbuf)
         if no_enobufs:
@@ -338,13 +343,7 @@ class Channel:
         with self._ct_lock:
             self._check_open()
             if self._ctsock is None:
-                def opener() -> socket.socket:
-                    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                      lib.NETLINK_NETFILTER)
-                    s.bind((0, 0))
-                    return s
-
-                self._ctsock = _netns.call_in(self._netns, opener)
+                self._ctsock = open_netfilter_socket(self._netns)
             out = ffi.new("char[]", 4096) if not set_mark else ffi.NULL
             out_len = ffi.new("uint32_t *")
             rc = lib.nfb_ct_by_packet(self._ctsock.fileno(), payload, len(payload), 0,

@@ -77,7 +77,7 @@ from typing import (
 import typing as _t
 
 from ._conntrack import ffi, lib
-from ._channel import Channel, check_int
+from ._channel import Channel, check_int, open_netfilter_socket
 from . import netns as _netns
 from .enums import CtEvent, CtStatus, ExpectFlag, Family, IPProto, SctpState, TcpState
 from .errors import ClosedError, NetlinkError, PermissionDenied, error_from_errno
@@ -1150,27 +1150,13 @@ class LabelMap:
 # -- sockets -------------------------------------------------------------------------------------
 
 
-def _open_socket(netns: _netns.NetNS) -> socket.socket:
-    def opener() -> socket.socket:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                          lib.NETLINK_NETFILTER)
-        try:
-            s.bind((0, 0))
-        except BaseException:
-            s.close()
-            raise
-        return s
-
-    return _netns.call_in(netns, opener)
-
-
 class _Handle:
     """One request socket with its C state (receive buffer, batch)."""
 
     __slots__ = ("sock", "c", "buf", "busy")
 
     def __init__(self, netns: _netns.NetNS) -> None:
-        self.sock = _open_socket(netns)
+        self.sock = open_netfilter_socket(netns)
         try:
             try:
                 self.sock.setsockopt(lib.SOL_NETLINK, lib.NETLINK_EXT_ACK, 1)
