@@ -733,6 +733,12 @@ class NfQueue(Channel):
                 buf = bytearray(data)
                 if lib.nfb_l4_csum_fill(ffi.from_buffer(buf), len(buf)):
                     data = bytes(buf)
+        # the C calls below take these as they are: no Python call may stand
+        # between marking the packet settled and queueing its verdict, since a
+        # KeyboardInterrupt (raised only at calls and loops) falling there
+        # would leave the packet with no verdict at all
+        dptr = data if data is not None else ffi.NULL
+        dlen = len(data) if data is not None else 0
         if p._state != _OPEN:
             if p._state == _CLOSED:
                 raise VerdictError(
@@ -753,9 +759,7 @@ class NfQueue(Channel):
                 return
             self._flush_before(i)  # keep the kernel's reinjection in call order
             self._cur_vbuf[i] = _V_DONE
-            rc = lib.nfb_q_put_verdict(self._c, p.id, v, vflags, m, cm,
-                                       data if data is not None else ffi.NULL,
-                                       len(data) if data is not None else 0)
+            rc = lib.nfb_q_put_verdict(self._c, p.id, v, vflags, m, cm, dptr, dlen)
             if rc >= 0 and connmark is not None and not self._ct_glue:
                 self._connmarks.append((p.id, p.payload, cm))
         else:
@@ -765,11 +769,9 @@ class NfQueue(Channel):
                 if p._state != _OPEN:
                     raise VerdictError("packet %d already has its verdict" % p.id)
                 p._state = _DONE
+                rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, p.id, v, vflags, m, cm,
+                                            dptr, dlen)
                 self._pending.pop(p.id, None)
-                rc = lib.nfb_q_send_verdict(
-                    self._fd, self.queue_num, p.id, v, vflags, m, cm,
-                    data if data is not None else ffi.NULL,
-                    len(data) if data is not None else 0)
             if rc >= 0 and connmark is not None and not self._ct_glue:
                 self._connmarks.append((p.id, p.payload, cm))
                 self._apply_connmarks()
