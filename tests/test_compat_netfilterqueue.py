@@ -10,7 +10,6 @@ thread's namespace), through ``sockfd=``, or in a child started with
 """
 from __future__ import annotations
 
-import os
 import selectors
 import signal
 import socket
@@ -27,9 +26,10 @@ from nfbind import netns as nfnetns
 from nfbind.compat.netfilterqueue import (
     COPY_META, COPY_NONE, COPY_PACKET, NetfilterQueue, Packet)
 
+from helpers.procs import SRC
+
 pytestmark = pytest.mark.integration
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 PORT = 5555
 QNUM = 7
 

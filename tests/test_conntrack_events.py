@@ -22,7 +22,7 @@ from nfbind.conntrack import Conntrack, Event, EventFilter, EventStream, Flow, T
 from nfbind.enums import CtEvent, CtStatus, IPProto
 from nfbind.errors import ClosedError
 
-from test_conntrack import compare, ct_ns, parse_line, row_key, flow_key
+from helpers.conntrack import compare, ct_ns, flow_key, parse_line, row_key
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from typing import List
 
 import pytest
 
-from nethelpers import csum16
+from helpers.packets import csum16
 
 pytestmark = pytest.mark.integration
 

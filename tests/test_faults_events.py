@@ -35,9 +35,9 @@ from nfbind import NfLog, OverrunWarning
 from nfbind.conntrack import Conntrack, Event, EventStream, Flow, Tuple
 from nfbind.enums import CtEvent
 
-from conftest import fault_report
-from nethelpers import child_env
-from test_conntrack import conntrack_l, ct_ns, flow_key, row_key
+from helpers.conntrack import conntrack_l, ct_ns, flow_key, row_key
+from helpers.procs import child_env
+from helpers.report import fault_report
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

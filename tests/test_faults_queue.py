@@ -47,14 +47,14 @@ import pytest
 from nfbind import NfQueue, Verdict, VerdictError
 from nfbind._nfqueue import lib
 
-from conftest import fault_report
-from nethelpers import child_env
+from helpers.procs import child_env, script
+from helpers.report import fault_report
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 PORT = 9911
 MARK = 0x5A
-CONSUMER = str(Path(__file__).with_name("fault_consumer.py"))
+CONSUMER = script("fault_consumer.py")
 
 # the datagram: an 8-byte sequence number, a 4-byte tag, padding
 ORIG, IGOR = b"ORIG", b"IGOR"

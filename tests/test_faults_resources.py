@@ -29,19 +29,18 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from nfbind.conntrack import Conntrack, Flow, Tuple
 
-import fault_memory_child as child
-from conftest import fault_report
-from nethelpers import child_env, open_fds
+from helpers import fault_memory_child as child
+from helpers.procs import child_env, open_fds, script
+from helpers.report import fault_report
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
-CHILD = str(Path(__file__).resolve().with_name("fault_memory_child.py"))
+CHILD = script("fault_memory_child.py")
 
 QNUM, QPORT = 31, 9311
 GROUP, LPORT = 32, 9312

@@ -33,7 +33,7 @@ from typing import Iterable, List, Optional, Tuple
 
 import pytest
 
-from conftest import fault_report
+from helpers.report import fault_report
 from nfbind._conntrack import ffi as ct_ffi, lib as ct_lib
 from nfbind._nflog import ffi as log_ffi, lib as log_lib
 from nfbind._nfqueue import ffi as q_ffi, lib as q_lib

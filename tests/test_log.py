@@ -50,7 +50,9 @@ from nfbind import (
     Vlan,
 )
 from nfbind import _channel
-from nethelpers import child_env, ether, ipv4_udp, mac, open_fds, veth  # noqa: E402
+from helpers.netns import veth
+from helpers.packets import ether, ipv4_udp, mac
+from helpers.procs import child_env, open_fds
 
 pytestmark = pytest.mark.integration
 

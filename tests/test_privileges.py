@@ -41,8 +41,9 @@ import nfbind
 from nfbind import privileges
 from nfbind._lib import lib
 
-from conftest import fault_report, recv_all
-from nethelpers import SRC, child_env
+from helpers.packets import recv_all
+from helpers.procs import SRC, child_env
+from helpers.report import fault_report
 
 pytestmark = pytest.mark.integration
 

@@ -44,8 +44,9 @@ from nfbind import netns as nfnetns
 from nfbind.errors import NetlinkError
 from nfbind.queue import MAX_PAYLOAD
 
-from conftest import fault_report, make_netns
-from nethelpers import ipv4_udp
+from helpers.netns import make_netns
+from helpers.packets import ipv4_udp
+from helpers.report import fault_report
 
 nfserve = sys.modules["nfbind.serve"]  # the module (nfbind.serve is the function)
 

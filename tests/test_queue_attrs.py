@@ -24,7 +24,8 @@ import pytest
 import nfbind
 
 from nfbind import CopyMode, CtStatus, Family, Hook, NfQueue, QueueFlag, TcpState, Verdict
-from nethelpers import csum16, ether, ipv4_udp, veth  # noqa: E402
+from helpers.netns import veth
+from helpers.packets import csum16, ether, ipv4_udp
 
 pytestmark = pytest.mark.integration
 

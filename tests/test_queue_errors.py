@@ -34,8 +34,8 @@ from nfbind import (
 from nfbind import _channel
 from nfbind.queue import MAX_PAYLOAD
 
-from conftest import recv_all
-from nethelpers import child_env, open_fds  # noqa: E402
+from helpers.packets import recv_all
+from helpers.procs import child_env, open_fds
 
 pytestmark = pytest.mark.integration
 

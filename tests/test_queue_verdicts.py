@@ -30,9 +30,10 @@ import pytest
 
 from nfbind import NfQueue, Verdict, VerdictError
 
+from helpers.procs import SRC
+
 pytestmark = pytest.mark.integration
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 PORT = 5555
 QNUM = 7
 
@@ -834,7 +835,7 @@ def test_rewrite_completes_checksums_the_kernel_left_to_the_device(ns, more_ns):
     as final, so nfbind completes it: a packet echoed unchanged, and one
     changed in place with the received checksum field, both arrive at a peer
     that verifies checksums, in a namespace over veth."""
-    from nethelpers import veth
+    from helpers.netns import veth
 
     peer = more_ns()
     veth(ns, peer, "va", "vb")

@@ -27,8 +27,8 @@ import nfbind
 from nfbind import QueueBusy, Verdict
 from nfbind.serve import ServeResult, WorkerError
 
-from conftest import recv_all
-from nethelpers import child_env
+from helpers.packets import recv_all
+from helpers.procs import child_env
 
 pytestmark = pytest.mark.integration
 

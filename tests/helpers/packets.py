@@ -1,40 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Helpers the integration tests share: raw frames, veth pairs, file
-descriptor counts and the environment of child processes."""
+"""Raw frames with correct checksums, and receiving what a socket gets."""
 from __future__ import annotations
 
-import gc
-import os
 import socket
 import struct
-import subprocess
-from pathlib import Path
-from typing import Optional
-
-#: the package sources, for the PYTHONPATH of child processes
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def child_env() -> dict:
-    """The environment for a child Python process that imports nfbind."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def open_fds() -> int:
-    """How many file descriptors this process has open."""
-    gc.collect()  # so that earlier tests' garbage does not move the count
-    return len(os.listdir("/proc/self/fd"))
-
-
-def veth(a, b, name_a: str, name_b: str) -> None:
-    """A veth pair between the namespaces ``a`` and ``b``."""
-    subprocess.run(["ip", "link", "add", name_a, "netns", a.name, "type", "veth",
-                    "peer", "name", name_b, "netns", b.name], check=True, capture_output=True)
+import time
+from typing import List, Optional
 
 
 def mac(text: str) -> bytes:
+    """``"aa:bb:cc:dd:ee:ff"`` as 6 bytes."""
     return bytes.fromhex(text.replace(":", ""))
 
 
@@ -66,3 +41,17 @@ def ether(dst: str, src: str, l3: bytes, vlan_tci: Optional[int] = None) -> byte
     if vlan_tci is not None:
         hdr += struct.pack("!HH", 0x8100, vlan_tci)
     return hdr + struct.pack("!H", 0x0800) + l3
+
+
+def recv_all(sock: socket.socket, timeout: float = 1.0, limit: int = 100000) -> List[bytes]:
+    """Everything ``sock`` receives until it has been quiet for ``timeout``
+    (at most ``limit`` datagrams, at most 60 s)."""
+    sock.settimeout(timeout)
+    out: List[bytes] = []
+    deadline = time.monotonic() + 60
+    while len(out) < limit and time.monotonic() < deadline:
+        try:
+            out.append(sock.recv(70000))
+        except (socket.timeout, BlockingIOError):
+            break
+    return out

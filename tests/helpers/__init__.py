@@ -1,0 +1,14 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""What the tests share, by subject; conftest.py holds only pytest hooks and
+fixtures and takes its helpers from here.
+
+* :mod:`helpers.netns`     throw-away network namespaces (``NetNS``), veth pairs
+* :mod:`helpers.packets`   raw frames with correct checksums, receiving from sockets
+* :mod:`helpers.procs`     child processes (environment, package sources), descriptors
+* :mod:`helpers.report`    fault-scenario figures and the bounded/full ``Soak`` sizes
+* :mod:`helpers.conntrack` conntrack-using namespaces and the ``conntrack -L`` parser
+
+``fault_consumer.py`` and ``fault_memory_child.py`` are scripts the fault
+tests run as child processes (the latter is imported too); they import
+nothing from this package, so they run from any directory.
+"""
