@@ -6,6 +6,7 @@ fixtures and takes its helpers from here.
 * :mod:`helpers.packets`   raw frames with correct checksums, receiving from sockets
 * :mod:`helpers.procs`     child processes (environment, package sources), descriptors
 * :mod:`helpers.report`    fault-scenario figures and the bounded/full ``Soak`` sizes
+* :mod:`helpers.nflog`     NFLOG rules, /proc rows and receive loops of the NfLog tests
 * :mod:`helpers.conntrack` conntrack-using namespaces and the ``conntrack -L`` parser
 
 ``fault_consumer.py`` and ``fault_memory_child.py`` are scripts the fault
