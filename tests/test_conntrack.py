@@ -5,7 +5,7 @@ dumped and every field compared with ``conntrack -L -o extended,id`` on the
 same table; create/update/delete are checked with ``conntrack -L``; labels
 with and without the connlabel rule; the expect table with the FTP helper;
 statistics against ``conntrack -C``/``-S``; and the errors: a missing flow,
-bad tuples, filtered flushes, EPERM without CAP_NET_ADMIN.
+EPERM without CAP_NET_ADMIN (bad tuples and filters: test_arguments.py).
 
 The namespace set-up and the ``conntrack -L`` parser are helpers.conntrack's.
 """
@@ -447,23 +447,6 @@ def test_flush_by_family_and_mark(ns):
         assert conntrack_l(ns) == [] and ct.count() == 0
 
 
-def test_flush_with_bad_filters_fails_before_the_kernel(ns):
-    ct_ns(ns, v6=False)
-    with Conntrack(netns=ns.name) as ct:
-        ct.create(Flow(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2), timeout=60))
-        with pytest.raises(ValueError, match="family"):
-            ct.flush(family=7)
-        with pytest.raises(ValueError, match="mark"):
-            ct.flush(mark=1 << 32)
-        with pytest.raises(TypeError, match="mark"):
-            ct.flush(mark="1")
-        with pytest.raises(ValueError, match="status_mask needs status"):
-            ct.flush(status_mask=1)
-        with pytest.raises(TypeError):
-            ct.flush(zone=1)  # type: ignore[call-arg]  # the kernel cannot
-        assert len(conntrack_l(ns)) == 1
-
-
 # -- statistics ------------------------------------------------------------------------------------
 
 
@@ -572,36 +555,6 @@ def test_flow_from_ct_attrs_equals_the_dumped_flow(ns, traffic):
 
 
 # -- errors and lifetime -----------------------------------------------------------------------------
-
-
-def test_invalid_tuples_and_arguments_fail_before_the_kernel(ns):
-    ct_ns(ns, v6=False)
-    with Conntrack(netns=ns.name) as ct:
-        with pytest.raises(ValueError, match="sport and dport"):
-            ct.get(Tuple("10.0.0.1", "10.0.0.2", "tcp", 1))
-        with pytest.raises(ValueError, match="icmp_type and icmp_id"):
-            ct.delete(Tuple("10.0.0.1", "10.0.0.2", "icmp"))
-        with pytest.raises(TypeError, match="Flow or a Tuple"):
-            ct.get(("10.0.0.1", "10.0.0.2"))  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="timeout"):
-            ct.create(Flow(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2)))
-        with pytest.raises(ValueError, match="something to change"):
-            ct.update(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2))
-        with pytest.raises(ValueError, match="zone"):
-            ct.get(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2), zone=70000)
-        with pytest.raises(ValueError, match="not both"):
-            ct.update(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2), labels={1}, labels_add={2})
-        with pytest.raises(ValueError, match="table"):
-            ct.dump(table="nope")
-        with pytest.raises(ValueError, match="mark"):
-            ct.update_mark("10.0.0.1", "10.0.0.2", "udp", 1, 2, -1)
-        with pytest.raises(ValueError, match="sport"):
-            ct.update_mark("10.0.0.1", "10.0.0.2", "udp", 70000, 2, 1)
-        with pytest.raises(ValueError, match="address"):
-            ct.update_mark("10.0.0.300", "10.0.0.2", "udp", 1, 2, 1)
-        with pytest.raises(ValueError, match="protocol"):
-            ct.update_mark("10.0.0.1", "10.0.0.2", "nosuchproto", 1, 2, 1)
-        assert conntrack_l(ns) == []
 
 
 CHILD = r"""

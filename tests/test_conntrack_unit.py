@@ -4,7 +4,7 @@
 Tuple/Flow/Expectation validation, the record layout against the C struct,
 flow_from_ct_attrs on crafted CTA_* attributes (the NFQA_CT/NFULA_CT path),
 label bits and connlabel.conf, event filters, enums against the compiled
-module, and argument checks that fail before any syscall.
+module, and the Conntrack object itself (its bad arguments: test_arguments.py).
 """
 from __future__ import annotations
 
@@ -399,37 +399,10 @@ def test_event_filter_rejects(kw, exc, match):
         EventFilter(**kw)
 
 
-# -- arguments checked before any request ------------------------------------------------------
+# -- the object itself (its bad arguments: test_arguments.py) --------------------------------------
 
 
-def test_conntrack_arguments():
-    with pytest.raises(ValueError, match="timeout"):
-        Conntrack(timeout=0)
-    with pytest.raises(TypeError, match="labelmap"):
-        Conntrack(labelmap=5)  # type: ignore[arg-type]
-    with pytest.raises(FileNotFoundError, match="ip netns add"):
-        Conntrack(netns="nfbind-no-such-namespace")
+def test_conntrack_repr_and_with_closes():
     with Conntrack() as ct:  # a socket needs no privileges; requests would
-        with pytest.raises(TypeError, match="needs a Flow"):
-            ct.create(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2))  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="family"):
-            ct.dump(family=3)
-        with pytest.raises(ValueError, match="family"):
-            ct.dump(family="ipx")
-        with pytest.raises(ValueError, match="mark_mask"):
-            ct.dump(mark=1, mark_mask=1 << 32)
-        with pytest.raises(ValueError, match="zone"):
-            ct.dump(zone=-1)
-        with pytest.raises(ValueError, match="status_mask needs"):
-            ct.dump(status_mask=4)
-        with pytest.raises(TypeError, match="Expectation"):
-            ct.create_expect(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2))  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="Flow objects"):
-            ct.update_mark_for_available_flow([1], "10.0.0.1", "10.0.0.2", "udp", 1, 2, 3)
-        with pytest.raises(ValueError, match="labels"):
-            ct.update(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2), labels_add={1},
-                      labels_remove={1})
-        with pytest.raises(TypeError, match="label"):
-            ct.update(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2), labels=3.5)  # type: ignore
         assert "Conntrack" in repr(ct)
     assert ct.closed

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """NfLog's failure modes against the real kernel: a group another socket
 holds (QueueBusy, in another process or this one), no CAP_NET_ADMIN
-(PermissionDenied), bad arguments (refused before any socket exists), a
-missing namespace, ``netns`` as an fd or a path, use after close, ``with``
-on error, and an NfLog the garbage collector finds unclosed."""
+(PermissionDenied), ``netns`` as an fd or a path, use after close, ``with``
+on error, and an NfLog the garbage collector finds unclosed.  Bad
+constructor arguments are test_arguments.py's."""
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +18,6 @@ import sys
 import pytest
 
 from nfbind import ClosedError, NetlinkError, NfLog, PermissionDenied, QueueBusy
-from nfbind import _channel
 
 from helpers.nflog import collect, log_proc, nflog, send, udp_data
 from helpers.procs import child_env, open_fds
@@ -26,7 +25,7 @@ from helpers.procs import child_env, open_fds
 pytestmark = pytest.mark.integration
 
 
-# -- errors: a group someone else holds, no CAP_NET_ADMIN, bad arguments, close --------------
+# -- errors: a group someone else holds, no CAP_NET_ADMIN, netns forms, close ---------------
 
 CHILD_HOLD = r"""
 import sys
@@ -115,64 +114,6 @@ def test_eperm_without_cap_net_admin(ns):
     assert "CAP_NET_ADMIN" in out["msg"]
     assert "log group 41" in out["msg"]
     assert 41 not in log_proc(ns)  # nothing got bound
-
-
-BAD_ARGS = [
-    (([],), {}, ValueError, "groups"),
-    ((-1,), {}, ValueError, "group"),
-    ((65536,), {}, ValueError, "group"),
-    (([1, 70000],), {}, ValueError, "group"),
-    (([5, 6, 5],), {}, ValueError, "duplicates"),
-    (("5",), {}, TypeError, "groups"),
-    ((b"5",), {}, TypeError, "groups"),
-    ((None,), {}, TypeError, "groups"),
-    ((True,), {}, TypeError, "group"),
-    (([1, "2"],), {}, TypeError, "group"),
-    ((1.5,), {}, TypeError, "groups"),
-    ((5,), {"family": 99}, ValueError, "family"),
-    ((5,), {"family": "inet"}, TypeError, "family"),
-    ((5,), {"copy_mode": 7}, ValueError, "copy_mode"),
-    ((5,), {"copy_mode": "PACKET"}, TypeError, "copy_mode"),
-    ((5,), {"copy_range": 70000}, ValueError, "copy_range"),
-    ((5,), {"copy_range": -1}, ValueError, "copy_range"),
-    ((5,), {"qthresh": 0}, ValueError, "qthresh"),
-    ((5,), {"qthresh": 2 ** 32}, ValueError, "qthresh"),
-    ((5,), {"qthresh": 1.0}, TypeError, "qthresh"),
-    ((5,), {"timeout": -1}, ValueError, "timeout"),
-    ((5,), {"timeout": "1"}, TypeError, "timeout"),
-    ((5,), {"timeout": True}, TypeError, "timeout"),
-    ((5,), {"nlbufsiz": 100}, ValueError, "nlbufsiz"),
-    ((5,), {"nlbufsiz": 10 ** 6}, ValueError, "nlbufsiz"),
-    ((5,), {"seq": 1}, TypeError, "seq"),
-    ((5,), {"seq_global": "yes"}, TypeError, "seq_global"),
-    ((5,), {"conntrack": None}, TypeError, "conntrack"),
-    ((5,), {"no_enobufs": 1}, TypeError, "no_enobufs"),
-    ((5,), {"rcvbuf": 0}, ValueError, "rcvbuf"),
-    ((5,), {"on_overrun": "x"}, ValueError, "on_overrun"),
-    ((5,), {"netns": 3.5}, TypeError, "netns"),
-    ((5,), {"netns": ""}, ValueError, "netns"),
-]
-
-
-@pytest.mark.parametrize("args, kw, exc, name", BAD_ARGS,
-                         ids=["%s-%r" % (name, (kw or args)) for args, kw, exc, name in BAD_ARGS])
-def test_bad_arguments_rejected_before_any_socket(monkeypatch, args, kw, exc, name):
-    def no_socket(*a, **k):
-        raise AssertionError("a netlink socket was opened before the arguments were checked")
-
-    monkeypatch.setattr(_channel, "_open_netlink", no_socket)
-    fds = open_fds()
-    with pytest.raises(exc) as ei:
-        NfLog(*args, **kw)
-    assert name in str(ei.value)
-    assert open_fds() <= fds
-
-
-def test_missing_netns(monkeypatch):
-    monkeypatch.setattr(_channel, "_open_netlink",
-                        lambda *a, **k: pytest.fail("socket opened for a missing netns"))
-    with pytest.raises(FileNotFoundError):
-        NfLog(5, netns="nfbt-missing-%d" % os.getpid())
 
 
 def test_netns_fd_and_path(ns):

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """NfQueue's failure modes against the real kernel, each in its own namespace:
-missing capability, a queue owned by someone else, bad arguments, receive
-buffer overruns, use after close, stopping the loop, and unclosed queues."""
+missing capability, a queue owned by someone else, netns forms, receive
+buffer overruns, use after close, stopping the loop, and unclosed queues
+(bad constructor arguments: test_arguments.py)."""
 from __future__ import annotations
 
 import errno
@@ -31,7 +32,6 @@ from nfbind import (
     Verdict,
     VerdictError,
 )
-from nfbind import _channel
 from nfbind.queue import MAX_PAYLOAD
 
 from helpers.packets import recv_all
@@ -197,61 +197,7 @@ def test_queue_bound_twice_in_one_process(ns):
         r.close()
 
 
-# -- argument checks, before any socket exists -------------------------------------------
-
-BAD_ARGS = [
-    ((-1,), {}, ValueError, "queue_num"),
-    ((65536,), {}, ValueError, "queue_num"),
-    (("3",), {}, TypeError, "queue_num"),
-    ((True,), {}, TypeError, "queue_num"),
-    ((1.5,), {}, TypeError, "queue_num"),
-    ((None,), {}, TypeError, "queue_num"),
-    ((1,), {"copy_range": 65536}, ValueError, "copy_range"),
-    ((1,), {"copy_range": -1}, ValueError, "copy_range"),
-    ((1,), {"max_len": 0}, ValueError, "max_len"),
-    ((1,), {"max_len": 65537}, ValueError, "max_len"),
-    ((1,), {"copy_mode": 7}, ValueError, "copy_mode"),
-    ((1,), {"copy_mode": "PACKET"}, TypeError, "copy_mode"),
-    ((1,), {"on_error": 99}, ValueError, "on_error"),
-    ((1,), {"on_error": Verdict.QUEUE}, ValueError, "on_error"),
-    ((1,), {"default_verdict": -1}, ValueError, "default_verdict"),
-    ((1,), {"fail_open": 1}, TypeError, "fail_open"),
-    ((1,), {"conntrack": "yes"}, TypeError, "conntrack"),
-    ((1,), {"gso": "yes"}, TypeError, "gso"),
-    ((1,), {"uid_gid": 0}, TypeError, "uid_gid"),
-    ((1,), {"secctx": 1.0}, TypeError, "secctx"),
-    ((1,), {"no_enobufs": 1}, TypeError, "no_enobufs"),
-    ((1,), {"rcvbuf": 0}, ValueError, "rcvbuf"),
-    ((1,), {"rcvbuf": "big"}, TypeError, "rcvbuf"),
-    ((1,), {"on_overrun": "x"}, ValueError, "on_overrun"),
-    ((1,), {"netns": 3.5}, TypeError, "netns"),
-    ((1,), {"netns": b"blue"}, TypeError, "netns"),
-    ((1,), {"netns": ""}, ValueError, "netns"),
-]
-
-
-@pytest.mark.parametrize("args, kw, exc, name", BAD_ARGS,
-                         ids=["%s-%r" % (name, (kw or args)) for args, kw, exc, name in BAD_ARGS])
-def test_bad_arguments_rejected_before_any_socket(monkeypatch, args, kw, exc, name):
-    def no_socket(*a, **k):
-        raise AssertionError("a netlink socket was opened before the arguments were checked")
-
-    monkeypatch.setattr(_channel, "_open_netlink", no_socket)
-    fds = open_fds()
-    with pytest.raises(exc) as ei:
-        NfQueue(*args, **kw)
-    assert name in str(ei.value)
-    assert open_fds() <= fds
-
-
-def test_missing_netns_name(monkeypatch):
-    monkeypatch.setattr(_channel, "_open_netlink",
-                        lambda *a, **k: pytest.fail("socket opened for a missing netns"))
-    name = "nfbt-missing-%d" % os.getpid()
-    with pytest.raises(FileNotFoundError) as ei:
-        NfQueue(1, netns=name)
-    assert "ip netns add %s" % name in str(ei.value)
-
+# -- netns as an fd or a path -----------------------------------------------------------
 
 def test_netns_fd_and_path_are_accepted(ns):
     path = "/run/netns/" + ns.name

@@ -28,23 +28,11 @@ from nfbind import QueueBusy, Verdict
 from nfbind.serve import ServeResult, WorkerError
 
 from helpers.packets import recv_all
-from helpers.procs import child_env
+from helpers.procs import child_env, children
 
 pytestmark = pytest.mark.integration
 
 PORT = 7300
-
-
-def children() -> List[int]:
-    """The pids of this process's children (of all its threads)."""
-    pids: List[int] = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open("/proc/self/task/%s/children" % tid) as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
-    return pids
 
 
 def gone(pid: int) -> bool:
@@ -131,31 +119,6 @@ class Running:
 
 def accept(pkt: Any) -> Verdict:
     return Verdict.ACCEPT
-
-
-def test_arguments_checked_before_forking():
-    before = children()
-    with pytest.raises(TypeError, match="handler"):
-        nfbind.serve(None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="queues"):
-        nfbind.serve(accept, queues=[1, 2, 1])
-    with pytest.raises(ValueError, match="queues"):
-        nfbind.serve(accept, queues=[70000])
-    with pytest.raises(ValueError, match="queues"):
-        nfbind.serve(accept, queues=[])
-    with pytest.raises(ValueError, match="workers"):
-        nfbind.serve(accept, queues=range(2), workers=3)
-    with pytest.raises(ValueError, match="workers"):
-        nfbind.serve(accept, queues=range(2), workers=0)
-    with pytest.raises(TypeError, match="workers"):
-        nfbind.serve(accept, queues=range(2), workers="2")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="bogus"):
-        nfbind.serve(accept, queues=range(2), bogus=1)
-    with pytest.raises(TypeError, match="stop_event"):
-        nfbind.serve(accept, queues=range(2), stop_event=object())
-    with pytest.raises(FileNotFoundError):
-        nfbind.serve(accept, queues=range(2), netns="no-such-netns-xyz")
-    assert children() == before
 
 
 def test_two_workers_share_the_traffic(ns):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
+from typing import List
 
 #: the package sources, for the PYTHONPATH of child processes
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -22,6 +23,18 @@ def open_fds() -> int:
     """How many file descriptors this process has open."""
     gc.collect()  # so that earlier tests' garbage does not move the count
     return len(os.listdir("/proc/self/fd"))
+
+
+def children() -> List[int]:
+    """The pids of this process's children (of all its threads)."""
+    pids: List[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/children" % tid) as f:
+                pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return pids
 
 
 def script(name: str) -> str:
