@@ -3,8 +3,8 @@
 
 Tuple/Flow/Expectation validation, the record layout against the C struct,
 flow_from_ct_attrs on crafted CTA_* attributes (the NFQA_CT/NFULA_CT path),
-label bits and connlabel.conf, event filters, enums against the compiled
-module, and the Conntrack object itself (its bad arguments: test_arguments.py).
+label bits and connlabel.conf, event filters, and the Conntrack object
+itself (its bad arguments: test_arguments.py; the enums: test_enums.py).
 """
 from __future__ import annotations
 
@@ -33,21 +33,11 @@ from nfbind.conntrack import (
     Tuple,
     flow_from_ct_attrs,
 )
-from nfbind.enums import CtEvent, CtStatus, ExpectFlag, Family, IPProto, SctpState, TcpState
+from nfbind.enums import CtStatus, ExpectFlag, Family, IPProto, SctpState, TcpState
 from nfbind.errors import NetlinkError
 
 
-# -- enums --------------------------------------------------------------------------------
-
-
-def test_conntrack_enums_come_from_the_compiled_module():
-    assert (CtEvent.NEW, CtEvent.UPDATE, CtEvent.DESTROY) == (
-        lib.NFCT_T_NEW, lib.NFCT_T_UPDATE, lib.NFCT_T_DESTROY)
-    assert CtEvent.ALL == CtEvent.NEW | CtEvent.UPDATE | CtEvent.DESTROY == lib.NFCT_T_ALL
-    assert IPProto.TCP == socket.IPPROTO_TCP == lib.IPPROTO_TCP
-    assert IPProto.ICMPV6 == socket.IPPROTO_ICMPV6 and IPProto.SCTP == lib.IPPROTO_SCTP
-    assert SctpState.ESTABLISHED == lib.SCTP_CONNTRACK_ESTABLISHED
-    assert ExpectFlag.PERMANENT == lib.NF_CT_EXPECT_PERMANENT
+# -- errors -----------------------------------------------------------------------------------
 
 
 def test_not_found_is_a_netlink_error_and_a_lookup_error():

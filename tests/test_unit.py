@@ -1,16 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Unit tests: no privileges, no sockets bound to queues.
 
-The exception tree and its errno mapping, enums against the compiled module's
-constants, netns argument resolution, attribute parsing on crafted bytes,
-verdict payload conversion, and the public API surface.
+The exception tree and its errno mapping, the argument checkers, netns
+resolution, attribute parsing on crafted bytes, verdict payload conversion,
+and the public API surface.
 """
 from __future__ import annotations
 
 import errno
 import os
 import pickle
-import socket
 import struct
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from nfbind import errors, netns
 from nfbind._channel import check_choice, check_int
 from nfbind._lib import ffi
 from nfbind._nfqueue import lib
-from nfbind.enums import CopyMode, CtInfo, CtStatus, Family, Hook, QueueFlag, TcpState, Verdict
+from nfbind.enums import CtStatus, TcpState, Verdict
 from nfbind.errors import (
     ClosedError,
     NetlinkError,
@@ -223,58 +222,7 @@ def test_check_choice():
         check_choice("on_overrun", "x", ("count", "raise"))
 
 
-# -- enums -----------------------------------------------------------------------------
-
-def test_verdict_values_are_the_kernels():
-    assert Verdict.DROP == lib.NF_DROP
-    assert Verdict.ACCEPT == lib.NF_ACCEPT
-    assert Verdict.QUEUE == lib.NF_QUEUE
-    assert Verdict.REPEAT == lib.NF_REPEAT
-    assert Verdict.STOP == lib.NF_STOP
-    assert len({int(v) for v in Verdict}) == len(Verdict)  # no aliases
-
-
-def test_other_enum_values_are_the_kernels():
-    assert [int(CopyMode.NONE), int(CopyMode.META), int(CopyMode.PACKET)] == [
-        lib.NFQNL_COPY_NONE, lib.NFQNL_COPY_META, lib.NFQNL_COPY_PACKET]
-    assert Hook.PRE_ROUTING == lib.NF_INET_PRE_ROUTING
-    assert Hook.LOCAL_IN == lib.NF_INET_LOCAL_IN
-    assert Hook.FORWARD == lib.NF_INET_FORWARD
-    assert Hook.LOCAL_OUT == lib.NF_INET_LOCAL_OUT
-    assert Hook.POST_ROUTING == lib.NF_INET_POST_ROUTING
-    assert Family.IPV4 == lib.NFPROTO_IPV4 == socket.AF_INET
-    assert Family.IPV6 == lib.NFPROTO_IPV6 == socket.AF_INET6
-    assert Family.BRIDGE == lib.NFPROTO_BRIDGE
-    assert QueueFlag.FAIL_OPEN == lib.NFQA_CFG_F_FAIL_OPEN
-    assert QueueFlag.CONNTRACK == lib.NFQA_CFG_F_CONNTRACK
-    assert QueueFlag.GSO == lib.NFQA_CFG_F_GSO
-    assert QueueFlag.UID_GID == lib.NFQA_CFG_F_UID_GID
-    assert QueueFlag.SECCTX == lib.NFQA_CFG_F_SECCTX
-    assert CtInfo.ESTABLISHED == lib.IP_CT_ESTABLISHED
-    assert CtInfo.NEW == lib.IP_CT_NEW
-    assert CtInfo.ESTABLISHED_REPLY == lib.IP_CT_ESTABLISHED_REPLY
-    assert TcpState.ESTABLISHED == lib.TCP_CONNTRACK_ESTABLISHED
-    assert TcpState.TIME_WAIT == lib.TCP_CONNTRACK_TIME_WAIT
-
-
-def test_ctstatus_is_a_flag_of_single_kernel_bits():
-    for member in CtStatus:
-        value = getattr(lib, "IPS_" + member.name)
-        assert member == value
-        assert value and value & (value - 1) == 0, "IPS_%s is not a single bit" % member.name
-    assert len({int(m) for m in CtStatus}) == len(CtStatus)
-    status = CtStatus(lib.IPS_ASSURED | lib.IPS_SEEN_REPLY | lib.IPS_CONFIRMED)
-    assert CtStatus.ASSURED in status
-    assert CtStatus.SEEN_REPLY in status
-    assert CtStatus.DYING not in status
-    assert CtStatus.SRC_NAT not in status
-    assert status & ~CtStatus.ASSURED == CtStatus.SEEN_REPLY | CtStatus.CONFIRMED
-
-
-def test_queue_flags_combine():
-    f = QueueFlag(lib.NFQA_CFG_F_FAIL_OPEN | lib.NFQA_CFG_F_GSO)
-    assert QueueFlag.FAIL_OPEN in f and QueueFlag.GSO in f
-    assert QueueFlag.CONNTRACK not in f
+# -- enums: test_enums.py --------------------------------------------------------------
 
 
 # -- netns.resolve --------------------------------------------------------------------
