@@ -99,6 +99,7 @@ __all__ = [
     "CpuStats",
     "LabelMap",
     "NotFound",
+    "parse_proto",
     "flow_from_ct_attrs",
     "LABEL_HINT",
     "MAX_LABEL",
@@ -176,6 +177,21 @@ def _proto(name: str, value: Any) -> int:
                 ) from None
         return p
     return _PROTO[check_int(name, value, 0, 255)]
+
+
+def parse_proto(value: Union[int, str]) -> int:
+    """A layer-4 protocol from its number or its name, as :class:`Tuple` takes it.
+
+    ``value`` is a number 0..255 or a name in any case: those of
+    :class:`~nfbind.enums.IPProto` (``"tcp"``, ``"udp"``, ``"icmpv6"``, ``"sctp"``,
+    ``"gre"`` ...), ``"ipv6-icmp"``/``"icmp6"``, or any name in /etc/protocols.
+    Returns the :class:`~nfbind.enums.IPProto` member, or a plain int for a
+    protocol IPProto does not name (``parse_proto("esp") == 50``).
+
+    Raises ValueError (an unknown name, a number outside 0..255) or TypeError
+    (neither int nor str); the message names ``proto``.
+    """
+    return _proto("proto", value)
 
 
 def _family(name: str, value: Any) -> Optional[int]:
@@ -375,6 +391,19 @@ class Tuple:
             text += " type=%s code=%s id=%s" % (self.icmp_type, self.icmp_code, self.icmp_id)
         return text
 
+    def as_dict(self) -> Dict[str, Any]:
+        """The tuple as JSON-ready values: ``src`` and ``dst`` as strings,
+        ``proto`` as its lower-case name (the number as a string when it has
+        none), then those of ``sport``, ``dport``, ``icmp_type``, ``icmp_code``,
+        ``icmp_id`` that are set (ints)."""
+        d: Dict[str, Any] = {"src": str(self.src), "dst": str(self.dst),
+                             "proto": getattr(self.proto, "name", str(self.proto)).lower()}
+        for k in ("sport", "dport", "icmp_type", "icmp_code", "icmp_id"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return d
+
 
 @dataclass(frozen=True, slots=True)
 class Counters:
@@ -392,6 +421,11 @@ class Counters:
     @property
     def bytes(self) -> int:
         return self.orig_bytes + self.reply_bytes
+
+    def as_dict(self) -> Dict[str, int]:
+        """``orig_packets``, ``orig_bytes``, ``reply_packets``, ``reply_bytes``."""
+        return {"orig_packets": self.orig_packets, "orig_bytes": self.orig_bytes,
+                "reply_packets": self.reply_packets, "reply_bytes": self.reply_bytes}
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +451,11 @@ class Timestamps:
         """Seconds from start to stop, or None while the flow lives."""
         return None if self.stop_ns is None else (self.stop_ns - self.start_ns) / 1e9
 
+    def as_dict(self) -> Dict[str, Optional[float]]:
+        """``start`` and ``stop`` in seconds since the epoch (``stop`` None
+        while the flow lives)."""
+        return {"start": self.start, "stop": self.stop}
+
 
 @dataclass(frozen=True, slots=True)
 class Nat:
@@ -430,6 +469,12 @@ class Nat:
 
     snat: Optional[Endpoint] = None
     dnat: Optional[Endpoint] = None
+
+    def as_dict(self) -> Dict[str, Optional[str]]:
+        """``snat`` and ``dnat``, each None or ``"ADDRESS:PORT"`` (the port is
+        ``None`` for protocols without ports)."""
+        return {k: None if v is None else "%s:%s" % (v.addr, v.port)
+                for k, v in (("snat", self.snat), ("dnat", self.dnat))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,6 +571,45 @@ class Flow:
         if self.id is not None:
             parts.append("id=%d" % self.id)
         return " ".join(parts)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The flow as JSON-ready values, what ``nfbind ct list --json`` prints::
+
+            json.dumps(flow.as_dict())
+
+        Keys, in this order: ``family`` ("ipv4"/"ipv6"), ``proto`` (lower-case
+        name), ``orig`` and ``reply`` (:meth:`Tuple.as_dict`, ``reply`` may be
+        None), ``state`` (the state's name, an int for DCCP, or None),
+        ``status`` (the names of the :class:`~nfbind.enums.CtStatus` bits set),
+        ``timeout``, ``mark``, ``zone``, ``labels`` (sorted bit numbers),
+        ``id``, ``use``, ``secmark``, ``helper``; then, only when the flow has
+        them, ``counters`` (:meth:`Counters.as_dict`), ``timestamps``
+        (:meth:`Timestamps.as_dict`) and ``nat`` (:meth:`Nat.as_dict`).
+        """
+        st = int(self.status)
+        d: Dict[str, Any] = {
+            "family": Family(self.family).name.lower(),
+            "proto": getattr(self.proto, "name", str(self.proto)).lower(),
+            "orig": self.orig.as_dict(),
+            "reply": None if self.reply is None else self.reply.as_dict(),
+            "state": None if self.state is None else getattr(self.state, "name", self.state),
+            "status": [m.name for m in CtStatus if m.value & (m.value - 1) == 0 and st & m.value],
+            "timeout": self.timeout,
+            "mark": self.mark,
+            "zone": self.zone,
+            "labels": sorted(self.labels),
+            "id": self.id,
+            "use": self.use,
+            "secmark": self.secmark,
+            "helper": self.helper,
+        }
+        if self.counters is not None:
+            d["counters"] = self.counters.as_dict()
+        if self.timestamps is not None:
+            d["timestamps"] = self.timestamps.as_dict()
+        if self.nat is not None:
+            d["nat"] = self.nat.as_dict()
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -1483,6 +1567,17 @@ class Conntrack:
         """The names (from connlabel.conf) of a flow's labels."""
         bits = flow_or_labels.labels if isinstance(flow_or_labels, Flow) else flow_or_labels
         return self.labelmap.names(bits)
+
+    def label_bits(self, labels: Union[int, str, Iterable[Union[int, str]]]) -> FrozenSet[int]:
+        """The bits of ``labels``: bit numbers (0..127) and label names, which
+        are looked up in connlabel.conf (:attr:`labelmap`), e.g. for a
+        :class:`Flow` to :meth:`create`: ``ct.label_bits(["suspicious", 5])``.
+
+        Raises ValueError/TypeError for a bad bit or value, KeyError for a
+        name connlabel.conf does not define, FileNotFoundError when a name is
+        given and connlabel.conf is missing.
+        """
+        return _label_bits("labels", labels, lambda: self.labelmap)
 
     # -- dumps ----------------------------------------------------------------------------
 
