@@ -333,6 +333,77 @@ def test_ct_create_get_and_events(ns):
     assert row[:5] == ["udp", "10.9.9.1", "1111", "10.9.9.2", "2222"] and row[7] == "5"
 
 
+def _compact(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def test_ct_json_is_flow_as_dict(ns):
+    """``ct list --json``, ``ct get --json`` and ``ct create --json`` print
+    Flow.as_dict(): the objects of the library's own dump, on a table with
+    counters, timestamps, labels, marks and NAT."""
+    from nfbind.conntrack import Conntrack, Tuple
+
+    ns.run("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+    ns.run("sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1")
+    ns.iptables("-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW,ESTABLISHED", "-j", "ACCEPT")
+    ns.iptables("-A", "OUTPUT", "-p", "udp", "--dport", "7101", "-m", "connlabel", "--label", "9",
+                "--set")
+    ns.iptables("-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "7102", "-j", "DNAT",
+                "--to-destination", "127.0.0.1:7103")
+    for port in (7100, 7101, 7102):
+        send_udp(ns, port, [b"hello"], sport=port + 30000)
+    tup = ["-p", "udp", "-s", "10.9.9.1", "-d", "10.9.9.2", "--sport", "1111", "--dport", "2222"]
+    r = nfb("ct", "create", *tup, "--timeout", "100", "--set-mark", "5", "--labels", "2,5",
+            "--json", "--netns", ns.name)
+    assert r.returncode == 0, r.stderr
+    created = json.loads(r.stdout)["created"]
+    assert (created["orig"], created["mark"], created["labels"], created["timeout"]) == (
+        {"src": "10.9.9.1", "dst": "10.9.9.2", "proto": "udp", "sport": 1111, "dport": 2222},
+        5, [2, 5], 100)
+    server = ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client = ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        server.bind(("127.0.0.1", 7200))
+        server.listen(1)
+        client.settimeout(5)
+        client.connect(("127.0.0.1", 7200))
+        conn, _ = server.accept()
+        client.sendall(b"data")
+        conn.settimeout(5)
+        assert conn.recv(10) == b"data"
+        time.sleep(0.2)  # the ACK of the data: the flow's counters settle
+        with Conntrack(netns=ns.name) as ct:
+            for args, read in ((["list"], lambda: list(ct.dump())),
+                               (["get", *tup], lambda: [ct.get(Tuple("10.9.9.1", "10.9.9.2",
+                                                                     "udp", 1111, 2222))])):
+                # the timeouts count down between the dumps: the printed ones lie between
+                before = sorted((f.as_dict() for f in read()), key=lambda d: d["id"])
+                r = nfb("ct", *args, "--json", "--netns", ns.name)
+                after = sorted((f.as_dict() for f in read()), key=lambda d: d["id"])
+                assert r.returncode == 0, r.stderr
+                lines = r.stdout.splitlines()
+                printed = sorted((json.loads(l) for l in lines), key=lambda d: d["id"])
+                assert sorted(lines) == sorted(_compact(d) for d in printed)
+                assert len(printed) == len(before) == len(after) == (5 if args == ["list"] else 1)
+                for p, b, a in zip(printed, before, after):
+                    assert b["timeout"] >= p["timeout"] >= a["timeout"], (b, p, a)
+                    assert p == dict(b, timeout=p["timeout"]), (p, b)
+                    assert list(p) == list(b)  # the keys in as_dict's order
+                if args == ["list"]:
+                    assert all("counters" in d and "timestamps" in d for d in printed)
+                    assert sorted(d["labels"] for d in printed if d["labels"]) == [[2, 5], [9]]
+                    nat = [d for d in printed if "nat" in d]
+                    assert len(nat) == 1 and nat[0]["nat"] == {"snat": None,
+                                                              "dnat": "127.0.0.1:7103"}
+                    tcp = [d for d in printed if d["proto"] == "tcp"]
+                    assert len(tcp) == 1 and tcp[0]["state"] == "ESTABLISHED"
+                    assert tcp[0]["counters"]["orig_bytes"] > 0
+        conn.close()
+    finally:
+        client.close()
+        server.close()
+
+
 def test_ct_get_missing_and_bad_update(ns):
     r = nfb("ct", "get", "-p", "udp", "-s", "127.0.0.1", "-d", "127.0.0.1", "--sport", "1",
             "--dport", "2", "--netns", ns.name)

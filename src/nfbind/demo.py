@@ -39,16 +39,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from . import NfbindError, NfLog, NfQueue, Verdict
-from . import netns as _netns
-from ._lib import lib as _lib
+from . import NfbindError, NfLog, NfQueue, Verdict, lowlevel, netns
+from .cli._output import Column, endpoint, flow_state, flow_table, have_scapy, proto_name
+from .cli._output import summary, table
 
 if TYPE_CHECKING:
+    from . import LogPacket, Packet
     from .conntrack import Conntrack, Event, EventStream, Flow
-    from .enums import CtEvent
     from .conntrack import Tuple as CtTuple
-    from .log import LogPacket
-    from .queue import Packet
+    from .enums import CtEvent
 
 LOG_GROUP = 5
 LOG_PORT = 8080
@@ -84,11 +83,27 @@ DATAGRAMS: List[Tuple[bytes, Optional[bytes], int]] = [
     (b"goodbye", b"goodbye", 0),
 ]
 
+
+def _sockopt(name: str) -> Optional[int]:
+    """A SOL_SOCKET option's number from the system headers: Python's socket
+    module where it names it, else nfbind's compiled modules
+    (:mod:`nfbind.lowlevel`), which carry the headers' value.  None when
+    neither knows it."""
+    value = getattr(socket, name, None)
+    if value is not None:
+        return int(value)
+    for which in lowlevel.__all__:
+        pair = getattr(lowlevel, which)
+        if pair is not None and hasattr(pair[1], name):
+            return int(getattr(pair[1], name))
+    return None
+
+
 # setsockopt(SOL_SOCKET, SO_RCVMARK) (Linux >= 5.19) delivers the packet's mark with
-# each datagram as an SO_MARK control message.  Python's socket module does not name
-# it, so the value comes from the system headers through nfbind's compiled module.
-SO_RCVMARK = _lib.SO_RCVMARK
-SO_MARK = _lib.SO_MARK
+# each datagram as an SO_MARK control message.  Python's socket module may name neither,
+# so the values can come from the system headers through nfbind's compiled modules.
+SO_RCVMARK = _sockopt("SO_RCVMARK")
+SO_MARK = _sockopt("SO_MARK")
 
 _print_lock = threading.Lock()
 
@@ -107,7 +122,7 @@ def verdict_line(ok: bool, text: str) -> None:
     say("%s: %s" % ("ok" if ok else "FAILED", text))
 
 
-def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+def _sh(*cmd: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=10)
 
 
@@ -119,7 +134,7 @@ def _rule_text(rule: List[str]) -> str:
     return "iptables -A INPUT " + " ".join(_quote(a) for a in rule)
 
 
-# -- packets by hand (for checks, and for the summary without scapy) -----------------------
+# -- packets by hand (for the checks) --------------------------------------------------------
 
 _TCP_FLAGS = "FSRPAUEC"
 
@@ -142,24 +157,6 @@ def _tcp_data(l4: bytes) -> bytes:
     return l4[(l4[12] >> 4) * 4:] if len(l4) > 12 else b""
 
 
-def _short_summary(payload: bytes) -> str:
-    """A one-line summary like scapy's, for when scapy is not installed."""
-    ip = _ipv4(payload)
-    if ip is None:
-        return "%d bytes" % len(payload)
-    proto, src, dst, l4 = ip
-    if proto in (6, 17) and len(l4) >= 4:
-        sport, dport = struct.unpack("!HH", l4[:4])
-        text = "IP / %s %s:%d > %s:%d" % ("TCP" if proto == 6 else "UDP", src, sport, dst, dport)
-        if proto == 6:
-            text += " " + _tcp_flags(l4)
-            data = _tcp_data(l4)
-            if data:
-                text += " / Raw %r" % data
-        return text
-    return "IP %s > %s proto %d" % (src, dst, proto)
-
-
 def _udp_payload(ip: bytes) -> bytes:
     """The UDP payload of an IPv4 packet (the demo only queues UDP over IPv4)."""
     ihl = (ip[0] & 0x0F) * 4
@@ -167,25 +164,17 @@ def _udp_payload(ip: bytes) -> bytes:
 
 
 def _ipv4_checksum(header: bytes) -> int:
-    total = sum(struct.unpack("!%dH" % (len(header) // 2), header))
+    total: int = sum(struct.unpack("!%dH" % (len(header) // 2), header))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
 
 
-def _have_scapy() -> bool:
-    try:
-        import scapy.layers.inet  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _tcp_exchange(ns: str, data: bytes) -> Tuple[int, bytes]:
     """Connect to 127.0.0.1:LOG_PORT inside ``ns``, send ``data``, close; the
     client's port and what the server received."""
-    server = _netns.socket(ns, socket.AF_INET, socket.SOCK_STREAM)
-    client = _netns.socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    server = netns.socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    client = netns.socket(ns, socket.AF_INET, socket.SOCK_STREAM)
     conn = None
     try:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -194,7 +183,7 @@ def _tcp_exchange(ns: str, data: bytes) -> Tuple[int, bytes]:
         server.settimeout(IO_WAIT)
         client.settimeout(IO_WAIT)
         client.connect(("127.0.0.1", LOG_PORT))
-        port = client.getsockname()[1]
+        port = int(client.getsockname()[1])
         conn, _ = server.accept()
         conn.settimeout(IO_WAIT)
         client.sendall(data)
@@ -218,7 +207,7 @@ def _tcp_exchange(ns: str, data: bytes) -> Tuple[int, bytes]:
 def step_nflog(ns: str) -> bool:
     header("1. NFLOG: the packets a rule logged, decoded")
     say("rule:    %s" % _rule_text(RULES[1]))
-    scapy = _have_scapy()
+    scapy = have_scapy()
     message = b"hello over tcp"
     rows: List[Tuple[str, str, str, str]] = []
     flags_seen: List[str] = []
@@ -226,22 +215,18 @@ def step_nflog(ns: str) -> bool:
     prefixes: List[str] = []
 
     def handler(pkt: "LogPacket") -> None:
-        payload = pkt.payload
-        if scapy:
-            try:
-                summary = pkt.scapy().summary()
-            except Exception as e:  # a decoding failure is shown, not fatal
-                summary = "(scapy: %s) %s" % (e, _short_summary(payload))
-        else:
-            summary = _short_summary(payload)
-        ip = _ipv4(payload)
-        if ip is not None and ip[0] == 6:
-            flags_seen.append(_tcp_flags(ip[3]))
-            data_seen.append(_tcp_data(ip[3]))
+        text = summary(pkt)  # scapy's, or the CLI's own one-line summary without scapy
+        ip = _ipv4(pkt.payload)
+        if ip is not None and ip[0] == socket.IPPROTO_TCP:
+            flags, data = _tcp_flags(ip[3]), _tcp_data(ip[3])
+            flags_seen.append(flags)
+            data_seen.append(data)
+            if not scapy:  # scapy's summary ends with the flags, the short one names none
+                text += " " + flags
+            if data and (not scapy or "Raw" in text):
+                text += " %r" % data[:32]
         prefixes.append(pkt.prefix)
-        if scapy and ip is not None and ip[0] == 6 and _tcp_data(ip[3]) and "Raw" in summary:
-            summary += " %r" % _tcp_data(ip[3])[:32]
-        rows.append((str(pkt.group), repr(pkt.prefix), pkt.indev_name or "-", summary))
+        rows.append((str(pkt.group), repr(pkt.prefix), pkt.indev_name or "-", text))
         if len(rows) >= 50:
             log.stop()
 
@@ -252,10 +237,8 @@ def step_nflog(ns: str) -> bool:
         if _interrupted.is_set():  # run() absorbs Ctrl-C: the demo must stop all the same
             raise KeyboardInterrupt
     say("decoded by %s:" % ("scapy" if scapy else "nfbind's own summary (scapy is not installed)"))
-    table = [("group", "prefix", "in", "packet")] + rows
-    widths = [max(len(r[i]) for r in table) for i in range(3)]
-    for r in table:
-        say("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+    for line in table([("group", "prefix", "in", "packet")] + rows):
+        say("  " + line)
     ok = (
         got == message
         and len(rows) >= 3
@@ -369,14 +352,16 @@ class QueueDemo:
         say("rule:    %s" % _rule_text(RULES[2]))
         say("handler: 'drop ...' is dropped, 'mark ...' gets mark %d, 'rewrite ...' a new "
             "payload, the rest is accepted" % MARK)
-        receiver = _netns.socket(self.name, socket.AF_INET, socket.SOCK_DGRAM)
-        sender = _netns.socket(self.name, socket.AF_INET, socket.SOCK_DGRAM)
+        receiver = netns.socket(self.name, socket.AF_INET, socket.SOCK_DGRAM)
+        sender = netns.socket(self.name, socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            try:
-                receiver.setsockopt(socket.SOL_SOCKET, SO_RCVMARK, 1)
-                marks = True
-            except OSError:
-                marks = False
+            marks = False  # whether the receiver learns each datagram's mark
+            if SO_RCVMARK is not None and SO_MARK is not None:
+                try:
+                    receiver.setsockopt(socket.SOL_SOCKET, SO_RCVMARK, 1)
+                    marks = True
+                except OSError:
+                    pass
             receiver.bind(("127.0.0.1", PORT))
             return self._exchange(receiver, sender, marks)
         finally:
@@ -447,26 +432,15 @@ class QueueDemo:
 
 # -- 3. conntrack -----------------------------------------------------------------------------
 
-def _state(flow: "Flow") -> str:
-    state = getattr(flow, "state", None)
-    return "-" if state is None else getattr(state, "name", str(state))
-
-
-def _endpoint(addr: object, port: Optional[int]) -> str:
-    return str(addr) if port is None else "%s:%d" % (addr, port)
-
-
-def _flow_table(flows: List["Flow"]) -> List[str]:
-    rows = [("proto", "source", "destination", "state", "mark", "timeout")]
-    for f in flows:
-        o = f.orig
-        rows.append((getattr(o.proto, "name", str(o.proto)).lower(),
-                     _endpoint(o.src, o.sport), _endpoint(o.dst, o.dport), _state(f),
-                     str(f.mark), "-" if f.timeout is None else str(f.timeout)))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    right = {4, 5}
-    return ["  ".join(c.rjust(w) if i in right else c.ljust(w)
-                      for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+#: the demo's flow table: fewer columns than ``nfbind ct list``, addresses with their ports
+FLOW_COLUMNS = (
+    Column("proto", lambda f: proto_name(f.orig.proto)),
+    Column("source", lambda f: endpoint(f.orig.src, f.orig.sport)),
+    Column("destination", lambda f: endpoint(f.orig.dst, f.orig.dport)),
+    Column("state", flow_state),
+    Column("mark", lambda f: str(f.mark), right=True),
+    Column("timeout", lambda f: "-" if f.timeout is None else str(f.timeout), right=True),
+)
 
 
 def _conntrack_L(ns: str, *filters: str) -> Optional[str]:
@@ -474,7 +448,7 @@ def _conntrack_L(ns: str, *filters: str) -> Optional[str]:
     if shutil.which("conntrack") is None:
         return None
     r = _sh("ip", "netns", "exec", ns, "conntrack", "-L", *filters, check=False)
-    return r.stdout.strip()
+    return str(r.stdout).strip()
 
 
 def step_conntrack(ns: str) -> bool:
@@ -496,7 +470,7 @@ def _ct_list(ct: "Conntrack") -> Tuple[bool, Optional["Flow"]]:
     flows = sorted(ct.dump(), key=lambda f: (int(f.orig.proto), f.orig.dport or 0,
                                              f.orig.sport or 0))
     say("flows (ct.dump()), made by the traffic of steps 1 and 2:")
-    for line in _flow_table(flows):
+    for line in flow_table(flows, FLOW_COLUMNS):
         say("  " + line)
     tcp = [f for f in flows if f.orig.proto == socket.IPPROTO_TCP and f.orig.dport == LOG_PORT]
     udp = [f for f in flows if f.orig.proto == socket.IPPROTO_UDP and f.orig.dport == PORT]
@@ -541,7 +515,7 @@ def _ct_events(ns: str, ct: "Conntrack") -> bool:
         f = ev.flow
         extra = "" if not f.mark else "  mark=%d" % f.mark
         say("  %+7.3fs  %-7s  %s  %s%s" % (time.monotonic() - t0, ev.type.name, f.orig,
-                                          _state(f), extra))
+                                          flow_state(f), extra))
         with cond:
             seen.append((ev.type, f))
             cond.notify_all()
@@ -563,8 +537,8 @@ def _ct_events(ns: str, ct: "Conntrack") -> bool:
     try:
         say("  traffic: a TCP connection to 127.0.0.1:%d" % LOG_PORT)
         _tcp_exchange(ns, b"events, please")
-        sender = _netns.socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
-        receiver = _netns.socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        sender = netns.socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        receiver = netns.socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
         try:
             receiver.bind(("127.0.0.1", EVENT_PORT))
             say("  traffic: a UDP datagram to 127.0.0.1:%d" % EVENT_PORT)
@@ -617,7 +591,7 @@ def _setup(name: str) -> None:
 
 def _cleanup(name: str) -> bool:
     """Delete the namespace (and its rules) and say so; True when it is gone."""
-    path = os.path.join(_netns.NETNS_RUN_DIR, name)
+    path = os.path.join(netns.NETNS_RUN_DIR, name)
     if not os.path.exists(path):
         return True
     r = _sh("ip", "netns", "delete", name, check=False)
@@ -678,7 +652,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         old_int = signal.signal(signal.SIGINT, _terminate)
         old_term = signal.signal(signal.SIGTERM, _terminate)
     _interrupted.clear()
-    _have_scapy()  # the first import takes a while: not while a packet waits for its verdict
+    have_scapy()  # the first import takes a while: not while a packet waits for its verdict
     started = time.monotonic()
     name = "nfbind-demo-%d" % os.getpid()
     say("nfbind demo: network namespace %s, deleted at the end; its rules:" % name)

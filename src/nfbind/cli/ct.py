@@ -1,0 +1,289 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""``nfbind ct VERB``: list, get, create, update, delete and flush flows, stream
+the table's events, and print its size and statistics.
+
+``--json`` prints :meth:`nfbind.conntrack.Flow.as_dict` (an event adds its
+``time`` and ``event``); the table is :func:`._output.flow_table`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+
+from ..enums import TcpState
+from ._output import ICMP_PROTOS, PORT_PROTOS, CliError, Interrupt, Live, Output, Rate, clock
+from ._output import dumps, flow_table, table
+
+if TYPE_CHECKING:
+    from ..conntrack import Conntrack, Event, Flow, Tuple
+
+__all__ = ["cmd_ct"]
+
+_ALL_BITS = 0xFFFFFFFF  # the mark mask of a filter without one
+
+
+def _matches(f: "Flow", a: argparse.Namespace) -> bool:
+    o = f.orig
+    if a.proto is not None and int(o.proto) != a.proto:
+        return False
+    if a.src is not None and (o.src.version != a.src.version or o.src not in a.src):
+        return False
+    if a.dst is not None and (o.dst.version != a.dst.version or o.dst not in a.dst):
+        return False
+    if a.sport is not None and o.sport != a.sport:
+        return False
+    if a.dport is not None and o.dport != a.dport:
+        return False
+    return True
+
+
+def _select(ct: "Conntrack", a: argparse.Namespace) -> List["Flow"]:
+    mark, mask = a.mark if a.mark is not None else (None, _ALL_BITS)
+    fam = a.family
+    if fam is None and (a.src is not None or a.dst is not None):
+        net = a.src if a.src is not None else a.dst
+        fam = socket.AF_INET if net.version == 4 else socket.AF_INET6
+    return [f for f in ct.dump(fam, mark=mark, mark_mask=mask, zone=a.zone) if _matches(f, a)]
+
+
+def _full_tuple(a: argparse.Namespace) -> Optional["Tuple"]:
+    """The Tuple the options name exactly, or None."""
+    from ..conntrack import Tuple
+
+    def single(net: Any) -> Any:
+        return net.network_address if net is not None and net.num_addresses == 1 else None
+
+    src, dst = single(a.src), single(a.dst)
+    icmp = a.proto in ICMP_PROTOS
+    complete = (a.proto is not None and src is not None and dst is not None and (
+        (a.sport is not None and a.dport is not None) if a.proto in PORT_PROTOS
+        else (a.icmp_type is not None and a.icmp_id is not None) if icmp else True))
+    if not complete:
+        return None
+    try:
+        if icmp:
+            return Tuple(src, dst, a.proto, icmp_type=a.icmp_type,
+                         icmp_code=a.icmp_code or 0, icmp_id=a.icmp_id)
+        return Tuple(src, dst, a.proto, a.sport, a.dport)
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e), 2)
+
+
+def _need_tuple(a: argparse.Namespace, verb: str) -> "Tuple":
+    """The Tuple the options name exactly; an error naming what is missing."""
+    t = _full_tuple(a)
+    if t is None:
+        raise CliError(
+            "ct %s needs the whole original tuple: -p PROTO -s SRC -d DST and, for "
+            "tcp/udp/sctp, --sport and --dport (icmp: --icmp-type and --icmp-id)" % verb, 2)
+    return t
+
+
+def _print_flows(flows: Sequence["Flow"], a: argparse.Namespace) -> None:
+    if a.json:
+        for f in flows:
+            print(dumps(f.as_dict()))
+    elif flows:
+        print("\n".join(flow_table(flows)))
+
+
+def _changes(a: argparse.Namespace) -> Dict[str, Any]:
+    ch: Dict[str, Any] = {}
+    if a.set_mark is not None:
+        ch["mark"] = a.set_mark
+    if a.set_timeout is not None:
+        ch["timeout"] = a.set_timeout
+    if a.labels is not None:
+        ch["labels"] = a.labels
+    return ch
+
+
+def cmd_ct(args: argparse.Namespace) -> int:
+    """Run ``nfbind ct VERB`` on the table of ``--netns`` (default: this one)."""
+    from ..conntrack import Conntrack, NotFound
+
+    verb = args.verb
+    with Conntrack(netns=args.netns) as ct:
+        if verb == "list":
+            flows = _select(ct, args)
+            _print_flows(flows, args)
+            if not args.json:
+                print("%d flow%s" % (len(flows), "" if len(flows) == 1 else "s"),
+                      file=sys.stderr)
+        elif verb == "get":
+            _print_flows([ct.get(_need_tuple(args, "get"), zone=args.zone)], args)
+        elif verb == "count":
+            n = ct.count()
+            print(dumps({"count": n}) if args.json else n)
+        elif verb == "stats":
+            return _ct_stats(ct, args)
+        elif verb == "create":
+            return _ct_create(ct, args)
+        elif verb in ("update", "delete"):
+            ch = _changes(args) if verb == "update" else {}
+            if verb == "update" and not ch:
+                raise CliError("ct update: nothing to change: give --set-mark, --timeout "
+                               "or --labels", 2)
+            t = _full_tuple(args)
+            if t is not None:
+                targets: List[Any] = [t]
+            else:
+                if verb == "delete" and not _has_filter(args):
+                    raise CliError("ct delete without a filter would delete every flow: "
+                                   "use `nfbind ct flush` for that", 2)
+                targets = _select(ct, args)
+            done = 0
+            for target in targets:
+                try:
+                    if verb == "update":
+                        ct.update(target, zone=args.zone, **ch)
+                    else:
+                        ct.delete(target, zone=args.zone)
+                    done += 1
+                except NotFound:
+                    if t is not None:
+                        raise
+                    # expired between the dump and now
+            word = "updated" if verb == "update" else "deleted"
+            if args.json:
+                print(dumps({word: done}))
+            else:
+                print("%s %d flow%s" % (word, done, "" if done == 1 else "s"))
+            if not done and t is None and not targets:
+                print("nfbind: no flow matched", file=sys.stderr)
+                return 1
+        elif verb == "flush":
+            if any(getattr(args, k) is not None for k in ("proto", "src", "dst", "sport",
+                                                          "dport", "zone")):
+                raise CliError("ct flush filters by --family and --mark only: use "
+                               "`nfbind ct delete` with the other filters", 2)
+            mark, mask = args.mark if args.mark is not None else (None, _ALL_BITS)
+            ct.flush(args.family, mark=mark, mark_mask=mask)
+            print(dumps({"flushed": True}) if args.json else "flushed the conntrack table"
+                  + ("" if args.family is None and mark is None else " (matching flows)"))
+        elif verb == "events":
+            return _ct_events(ct, args)
+    return 0
+
+
+def _has_filter(a: argparse.Namespace) -> bool:
+    return any(getattr(a, k) is not None for k in ("proto", "src", "dst", "sport", "dport",
+                                                   "mark", "zone", "family"))
+
+
+def _ct_stats(ct: "Conntrack", a: argparse.Namespace) -> int:
+    from ..conntrack import CpuStats
+
+    st = ct.stats()
+    names = [f.name for f in dataclasses.fields(CpuStats) if f.name != "cpu"]
+    if a.json:
+        d: Dict[str, Any] = {"entries": st.entries, "max_entries": st.max_entries}
+        d.update({n: st.total(n) for n in names})
+        d["cpus"] = [{"cpu": c.cpu, **{n: getattr(c, n) for n in names}} for c in st.cpus]
+        print(dumps(d))
+        return 0
+    print("%-15s %d" % ("entries", st.entries))
+    print("%-15s %d" % ("max_entries", st.max_entries))
+    if a.per_cpu:
+        rows = [["CPU"] + [n.upper() for n in names]]
+        rows += [[str(c.cpu)] + [str(getattr(c, n)) for n in names] for c in st.cpus]
+        print("\n".join(table(rows, right=range(len(rows[0])))))
+    else:
+        for n in names:
+            print("%-15s %d" % (n, st.total(n)))
+    return 0
+
+
+def _ct_create(ct: "Conntrack", a: argparse.Namespace) -> int:
+    from ..conntrack import Flow
+
+    t = _need_tuple(a, "create")
+    if a.set_timeout is None:
+        raise CliError("ct create needs --timeout SECONDS", 2)
+    kw: Dict[str, Any] = {"timeout": a.set_timeout, "zone": a.zone or 0}
+    mark = a.set_mark if a.set_mark is not None else (a.mark[0] if a.mark else None)
+    if mark is not None:
+        kw["mark"] = mark
+    if a.labels:
+        kw["labels"] = ct.label_bits(a.labels)
+    if a.state is not None:
+        try:
+            kw["state"] = TcpState[a.state.upper()]
+        except KeyError:
+            raise CliError("--state must be a TCP state: %s" % ", ".join(TcpState.__members__), 2)
+    try:
+        flow = Flow(t, **kw)
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e), 2)
+    ct.create(flow)
+    print(dumps({"created": flow.as_dict()}) if a.json else "created %s" % flow)
+    return 0
+
+
+def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
+    from ..conntrack import EventFilter
+    from ..enums import CtEvent
+
+    types = CtEvent(0)
+    for word in (a.event or "NEW,UPDATE,DESTROY").split(","):
+        try:
+            types |= CtEvent[word.strip().upper()]
+        except KeyError:
+            raise CliError("--event must be NEW, UPDATE and/or DESTROY, got %r" % word, 2)
+    kw: Dict[str, Any] = {}
+    if a.proto is not None:
+        kw["proto"] = a.proto
+    if a.src is not None:
+        kw["src"] = [a.src]
+    if a.dst is not None:
+        kw["dst"] = [a.dst]
+    if a.sport is not None:
+        kw["sport"] = [a.sport]
+    if a.dport is not None:
+        kw["dport"] = [a.dport]
+    if a.mark is not None:
+        kw["mark"], kw["mark_mask"] = a.mark
+    flt = EventFilter(**kw) if kw else None
+    out = Output(live=True)
+    n = {"n": 0}
+    stream = ct.events(types, filter=flt)
+    with stream, Interrupt() as intr:
+        intr.arm(stream.stop)
+
+        def handle(ev: "Event") -> None:
+            f = ev.flow
+            if a.zone is not None and f.zone != a.zone:
+                return
+            if a.family is not None and int(f.orig.family) != a.family:
+                return
+            if a.count is not None and n["n"] >= a.count:
+                return
+            n["n"] += 1
+            name = ev.type.name or str(int(ev.type))
+            if a.json:
+                d = {"time": round(time.time(), 6), "event": name, **f.as_dict()}
+                out.line(dumps(d))
+            else:
+                extra = "" if f.timeout is None else " timeout=%d" % f.timeout
+                out.line("%s [%s] %s%s" % (clock(time.time()), name, f, extra))
+            if a.count is not None and n["n"] >= a.count:
+                stream.stop()
+
+        rate = Rate()
+
+        def status(elapsed: float, dt: float) -> str:
+            s = stream.stats
+            return "nfbind ct events: %d event%s, %.0f/s, %d overruns" % (
+                n["n"], "" if n["n"] == 1 else "s", rate(n["n"], dt), s.overruns)
+
+        with Live(out, status) as live:
+            stream.run(handle)
+        if intr.hit or out.live:
+            print("nfbind: ct events: %d event%s in %.1f s, %d overrun%s" % (
+                n["n"], "" if n["n"] == 1 else "s", live.elapsed(), stream.stats.overruns,
+                "" if stream.stats.overruns == 1 else "s"), file=sys.stderr)
+    return 0
