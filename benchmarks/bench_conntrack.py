@@ -32,6 +32,7 @@ the median seconds of each and the median over rounds of each per-round
 ratio.  The namespace is always deleted, only processes started here are
 killed, and a global sysctl raised here (nf_conntrack_max) is put back.
 Exit status is non-zero if any run failed or saw a different table.
+_harness.py holds what the drivers share.
 """
 from __future__ import annotations
 
@@ -42,18 +43,16 @@ import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-BIN = os.path.join(HERE, "bin")
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# building the C helpers and the failure type are the NFQUEUE driver's
-from bench_nfqueue import RunError, _build, find_python  # noqa: E402
+from _harness import (  # noqa: E402
+    HERE, REPO, Namespace, RunError, add_common_options, build, check_common, emit_json,
+    find_python, interleaved_rounds, json_line, median, median_of, run,
+)
 
 SYSCTL = "/proc/sys/net/netfilter/"
 
@@ -87,29 +86,17 @@ PYTHON3 = shutil.which("python3") or sys.executable
 # small helpers
 
 
-def _run(cmd: list[str], timeout: float = 60.0) -> str:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                           check=False)
-    except subprocess.TimeoutExpired as e:
-        raise RunError(f"{' '.join(cmd)}: no exit within {timeout:.0f} s") from e
-    if r.returncode != 0:
-        raise RunError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r.stdout
-
-
 def _read_int(path: str) -> int:
     with open(path, encoding="ascii") as f:
         return int(f.read().split()[0])
 
 
-def _ns_sysctl(ns: str, name: str) -> int:
-    return int(_run(["ip", "netns", "exec", ns, "cat", SYSCTL + name]).split()[0])
+def _ns_sysctl(ns: Namespace, name: str) -> int:
+    return int(ns.run("cat", SYSCTL + name).split()[0])
 
 
-def _ct_count(ns: str) -> int:
-    out = _run(["ip", "netns", "exec", ns, "conntrack", "-C"])
-    return int(out.split()[0])
+def _ct_count(ns: Namespace) -> int:
+    return int(ns.run("conntrack", "-C", timeout=60).split()[0])
 
 
 def expected_sums(n: int) -> dict[str, int]:
@@ -134,28 +121,17 @@ def expected_sums(n: int) -> dict[str, int]:
     return s
 
 
-def _json_line(text: str, who: str) -> dict:
-    for raw in reversed(text.splitlines()):
-        raw = raw.strip()
-        if raw.startswith("{"):
-            try:
-                return json.loads(raw)
-            except ValueError:
-                break
-    raise RunError(f"{who}: no JSON result line in {text[-500:]!r}")
-
-
 # --------------------------------------------------------------------------
 # one run
 
 
-def run_one(impl: str, cmd: list[str], env: dict[str, str] | None, ns: str,
+def run_one(impl: str, cmd: list[str], env: dict[str, str] | None, ns: Namespace,
             nflows: int, timeout: float, cpu: int | None,
             expect: dict[str, int], verbose: bool) -> dict:
     """Run one dumper inside the namespace; check what it saw."""
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu)] + cmd
-    full = ["ip", "netns", "exec", ns, *cmd]
+    full = ns.cmd(*cmd)
     result: dict = {"impl": impl, "ok": False}
     try:
         t0 = time.perf_counter()
@@ -178,7 +154,7 @@ def run_one(impl: str, cmd: list[str], env: dict[str, str] | None, ns: str,
             result["flows"] = int(m.group(1))
             result["seconds"] = None
         else:
-            res = _json_line(r.stdout, impl)
+            res = json_line(r.stdout, impl)
             result.update({k: v for k, v in res.items() if k != "impl"})
             if err_tail:
                 result["stderr"] = err_tail
@@ -227,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--flows", type=int, default=50000,
                     help="conntrack entries to create and dump (default 50000)")
-    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--impl", default="all",
                     help="comma-separated subset of %s, or all (default; "
                          "pyroute2 is skipped if it does not import)"
@@ -239,22 +214,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="untimed C dumps before round 1 (default 1)")
     ap.add_argument("--timeout", type=int, default=300,
                     help="seconds one run may take before it is killed")
-    ap.add_argument("--python", help="interpreter for the nfbind dumper "
-                    "(default: .venv/bin/python if it imports nfbind.Conntrack, "
-                    "else python3 with PYTHONPATH=src)")
     ap.add_argument("--pyroute2-python", help="interpreter for the pyroute2 "
                     "dumper (default: as for --python)")
-    ap.add_argument("--cpu", type=int, help="pin every dumper to this CPU (taskset)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    add_common_options(ap, consumer="dumper", size=False,
+                       fallback="python3 with PYTHONPATH=src")
     a = ap.parse_args(argv)
 
-    if os.geteuid() != 0:
-        sys.exit("bench: must run as root (network namespaces, ctnetlink)")
+    check_common(a, needs="network namespaces, ctnetlink", tools=("ip", "conntrack"))
     if not 1 <= a.flows <= MAX_FLOWS:
         sys.exit(f"bench: --flows must be 1..{MAX_FLOWS}")
-    if not 1 <= a.rounds <= 1000:
-        sys.exit("bench: --rounds must be 1..1000")
     if not 0 <= a.warmup <= 100:
         sys.exit("bench: --warmup must be 0..100")
     if a.family == "inet6":
@@ -269,15 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"bench: --impl takes a subset of {','.join(ALL_IMPLS)} or all")
         impls = [x for x in ALL_IMPLS if x in impls]    # fixed order
         explicit = True
-    for tool in ("ip", "conntrack") + (("taskset",) if a.cpu is not None else ()):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench: {tool} not found")
 
     log = (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True)) \
         if a.verbose else (lambda msg: None)
 
-    fill = _build("ct_fill", "ct_fill.c", ["-lnetfilter_conntrack", "-lmnl"])
-    dump_ref = _build("ct_dump_ref", "ct_dump_ref.c", ["-lnetfilter_conntrack", "-lmnl"])
+    fill = build("ct_fill", "ct_fill.c", ["-lnetfilter_conntrack", "-lmnl"])
+    dump_ref = build("ct_dump_ref", "ct_dump_ref.c", ["-lnetfilter_conntrack", "-lmnl"])
     fam_args = ["--family", a.family]
     conntrack_cmd = ["conntrack", "-L"] + (["-f", "ipv4"] if a.family == "inet" else [])
     info: dict = {"flows": a.flows, "rounds": a.rounds, "family": a.family,
@@ -311,13 +276,12 @@ def main(argv: list[str] | None = None) -> int:
             info.update(pyroute2_python=py, pyroute2=where)
     if "conntrack" in impls:
         cmds["conntrack"] = (conntrack_cmd, None)
-        info["conntrack_tools"] = _run(["conntrack", "--version"]).strip() or None
+        info["conntrack_tools"] = run(["conntrack", "--version"]).strip() or None
     info["impls"] = impls
     if skipped:
         info["skipped"] = skipped
 
     expect = expected_sums(a.flows)
-    ns = f"nfb-ctbench-{os.getpid()}"
     restore_max: int | None = None
     rounds: list[dict] = []
     failed = False
@@ -326,126 +290,123 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, on_term)
 
+    def one(ns: Namespace, impl: str, rnd: int) -> dict:
+        cmd, env = cmds[impl]
+        if impl == "pyroute2" and rnd == 1:
+            cmd = cmd + ["--check"]        # slow; once is enough
+        return run_one(impl, cmd, env, ns, a.flows,
+                       a.timeout * (2 if impl == "pyroute2" else 1) + 30,
+                       a.cpu, expect, a.verbose)
+
+    def on_row(row: dict) -> None:
+        c = row["c"]
+        ratios = {}
+        for impl in impls[1:]:
+            res = row[impl]
+            if res["ok"] and impl != "conntrack" and "sums" in res and c["ok"] \
+                    and res["sums"].get("status") != c["sums"].get("status"):
+                res["ok"] = False
+                res["error"] = (f"status sum {res['sums'].get('status')} != C's "
+                                f"{c['sums'].get('status')}")
+            if not (res["ok"] and c["ok"]):
+                continue
+            if impl == "conntrack":
+                ratios[impl] = res["wall"] / c["wall"]
+            else:
+                ratios[impl] = res["seconds"] / c["seconds"]
+        row["ratios"] = ratios
+        cpu_ratios = {}
+        for impl in ratios:
+            res = row[impl]
+            if impl != "conntrack" and c.get("user") is not None \
+                    and res.get("user") is not None and c["user"] + c["sys"] > 0:
+                cpu_ratios[impl] = (res["user"] + res["sys"]) / (c["user"] + c["sys"])
+        row["cpu_ratios"] = cpu_ratios
+        if a.json:
+            return
+        parts = [f"round {row['round']}:"]
+        for impl in impls:
+            res = row[impl]
+            name = "conntrack -L" if impl == "conntrack" else impl
+            if not res["ok"]:
+                parts.append(f"{name} FAILED ({res.get('error')})")
+            elif impl == "conntrack":
+                parts.append(f"{name} {res['wall']:.4f} s wall "
+                             f"(C wall {c['wall']:.4f} s)")
+            else:
+                parts.append(f"{name} {res['seconds']:.4f} s")
+            if impl in ratios:
+                parts[-1] += f" x{ratios[impl]:.2f}"
+            if impl in cpu_ratios:
+                parts[-1] += f" (cpu x{cpu_ratios[impl]:.2f})"
+        print("  ".join(parts), flush=True)
+
     try:
-        _run(["ip", "netns", "add", ns])
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        # nf_conntrack_max: read-only inside a namespace on this kernel line,
-        # mirroring the global value, which is what limits the namespace's
-        # table; nf_conntrack_buckets (the shared hash) is global only.
-        ns_max = _ns_sysctl(ns, "nf_conntrack_max")
-        if ns_max and ns_max < a.flows:
-            glob_max = _read_int(SYSCTL + "nf_conntrack_max")
-            want = a.flows + 4096
-            log(f"nf_conntrack_max {ns_max} < {a.flows}: raising the global "
-                f"value {glob_max} -> {want} for this run")
-            with open(SYSCTL + "nf_conntrack_max", "w", encoding="ascii") as f:
-                f.write(str(want))
-            restore_max = glob_max
+        with Namespace("nfb-ctbench") as ns:
+            # nf_conntrack_max: read-only inside a namespace on this kernel line,
+            # mirroring the global value, which is what limits the namespace's
+            # table; nf_conntrack_buckets (the shared hash) is global only.
             ns_max = _ns_sysctl(ns, "nf_conntrack_max")
             if ns_max and ns_max < a.flows:
-                raise RunError(f"nf_conntrack_max in the namespace is {ns_max} "
-                               f"even after raising the global value")
-        info["nf_conntrack_max"] = ns_max
-        info["nf_conntrack_buckets"] = _ns_sysctl(ns, "nf_conntrack_buckets")
-        info["host_entries"] = _read_int(SYSCTL + "nf_conntrack_count")
+                glob_max = _read_int(SYSCTL + "nf_conntrack_max")
+                want = a.flows + 4096
+                log(f"nf_conntrack_max {ns_max} < {a.flows}: raising the global "
+                    f"value {glob_max} -> {want} for this run")
+                with open(SYSCTL + "nf_conntrack_max", "w", encoding="ascii") as f:
+                    f.write(str(want))
+                restore_max = glob_max
+                ns_max = _ns_sysctl(ns, "nf_conntrack_max")
+                if ns_max and ns_max < a.flows:
+                    raise RunError(f"nf_conntrack_max in the namespace is {ns_max} "
+                                   f"even after raising the global value")
+            info["nf_conntrack_max"] = ns_max
+            info["nf_conntrack_buckets"] = _ns_sysctl(ns, "nf_conntrack_buckets")
+            info["host_entries"] = _read_int(SYSCTL + "nf_conntrack_count")
 
-        out = _run(["ip", "netns", "exec", ns, fill, str(a.flows), str(FILL_TIMEOUT)],
-                   timeout=a.timeout)
-        info["fill"] = _json_line(out, "ct_fill")
-        count = _ct_count(ns)
-        info["count_after_fill"] = count
-        if count != a.flows:
-            raise RunError(f"conntrack -C shows {count} entries after filling "
-                           f"{a.flows}")
-        log(f"filled {a.flows} in {info['fill'].get('seconds')} s, "
-            f"conntrack -C: {count}")
+            out = ns.run(fill, str(a.flows), str(FILL_TIMEOUT), timeout=a.timeout)
+            info["fill"] = json_line(out, "ct_fill")
+            count = _ct_count(ns)
+            info["count_after_fill"] = count
+            if count != a.flows:
+                raise RunError(f"conntrack -C shows {count} entries after filling "
+                               f"{a.flows}")
+            log(f"filled {a.flows} in {info['fill'].get('seconds')} s, "
+                f"conntrack -C: {count}")
 
-        if not a.json:
-            print(f"conntrack dump: {a.flows} UDP flows, {a.rounds} rounds, "
-                  f"family {a.family}, kernel {info['kernel']}, {info['cpus']} CPUs, "
-                  f"nf_conntrack_buckets {info['nf_conntrack_buckets']}, "
-                  f"{info['host_entries']} entries in the initial namespace")
-            if "nfbind" in info:
-                print(f"nfbind: {info['nfbind']} ({info['python']})")
-            if "pyroute2" in info:
-                print(f"pyroute2: {info['pyroute2']}")
-            for k, why in skipped.items():
-                print(f"{k}: skipped, {why}")
-            print(f"filled in {info['fill'].get('seconds', 0):.3f} s; "
-                  f"conntrack -C: {count}")
-            print(flush=True)
-
-        for _ in range(a.warmup):
-            w = run_one("c", cmds["c"][0], None, ns, a.flows, a.timeout, a.cpu,
-                        expect, a.verbose)
-            if not w["ok"]:
-                raise RunError(f"warm-up C dump failed: {w.get('error')}")
-
-        for rnd in range(1, a.rounds + 1):
-            row: dict = {"round": rnd}
-            for impl in impls:
-                cmd, env = cmds[impl]
-                if impl == "pyroute2" and rnd == 1:
-                    cmd = cmd + ["--check"]        # slow; once is enough
-                res = run_one(impl, cmd, env, ns, a.flows,
-                              a.timeout * (2 if impl == "pyroute2" else 1) + 30,
-                              a.cpu, expect, a.verbose)
-                row[impl] = res
-            c = row["c"]
-            ratios = {}
-            for impl in impls[1:]:
-                res = row[impl]
-                if res["ok"] and impl != "conntrack" and "sums" in res and c["ok"] \
-                        and res["sums"].get("status") != c["sums"].get("status"):
-                    res["ok"] = False
-                    res["error"] = (f"status sum {res['sums'].get('status')} != C's "
-                                    f"{c['sums'].get('status')}")
-                if not (res["ok"] and c["ok"]):
-                    continue
-                if impl == "conntrack":
-                    ratios[impl] = res["wall"] / c["wall"]
-                else:
-                    ratios[impl] = res["seconds"] / c["seconds"]
-            row["ratios"] = ratios
-            cpu_ratios = {}
-            for impl in ratios:
-                res = row[impl]
-                if impl != "conntrack" and c.get("user") is not None \
-                        and res.get("user") is not None and c["user"] + c["sys"] > 0:
-                    cpu_ratios[impl] = (res["user"] + res["sys"]) / (c["user"] + c["sys"])
-            row["cpu_ratios"] = cpu_ratios
-            if any(not row[impl]["ok"] for impl in impls):
-                failed = True
-            rounds.append(row)
             if not a.json:
-                parts = [f"round {rnd}:"]
-                for impl in impls:
-                    res = row[impl]
-                    name = "conntrack -L" if impl == "conntrack" else impl
-                    if not res["ok"]:
-                        parts.append(f"{name} FAILED ({res.get('error')})")
-                    elif impl == "conntrack":
-                        parts.append(f"{name} {res['wall']:.4f} s wall "
-                                     f"(C wall {c['wall']:.4f} s)")
-                    else:
-                        parts.append(f"{name} {res['seconds']:.4f} s")
-                    if impl in ratios:
-                        parts[-1] += f" x{ratios[impl]:.2f}"
-                    if impl in cpu_ratios:
-                        parts[-1] += f" (cpu x{cpu_ratios[impl]:.2f})"
-                print("  ".join(parts), flush=True)
+                print(f"conntrack dump: {a.flows} UDP flows, {a.rounds} rounds, "
+                      f"family {a.family}, kernel {info['kernel']}, {info['cpus']} CPUs, "
+                      f"nf_conntrack_buckets {info['nf_conntrack_buckets']}, "
+                      f"{info['host_entries']} entries in the initial namespace")
+                if "nfbind" in info:
+                    print(f"nfbind: {info['nfbind']} ({info['python']})")
+                if "pyroute2" in info:
+                    print(f"pyroute2: {info['pyroute2']}")
+                for k, why in skipped.items():
+                    print(f"{k}: skipped, {why}")
+                print(f"filled in {info['fill'].get('seconds', 0):.3f} s; "
+                      f"conntrack -C: {count}")
+                print(flush=True)
 
-        final = _ct_count(ns)
-        info["count_after_rounds"] = final
-        if final != a.flows:
-            failed = True
-            info["error"] = f"conntrack -C shows {final} after the rounds"
+            for _ in range(a.warmup):
+                w = run_one("c", cmds["c"][0], None, ns, a.flows, a.timeout, a.cpu,
+                            expect, a.verbose)
+                if not w["ok"]:
+                    raise RunError(f"warm-up C dump failed: {w.get('error')}")
+
+            rounds = interleaved_rounds(a.rounds, impls,
+                                        lambda impl, rnd: one(ns, impl, rnd), on_row)
+            failed = any(not row[impl]["ok"] for row in rounds for impl in impls)
+
+            final = _ct_count(ns)
+            info["count_after_rounds"] = final
+            if final != a.flows:
+                failed = True
+                info["error"] = f"conntrack -C shows {final} after the rounds"
     except RunError as e:
         failed = True
         info["error"] = str(e)
     finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
-                       timeout=60)
         if restore_max is not None:
             try:
                 with open(SYSCTL + "nf_conntrack_max", "w", encoding="ascii") as f:
@@ -458,23 +419,20 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {}
     for impl in impls:
         key = "wall" if impl == "conntrack" else "seconds"
-        vals = [row[impl][key] for row in rounds if row[impl]["ok"]]
-        summary[f"{impl}_{key}_median"] = statistics.median(vals) if vals else None
+        summary[f"{impl}_{key}_median"] = median_of(rounds, impl, key)
     if "conntrack" in impls:
-        vals = [row["c"]["wall"] for row in rounds if row["c"]["ok"]]
-        summary["c_wall_median"] = statistics.median(vals) if vals else None
+        summary["c_wall_median"] = median_of(rounds, "c", "wall")
     for impl in impls[1:]:
-        vals = [row["ratios"][impl] for row in rounds if impl in row["ratios"]]
-        summary[f"ratio_{impl}_c_median"] = statistics.median(vals) if vals else None
-        vals = [row["cpu_ratios"][impl] for row in rounds if impl in row["cpu_ratios"]]
-        if vals:
-            summary[f"cpu_ratio_{impl}_c_median"] = statistics.median(vals)
+        summary[f"ratio_{impl}_c_median"] = median(
+            [row["ratios"][impl] for row in rounds if impl in row["ratios"]])
+        cpu = median([row["cpu_ratios"][impl] for row in rounds if impl in row["cpu_ratios"]])
+        if cpu is not None:
+            summary[f"cpu_ratio_{impl}_c_median"] = cpu
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     summary["ok"] = not failed
 
     if a.json:
-        print(json.dumps({"benchmark": "conntrack_dump", **info,
-                          "rounds_detail": rounds, **summary}))
+        emit_json({"benchmark": "conntrack_dump", **info, "rounds_detail": rounds, **summary})
     else:
         if "error" in info:
             print(f"ERROR: {info['error']}", file=sys.stderr)

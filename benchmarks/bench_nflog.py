@@ -17,11 +17,12 @@ One run:
 2. a UDP receiver (``bin/nfb_udp recv``) binds 127.0.0.1:PORT, so that the
    sender's datagrams have somewhere to go (it is not part of the
    measurement and keeps running);
-3. the consumer (``bin/nflog_ref`` or ``nflog_nfbind.py``) binds the log
-   group with a receive buffer big enough for all N messages and prints
-   READY; the driver finds its netlink socket (by inode, in the namespace's
-   /proc/net/netlink) and checks that it is the group's peer
-   (/proc/net/netfilter/nfnetlink_log); then the consumer is SIGSTOPped;
+3. the consumer (``bin/nflog_ref`` or ``nflog_nfbind.py``, which take the
+   same command line) binds the log group with a receive buffer big enough
+   for all N messages and prints READY; the driver finds its netlink socket
+   (by inode, in the namespace's /proc/net/netlink) and checks that it is
+   the group's peer (/proc/net/netfilter/nfnetlink_log); then the consumer
+   is SIGSTOPped;
 4. ``bin/nfb_udp send`` sends N datagrams of SIZE payload bytes; logging
    copies them, so nothing waits for the consumer.  Before the consumer
    goes on, the rule's packet counter must be N, the kernel must hold no
@@ -48,10 +49,11 @@ consumer running while the sender sends (see run_live()):
 
 Consumers in those scenarios stop 1 s (memory: 5 s) after their last packet.
 
-The namespace is always deleted and only processes started here are killed.
-The result per round is the ratio nfbind pps / C pps; the summary is the
-median over rounds of each rate and of that per-round ratio.  Exit status is
-non-zero if any run failed, or (drain only) any message went missing.
+The namespace is always deleted and only processes started here are killed
+(_harness.py holds what the drivers share). The result per round is the
+ratio nfbind pps / C pps; the summary is the median over rounds of each rate
+and of that per-round ratio. Exit status is non-zero if any run failed, or
+(drain only) any message went missing.
 """
 from __future__ import annotations
 
@@ -59,21 +61,19 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# the process, build and /proc helpers are the NFQUEUE driver's
-from bench_nfqueue import (  # noqa: E402
-    RSS_EVERY, Proc, RunError, _build, _exe_name, _install_sigterm, _run,
-    _wait_stopped, cpu_seconds, find_nfbind_python, live_summary, rss_summary,
+from _harness import (  # noqa: E402
+    HERE, RSS_EVERY, Namespace, RunError, add_common_options, all_ok, build, check_common,
+    check_exec, cpu_seconds, emit_json, find_nfbind_python, fmt, install_sigterm,
+    interleaved_rounds, live_summary, print_rate_summary, rate_summary, round_line,
+    rss_summary, rss_text, set_ratio, wait_stopped,
 )
 from nflog_nfbind import ALL_FIELDS, parse_fields  # noqa: E402
 
@@ -94,8 +94,6 @@ DEFAULT_PACKETS = {"drain": 200000, "stream": 200000, "overload": 200000,
 OVERLOAD_RCVBUF = 256 << 10
 MEMORY_CHUNK = 50000             # memory: packets sent before waiting for the consumer
 
-_ns_counter = 0
-
 NFLOG_PROBE = "import nfbind; nfbind.NfLog; nfbind.CopyMode; print(nfbind.__file__)"
 
 
@@ -103,12 +101,12 @@ NFLOG_PROBE = "import nfbind; nfbind.NfLog; nfbind.CopyMode; print(nfbind.__file
 # what the kernel says
 
 
-def group_peer(ns: str) -> dict | None:
+def group_peer(ns: Namespace) -> dict | None:
     """Our group's line in the namespace's nfnetlink_log, or None.
 
     Columns: group, peer portid, messages batched but not yet sent, copy mode,
     copy range, flush timeout, use count."""
-    text = _run(["ip", "netns", "exec", ns, "cat", NFLOG_PROC])
+    text = ns.run("cat", NFLOG_PROC)
     for line in text.splitlines():
         f = line.split()
         if len(f) >= 7 and f[0] == str(GROUP):
@@ -117,9 +115,9 @@ def group_peer(ns: str) -> dict | None:
     return None
 
 
-def netlink_socket(ns: str, inode: int) -> dict | None:
+def netlink_socket(ns: Namespace, inode: int) -> dict | None:
     """The namespace's /proc/net/netlink line of the socket with this inode."""
-    text = _run(["ip", "netns", "exec", ns, "cat", NETLINK_PROC])
+    text = ns.run("cat", NETLINK_PROC)
     for line in text.splitlines()[1:]:
         f = line.split()
         # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
@@ -147,15 +145,27 @@ def socket_inodes(pid: int) -> set[int]:
     return out
 
 
-def rule_packets(ns: str) -> int:
+def rule_packets(ns: Namespace) -> int:
     """The packet counter of our NFLOG rule."""
-    text = _run(["ip", "netns", "exec", ns, "iptables", "-w", "-L", "INPUT",
-                 "-v", "-x", "-n"])
+    text = ns.run("iptables", "-w", "-L", "INPUT", "-v", "-x", "-n")
     for line in text.splitlines():
         f = line.split()
         if len(f) >= 3 and f[2] == "NFLOG" and f"nflog-group {GROUP}" in line:
             return int(f[0])
     raise RunError("the NFLOG rule is missing from INPUT:\n" + text)
+
+
+def find_socket(ns: Namespace, pid: int, impl: str) -> dict:
+    """The consumer's netlink socket, which must be the group's peer."""
+    peer = group_peer(ns)
+    if peer is None:
+        raise RunError(f"log group {GROUP} is not bound (no line in {NFLOG_PROC})")
+    for inode in socket_inodes(pid):
+        s = netlink_socket(ns, inode)
+        if s and s["protocol"] == NETLINK_NETFILTER and s["portid"] == peer["peer_portid"]:
+            return s
+    raise RunError(f"log group {GROUP}'s peer (portid {peer['peer_portid']}) "
+                   f"is not a socket of the {impl} consumer (pid {pid})")
 
 
 # --------------------------------------------------------------------------
@@ -169,131 +179,121 @@ def default_rcvbuf(npackets: int, size: int) -> int:
     return max(64 << 20, min(RCVBUF_MAX, npackets * (1024 + 2 * size)))
 
 
-def run_one(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
+def setup(ns: Namespace, udp_tool: str, npackets: int, timeout: float):
+    """The NFLOG rule and a UDP receiver for the logged datagrams (no part
+    of the measurement)."""
+    ns.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(PORT),
+           "-j", "NFLOG", "--nflog-group", str(GROUP), "--nflog-threshold", "1",
+           "--nflog-prefix", PREFIX)
+    recv = ns.start("receiver", [udp_tool, "recv", str(PORT), str(npackets), str(timeout)])
+    recv.wait_line(b"READY", 10.0)
+    return recv
+
+
+def start_consumer(ns: Namespace, impl: str, cmd: list[str], opts: list[str],
+                   env: dict[str, str] | None, cpu: int | None, npackets: int,
+                   rcvbuf: int, timeout: int, idle: float):
+    """The consumer, bound and READY (the command line both take)."""
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    cons = ns.start(impl, [*cmd, "--rcvbuf", str(rcvbuf), "--timeout", str(timeout),
+                           "--idle", str(idle), *opts, str(GROUP), str(npackets)], env=env)
+    cons.wait_line(b"READY", READY_TIMEOUT)
+    # `ip netns exec` execs the command in place, so the pid is the consumer
+    check_exec(cons)
+    return cons
+
+
+def run_one(impl: str, consumer_cmd: list[str], consumer_opts: list[str],
             env: dict[str, str] | None, udp_tool: str, npackets: int, size: int,
             rcvbuf: int, cpu: int | None, verbose: bool) -> dict:
-    global _ns_counter
-    _ns_counter += 1
-    ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
-    procs: list[Proc] = []
     result: dict = {"impl": impl, "ok": False}
     consumer_timeout = 60 + npackets // 10000
-
-    def log(msg: str) -> None:
-        if verbose:
-            print(f"  [{impl} {ns}] {msg}", file=sys.stderr, flush=True)
-
-    _run(["ip", "netns", "add", ns])
     try:
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-p", "udp",
-              "--dport", str(PORT), "-j", "NFLOG", "--nflog-group", str(GROUP),
-              "--nflog-threshold", "1", "--nflog-prefix", PREFIX])
+        with Namespace() as ns:
+            def log(msg: str) -> None:
+                if verbose:
+                    print(f"  [{impl} {ns.name}] {msg}", file=sys.stderr, flush=True)
 
-        recv = Proc("receiver", ["ip", "netns", "exec", ns, udp_tool, "recv",
-                                 str(PORT), str(npackets), str(consumer_timeout + 60)])
-        procs.append(recv)
-        recv.wait_line(b"READY", 10.0)
+            recv = setup(ns, udp_tool, npackets, consumer_timeout + 60)
+            cons = start_consumer(ns, impl, consumer_cmd, consumer_opts, env, cpu, npackets,
+                                  rcvbuf, consumer_timeout, IDLE_SECONDS)
+            # the consumer's own socket must be the group's peer
+            sock = find_socket(ns, cons.p.pid, impl)
+            log(f"consumer ready, socket inode {sock['inode']} portid {sock['portid']}")
 
-        cmd = list(consumer_cmd)
-        if cpu is not None:
-            cmd = ["taskset", "-c", str(cpu)] + cmd
-        cons = Proc(impl, ["ip", "netns", "exec", ns, *cmd, str(GROUP), str(npackets),
-                           str(rcvbuf), str(consumer_timeout), str(IDLE_SECONDS),
-                           *consumer_tail], env=env)
-        procs.append(cons)
-        cons.wait_line(b"READY", READY_TIMEOUT)
-        # `ip netns exec` execs the command in place, so the pid is the consumer
-        if _exe_name(cons.p.pid) in ("ip", "taskset"):
-            raise RunError(f"pid {cons.p.pid} is still {_exe_name(cons.p.pid)!r}")
+            cons.signal(signal.SIGSTOP)
+            wait_stopped(cons.p.pid)
 
-        # the consumer's own socket must be the group's peer
-        peer = group_peer(ns)
-        if peer is None:
-            raise RunError(f"log group {GROUP} is not bound (no line in {NFLOG_PROC})")
-        sock = None
-        for inode in socket_inodes(cons.p.pid):
-            s = netlink_socket(ns, inode)
-            if s and s["protocol"] == NETLINK_NETFILTER and s["portid"] == peer["peer_portid"]:
-                sock = s
-        if sock is None:
-            raise RunError(f"log group {GROUP}'s peer (portid {peer['peer_portid']}) "
-                           f"is not a socket of the {impl} consumer (pid {cons.p.pid})")
-        log(f"consumer ready, socket inode {sock['inode']} portid {sock['portid']}")
+            t0 = time.monotonic()
+            r = subprocess.run(ns.cmd(udp_tool, "send", str(PORT), str(npackets), str(size)),
+                               capture_output=True, text=True,
+                               timeout=60 + npackets // 5000, check=False)
+            send_secs = time.monotonic() - t0
+            if r.returncode != 0:
+                raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
+            result["sender"] = json.loads(r.stdout.strip().splitlines()[-1])
+            result["send_seconds"] = round(send_secs, 3)
+            log(f"sent {npackets} in {send_secs:.3f} s")
 
-        cons.signal(signal.SIGSTOP)
-        _wait_stopped(cons.p.pid)
+            # every packet logged, the kernel's batch flushed, and the socket's
+            # queue settled (softirq may lag the sender a little)
+            end = time.monotonic() + 10.0
+            prev = None
+            while True:
+                logged = rule_packets(ns)
+                peer = group_peer(ns)
+                s = netlink_socket(ns, sock["inode"])
+                if s is None or peer is None:
+                    raise RunError("the consumer's socket or the group vanished while "
+                                   "the consumer was stopped")
+                state = (logged, peer["qlen"], s["rmem"], s["drops"])
+                if state == prev and logged >= npackets and peer["qlen"] == 0:
+                    break
+                if time.monotonic() > end:
+                    break
+                prev = state
+                time.sleep(0.1)
+            result["logged"] = logged
+            result["queued_bytes"] = s["rmem"]
+            result["socket_drops"] = s["drops"]
+            if logged != npackets:
+                raise RunError(f"the NFLOG rule counted {logged} packets, expected {npackets}")
+            if s["drops"] or peer["qlen"] or not s["rmem"]:
+                raise RunError(
+                    f"the consumer's socket shows {s['drops']} dropped messages and "
+                    f"{s['rmem']} bytes queued, {peer['qlen']} unsent in the kernel"
+                    + (" (drops: the receive buffer is too small; raise --rcvbuf or "
+                       "lower --packets)" if s["drops"] else ""))
+            log(f"{logged} logged, {s['rmem']} bytes waiting "
+                f"({s['rmem'] / npackets:.0f} per message), no drops")
 
-        t0 = time.monotonic()
-        r = subprocess.run(["ip", "netns", "exec", ns, udp_tool, "send", str(PORT),
-                            str(npackets), str(size)],
-                           capture_output=True, text=True, timeout=60 + npackets // 5000,
-                           check=False)
-        send_secs = time.monotonic() - t0
-        if r.returncode != 0:
-            raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
-        result["sender"] = json.loads(r.stdout.strip().splitlines()[-1])
-        result["send_seconds"] = round(send_secs, 3)
-        log(f"sent {npackets} in {send_secs:.3f} s")
+            cons.signal(signal.SIGCONT)
+            rc = cons.wait_exit(consumer_timeout + 15)
+            if rc is None:
+                raise RunError(f"{impl} consumer did not exit" + cons.stderr_tail())
+            res = cons.json_line() if rc in (0, 2) else {}
+            if rc != 0:
+                raise RunError(f"{impl} consumer exited {rc} "
+                               f"(handled {res.get('packets', '?')} of {npackets})"
+                               + cons.stderr_tail())
+            result.update(packets=res.get("packets"), seconds=res.get("seconds"),
+                          pps=res.get("pps"))
+            extra = {k: v for k, v in res.items()
+                     if k not in ("impl", "packets", "seconds", "pps")}
+            result["consumer_extra"] = extra
+            log(f"consumer: {res}")
 
-        # every packet logged, the kernel's batch flushed, and the socket's
-        # queue settled (softirq may lag the sender a little)
-        end = time.monotonic() + 10.0
-        prev = None
-        while True:
-            logged = rule_packets(ns)
-            peer = group_peer(ns)
-            s = netlink_socket(ns, sock["inode"])
-            if s is None or peer is None:
-                raise RunError("the consumer's socket or the group vanished while "
-                               "the consumer was stopped")
-            state = (logged, peer["qlen"], s["rmem"], s["drops"])
-            if state == prev and logged >= npackets and peer["qlen"] == 0:
-                break
-            if time.monotonic() > end:
-                break
-            prev = state
-            time.sleep(0.1)
-        result["logged"] = logged
-        result["queued_bytes"] = s["rmem"]
-        result["socket_drops"] = s["drops"]
-        if logged != npackets:
-            raise RunError(f"the NFLOG rule counted {logged} packets, expected {npackets}")
-        if s["drops"] or peer["qlen"] or not s["rmem"]:
-            raise RunError(
-                f"the consumer's socket shows {s['drops']} dropped messages and "
-                f"{s['rmem']} bytes queued, {peer['qlen']} unsent in the kernel"
-                + (" (drops: the receive buffer is too small; raise --rcvbuf or "
-                   "lower --packets)" if s["drops"] else ""))
-        log(f"{logged} logged, {s['rmem']} bytes waiting "
-            f"({s['rmem'] / npackets:.0f} per message), no drops")
-
-        cons.signal(signal.SIGCONT)
-        rc = cons.wait_exit(consumer_timeout + 15)
-        if rc is None:
-            raise RunError(f"{impl} consumer did not exit" + cons.stderr_tail())
-        res = cons.json_line() if rc in (0, 2) else {}
-        if rc != 0:
-            raise RunError(f"{impl} consumer exited {rc} "
-                           f"(handled {res.get('packets', '?')} of {npackets})"
-                           + cons.stderr_tail())
-        result.update(packets=res.get("packets"), seconds=res.get("seconds"),
-                      pps=res.get("pps"))
-        extra = {k: v for k, v in res.items()
-                 if k not in ("impl", "packets", "seconds", "pps")}
-        result["consumer_extra"] = extra
-        log(f"consumer: {res}")
-
-        # the receiver is no part of the measurement: just collect its count
-        rrc = recv.wait_exit(0.5)
-        if rrc is None:
-            recv.signal(signal.SIGTERM)
-            rrc = recv.wait_exit(5.0)
-        if rrc is not None:
-            try:
-                result["udp_received"] = recv.json_line().get("received")
-            except RunError:
-                pass
+            # the receiver is no part of the measurement: just collect its count
+            rrc = recv.wait_exit(0.5)
+            if rrc is None:
+                recv.signal(signal.SIGTERM)
+                rrc = recv.wait_exit(5.0)
+            if rrc is not None:
+                try:
+                    result["udp_received"] = recv.json_line().get("received")
+                except RunError:
+                    pass
 
         problems = []
         if result["packets"] != npackets:
@@ -323,28 +323,10 @@ def run_one(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
     except subprocess.TimeoutExpired as e:
         result["error"] = f"timeout: {e}"
         return result
-    finally:
-        for p in procs:
-            p.kill()
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
-                       timeout=30)
 
 
 # --------------------------------------------------------------------------
 # the live scenarios: the consumer runs while the sender sends
-
-
-def _find_socket(ns: str, pid: int, impl: str) -> dict:
-    """The consumer's netlink socket, which must be the group's peer."""
-    peer = group_peer(ns)
-    if peer is None:
-        raise RunError(f"log group {GROUP} is not bound (no line in {NFLOG_PROC})")
-    for inode in socket_inodes(pid):
-        s = netlink_socket(ns, inode)
-        if s and s["protocol"] == NETLINK_NETFILTER and s["portid"] == peer["peer_portid"]:
-            return s
-    raise RunError(f"log group {GROUP}'s peer (portid {peer['peer_portid']}) "
-                   f"is not a socket of the {impl} consumer (pid {pid})")
 
 
 def live_rcvbuf(scenario: str, npackets: int, size: int, rcvbuf: int | None) -> int:
@@ -355,102 +337,83 @@ def live_rcvbuf(scenario: str, npackets: int, size: int, rcvbuf: int | None) -> 
         return OVERLOAD_RCVBUF
     if scenario == "memory":
         return default_rcvbuf(MEMORY_CHUNK, size)
-    return rcvbuf if rcvbuf is not None else default_rcvbuf(npackets, size)
+    return default_rcvbuf(npackets, size)
 
 
-def run_live(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
+def run_live(impl: str, consumer_cmd: list[str], consumer_opts: list[str],
              env: dict[str, str] | None, udp_tool: str, scenario: str,
              npackets: int, size: int, rcvbuf: int, cpu: int | None,
              verbose: bool) -> dict:
-    global _ns_counter
-    _ns_counter += 1
-    ns = f"nfb-bench-{os.getpid()}-{_ns_counter}"
-    procs: list[Proc] = []
     result: dict = {"impl": impl, "scenario": scenario, "ok": False, "rcvbuf": rcvbuf}
     consumer_timeout = 60 + npackets // 10000
     idle = 5 if scenario == "memory" else 1
-    mode = [f"rss={RSS_EVERY}" if scenario == "memory" else "stream"]
-
-    def log(msg: str) -> None:
-        if verbose:
-            print(f"  [{impl} {scenario} {ns}] {msg}", file=sys.stderr, flush=True)
-
-    def send(n: int) -> dict:
-        r = subprocess.run(["ip", "netns", "exec", ns, udp_tool, "send", str(PORT),
-                            str(n), str(size)], capture_output=True, text=True,
-                           timeout=60 + n // 5000, check=False)
-        if r.returncode != 0:
-            raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
-        return json.loads(r.stdout.strip().splitlines()[-1])
-
-    _run(["ip", "netns", "add", ns])
+    mode = ["--rss-every", str(RSS_EVERY)] if scenario == "memory" else ["--stream"]
     try:
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-p", "udp",
-              "--dport", str(PORT), "-j", "NFLOG", "--nflog-group", str(GROUP),
-              "--nflog-threshold", "1", "--nflog-prefix", PREFIX])
-        recv = Proc("receiver", ["ip", "netns", "exec", ns, udp_tool, "recv",
-                                 str(PORT), str(npackets), str(consumer_timeout + 60)])
-        procs.append(recv)
-        recv.wait_line(b"READY", 10.0)
+        with Namespace() as ns:
+            def log(msg: str) -> None:
+                if verbose:
+                    print(f"  [{impl} {scenario} {ns.name}] {msg}", file=sys.stderr,
+                          flush=True)
 
-        cmd = list(consumer_cmd)
-        if cpu is not None:
-            cmd = ["taskset", "-c", str(cpu)] + cmd
-        cons = Proc(impl, ["ip", "netns", "exec", ns, *cmd, str(GROUP), str(npackets),
-                           str(rcvbuf), str(consumer_timeout), str(idle),
-                           *consumer_tail, *mode], env=env)
-        procs.append(cons)
-        cons.wait_line(b"READY", READY_TIMEOUT)
-        if _exe_name(cons.p.pid) in ("ip", "taskset"):
-            raise RunError(f"pid {cons.p.pid} is still {_exe_name(cons.p.pid)!r}")
-        sock = _find_socket(ns, cons.p.pid, impl)
-        log(f"consumer ready, socket inode {sock['inode']}, rcvbuf {rcvbuf}")
+            def send(n: int) -> dict:
+                r = subprocess.run(ns.cmd(udp_tool, "send", str(PORT), str(n), str(size)),
+                                   capture_output=True, text=True,
+                                   timeout=60 + n // 5000, check=False)
+                if r.returncode != 0:
+                    raise RunError(f"sender failed ({r.returncode}): {r.stderr.strip()}")
+                return json.loads(r.stdout.strip().splitlines()[-1])
 
-        t0 = time.monotonic()
-        sent = retries = 0
-        drops = 0
-        if scenario == "memory":
-            # chunks the consumer keeps up with: wait until its socket has
-            # (nearly) emptied before the next one
-            end = t0 + consumer_timeout
-            while sent < npackets:
-                res = send(min(MEMORY_CHUNK, npackets - sent))
-                sent += res["sent"]
-                retries += res.get("retries", 0)
-                while time.monotonic() < end and cons.p.poll() is None:
-                    s = netlink_socket(ns, sock["inode"])
-                    if s is None or s["rmem"] < (1 << 20):
+            setup(ns, udp_tool, npackets, consumer_timeout + 60)
+            cons = start_consumer(ns, impl, consumer_cmd, consumer_opts + mode, env, cpu,
+                                  npackets, rcvbuf, consumer_timeout, idle)
+            sock = find_socket(ns, cons.p.pid, impl)
+            log(f"consumer ready, socket inode {sock['inode']}, rcvbuf {rcvbuf}")
+
+            t0 = time.monotonic()
+            sent = retries = 0
+            drops = 0
+            if scenario == "memory":
+                # chunks the consumer keeps up with: wait until its socket has
+                # (nearly) emptied before the next one
+                end = t0 + consumer_timeout
+                while sent < npackets:
+                    res = send(min(MEMORY_CHUNK, npackets - sent))
+                    sent += res["sent"]
+                    retries += res.get("retries", 0)
+                    while time.monotonic() < end and cons.p.poll() is None:
+                        s = netlink_socket(ns, sock["inode"])
+                        if s is None or s["rmem"] < (1 << 20):
+                            break
+                        time.sleep(0.02)
+                    if cons.p.poll() is not None:
                         break
-                    time.sleep(0.02)
-                if cons.p.poll() is not None:
-                    break
-        else:
-            res = send(npackets)
-            sent, retries = res["sent"], res.get("retries", 0)
-        result["sent"] = sent
-        result["sender_retries"] = retries
-        result["send_seconds"] = round(time.monotonic() - t0, 3)
-        log(f"sent {sent} in {result['send_seconds']} s")
-        result["rule_packets"] = rule_packets(ns)
+            else:
+                res = send(npackets)
+                sent, retries = res["sent"], res.get("retries", 0)
+            result["sent"] = sent
+            result["sender_retries"] = retries
+            result["send_seconds"] = round(time.monotonic() - t0, 3)
+            log(f"sent {sent} in {result['send_seconds']} s")
+            result["rule_packets"] = rule_packets(ns)
 
-        # the socket's drop counter goes away with the consumer: read it
-        # while it runs
-        end = time.monotonic() + consumer_timeout + 15
-        cpu = None
-        while cons.p.poll() is None and time.monotonic() < end:
-            s = netlink_socket(ns, sock["inode"])
-            if s is not None:
-                drops = s["drops"]
-            cpu = cpu_seconds(cons.p.pid) or cpu   # the last look before it exits
-            cons.wait_exit(0.2)
-        rc = cons.wait_exit(max(0.0, end - time.monotonic()))
-        result["socket_drops"] = drops
-        if rc is None:
-            raise RunError(f"{impl} consumer did not exit" + cons.stderr_tail())
-        if rc != 0:
-            raise RunError(f"{impl} consumer exited {rc}" + cons.stderr_tail())
-        res = cons.json_line()
+            # the socket's drop counter goes away with the consumer: read it
+            # while it runs
+            end = time.monotonic() + consumer_timeout + 15
+            cpu = None
+            while cons.p.poll() is None and time.monotonic() < end:
+                s = netlink_socket(ns, sock["inode"])
+                if s is not None:
+                    drops = s["drops"]
+                cpu = cpu_seconds(cons.p.pid) or cpu   # the last look before it exits
+                cons.wait_exit(0.2)
+            rc = cons.wait_exit(max(0.0, end - time.monotonic()))
+            result["socket_drops"] = drops
+            if rc is None:
+                raise RunError(f"{impl} consumer did not exit" + cons.stderr_tail())
+            if rc != 0:
+                raise RunError(f"{impl} consumer exited {rc}" + cons.stderr_tail())
+            res = cons.json_line()
+
         result.update(packets=res.get("packets"), seconds=res.get("seconds"),
                       pps=res.get("pps"))
         extra = {k: v for k, v in res.items()
@@ -465,7 +428,9 @@ def run_live(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
             result["cpu_seconds"] = cpu
             result["cpu_us_per_packet"] = round(cpu * 1e6 / result["packets"], 2)
         result["lost"] = sent - (result["packets"] or 0)
-        log(f"consumer: {extra} handled {result['packets']} at {result['pps']} pps")
+        if verbose:
+            print(f"  [{impl} {scenario}] consumer: {extra} handled {result['packets']} at "
+                  f"{result['pps']} pps", file=sys.stderr, flush=True)
 
         if not result["packets"]:
             result["error"] = "the consumer handled no packet"
@@ -480,19 +445,22 @@ def run_live(impl: str, consumer_cmd: list[str], consumer_tail: list[str],
     except subprocess.TimeoutExpired as e:
         result["error"] = f"timeout: {e}"
         return result
-    finally:
-        for p in procs:
-            p.kill()
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
-                       timeout=30)
 
 
 # --------------------------------------------------------------------------
 # main
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.0f}"
+def describe(scenario: str, npackets: int):
+    """How a round's line words an ok run of this scenario."""
+    def text(impl: str, res: dict) -> str:
+        if scenario == "memory":
+            return f"{impl} {fmt(res['pps'])} pps, " + rss_text(res)
+        if scenario != "drain":
+            return (f"{impl} {fmt(res['pps'])} pps (handled {res['packets']}/{res['sent']}, "
+                    f"overruns {res['overruns']}, socket drops {res['socket_drops']})")
+        return f"{impl} {fmt(res['pps'])} pps ({res['packets']}/{npackets})"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,8 +471,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packets", type=int,
                     help="packets per run (default by scenario: %s)"
                     % ", ".join(f"{k} {v}" for k, v in DEFAULT_PACKETS.items()))
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--size", type=int, default=100, help="UDP payload bytes")
     ap.add_argument("--impl", choices=("both", "c", "nfbind"), default="both")
     ap.add_argument("--fields", default=ALL_FIELDS,
                     help="packet fields the nfbind handler reads: a comma-separated "
@@ -513,26 +479,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rcvbuf", type=int,
                     help="receive buffer to request, bytes (the kernel doubles it; "
                     "default: 1 KiB + 2 x SIZE per packet, at least 64 MiB, at most 1 GiB)")
-    ap.add_argument("--python", help="interpreter for the nfbind consumer "
-                    "(default: .venv/bin/python if it imports nfbind, else this "
-                    "one with PYTHONPATH=src)")
-    ap.add_argument("--cpu", type=int, help="pin the consumers to this CPU (taskset)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    add_common_options(ap)
     a = ap.parse_args(argv)
 
-    if os.geteuid() != 0:
-        sys.exit("bench: must run as root (network namespaces, iptables)")
+    check_common(a)
     if a.packets is None:
         a.packets = DEFAULT_PACKETS[a.scenario]
     if a.scenario == "memory" and a.packets < 3 * RSS_EVERY:
         sys.exit(f"bench: --scenario memory needs --packets >= {3 * RSS_EVERY}")
     if not 1 <= a.packets <= 10_000_000:
         sys.exit("bench: --packets must be 1..10000000")
-    if not 0 <= a.size <= 65507:
-        sys.exit("bench: --size must be 0..65507")
-    if not 1 <= a.rounds <= 1000:
-        sys.exit("bench: --rounds must be 1..1000")
     if a.scenario == "drain":
         rcvbuf = a.rcvbuf if a.rcvbuf is not None else default_rcvbuf(a.packets, a.size)
     else:
@@ -543,29 +499,27 @@ def main(argv: list[str] | None = None) -> int:
         parse_fields(a.fields)
     except ValueError as e:
         sys.exit(f"bench: --fields: {e}")
-    for tool in ("ip", "iptables") + (("taskset",) if a.cpu is not None else ()):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench: {tool} not found")
 
-    udp_tool = _build("nfb_udp", "nfb_udp.c", [])
+    udp_tool = build("nfb_udp", "nfb_udp.c")
     impls = ["c", "nfbind"] if a.impl == "both" else [a.impl]
-    # impl -> (command, arguments after the common ones, environment)
+    # impl -> (command, its own options, environment)
     cmds: dict[str, tuple[list[str], list[str], dict[str, str] | None]] = {}
     info: dict = {"scenario": a.scenario, "packets": a.packets, "rounds": a.rounds,
                   "size": a.size,
                   "rcvbuf_request": rcvbuf, "kernel": platform.release(),
                   "cpus": os.cpu_count(), "cpu_pin": a.cpu}
     if "c" in impls:
-        cmds["c"] = ([_build("nflog_ref", "nflog_ref.c", ["-lnetfilter_log"])], [], None)
+        cmds["c"] = ([build("nflog_ref", "nflog_ref.c", ["-lnetfilter_log"])], [], None)
     if "nfbind" in impls:
         py, env, where = find_nfbind_python(a.python, NFLOG_PROBE, "nfbind.NfLog")
-        cmds["nfbind"] = ([py, os.path.join(HERE, "nflog_nfbind.py")], [a.fields], env)
+        cmds["nfbind"] = ([py, os.path.join(HERE, "nflog_nfbind.py")],
+                          ["--fields", a.fields], env)
         info["python"] = py
         info["nfbind"] = where
         info["pythonpath"] = env.get("PYTHONPATH")
         info["fields"] = a.fields
 
-    _install_sigterm()
+    install_sigterm()
     if not a.json:
         title = "throughput" if a.scenario == "drain" else a.scenario
         print(f"NFLOG {title}: {a.packets} packets x {a.size} B UDP payload, "
@@ -576,56 +530,24 @@ def main(argv: list[str] | None = None) -> int:
                   f"{a.fields}")
         print(flush=True)
 
-    rounds = []
-    failed = False
-    for r in range(1, a.rounds + 1):
-        row: dict = {"round": r}
-        for impl in impls:
-            cmd, tail, env = cmds[impl]
-            if a.scenario == "drain":
-                res = run_one(impl, cmd, tail, env, udp_tool, a.packets, a.size,
-                              rcvbuf, a.cpu, a.verbose)
-            else:
-                res = run_live(impl, cmd, tail, env, udp_tool, a.scenario, a.packets,
-                               a.size, rcvbuf, a.cpu, a.verbose)
-            row[impl] = res
-            if not res["ok"]:
-                failed = True
-        if len(impls) == 2 and row["c"]["ok"] and row["nfbind"]["ok"]:
-            row["ratio"] = row["nfbind"]["pps"] / row["c"]["pps"]
-        rounds.append(row)
+    def one(impl: str, _round: int) -> dict:
+        cmd, opts, env = cmds[impl]
+        if a.scenario == "drain":
+            return run_one(impl, cmd, opts, env, udp_tool, a.packets, a.size, rcvbuf,
+                           a.cpu, a.verbose)
+        return run_live(impl, cmd, opts, env, udp_tool, a.scenario, a.packets, a.size,
+                        rcvbuf, a.cpu, a.verbose)
+
+    text = describe(a.scenario, a.packets)
+
+    def on_row(row: dict) -> None:
+        set_ratio(row, "nfbind", "c")
         if not a.json:
-            parts = [f"round {r}:"]
-            for impl in impls:
-                res = row[impl]
-                if res["ok"] and a.scenario == "memory":
-                    parts.append(f"{impl} {_fmt(res['pps'])} pps, RSS "
-                                 f"{res['rss_warm_bytes'] >> 10} KiB at {RSS_EVERY}, "
-                                 f"max {res['rss_max_bytes'] >> 10} KiB later "
-                                 f"({res['rss_growth_pct']:+.2f}%)")
-                elif res["ok"] and a.scenario != "drain":
-                    parts.append(f"{impl} {_fmt(res['pps'])} pps (handled "
-                                 f"{res['packets']}/{res['sent']}, overruns "
-                                 f"{res['overruns']}, socket drops {res['socket_drops']})")
-                elif res["ok"]:
-                    parts.append(f"{impl} {_fmt(res['pps'])} pps "
-                                 f"({res['packets']}/{a.packets})")
-                else:
-                    parts.append(f"{impl} FAILED ({res.get('error')})")
-            if "ratio" in row:
-                parts.append(f"ratio {row['ratio']:.3f}")
-            print("  ".join(parts), flush=True)
+            print(round_line(row, impls, text), flush=True)
 
-    def med(impl: str) -> float | None:
-        vals = [row[impl]["pps"] for row in rounds if row[impl]["ok"]]
-        return statistics.median(vals) if vals else None
-
-    summary: dict = {}
-    for impl in impls:
-        summary[f"{impl}_pps_median"] = med(impl)
-    ratios = [row["ratio"] for row in rounds if "ratio" in row]
-    if len(impls) == 2:
-        summary["ratio_median"] = statistics.median(ratios) if ratios else None
+    rounds = interleaved_rounds(a.rounds, impls, one, on_row)
+    failed = not all_ok(rounds, impls)
+    summary, ratios = rate_summary(rounds, impls)
     if a.scenario != "drain":
         summary.update(live_summary(rounds, impls))
         for impl in impls:
@@ -637,24 +559,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.json:
         name = "nflog_throughput" if a.scenario == "drain" else f"nflog_{a.scenario}"
-        print(json.dumps({"benchmark": name, **info,
-                          "rounds_detail": rounds, **summary}, indent=None))
+        emit_json({"benchmark": name, **info, "rounds_detail": rounds, **summary})
     else:
-        print()
-        if "nfbind" in impls:
-            print(f"median nfbind: {_fmt(summary['nfbind_pps_median'])} pps")
-        if "c" in impls:
-            print(f"median C:      {_fmt(summary['c_pps_median'])} pps")
-        if len(impls) == 2:
-            rm = summary["ratio_median"]
-            print("median ratio nfbind/C: " + ("-" if rm is None else f"{rm:.3f}")
-                  + f"  (per-round ratios: {', '.join(f'{x:.3f}' for x in ratios)})")
-        if a.scenario != "drain":
-            for impl in impls:
-                got = {k[len(impl) + 1:-7]: v for k, v in summary.items()
-                       if k.startswith(impl + "_") and k.endswith("_median")
-                       and not k.startswith(impl + "_pps")}
-                print(f"median {impl}: " + ", ".join(f"{k} {v:,}" for k, v in got.items()))
+        print_rate_summary(summary, impls, ratios, live=a.scenario != "drain")
         if failed:
             print("SOME RUNS FAILED OR LOST PACKETS", file=sys.stderr)
     return 1 if failed else 0

@@ -34,7 +34,8 @@ rate = N / (last batch of any worker - first batch of any worker).  The
 summary is the median over rounds of each rate and of the per-round ratio
 two/one; ``ok`` is true when every run delivered every packet and the
 median ratio is at least ``--target`` (1.5).  Namespaces are deleted and
-only processes started here are killed, also on errors and SIGTERM.
+only processes started here are killed, also on errors and SIGTERM
+(_harness.py holds what the drivers share).
 """
 from __future__ import annotations
 
@@ -42,24 +43,19 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_nfqueue import (  # noqa: E402  (the shared helpers of the NFQUEUE benchmark)
-    Proc,
-    RunError,
-    _build,
-    _wait_stopped,
-    find_nfbind_python,
+from _harness import (  # noqa: E402
+    Namespace, RunError, add_common_options, build, check_common, emit_json,
+    find_nfbind_python, install_sigterm, interleaved_rounds, median, median_of, round_line,
+    set_ratio, wait_stopped,
 )
 
 PORT = 9999
@@ -67,9 +63,6 @@ MAX_QUEUE = 65536
 CONSUMER_TIMEOUT = 120.0
 READY_TIMEOUT = 30.0
 CONFIGS = ("one", "two")
-
-_namespaces: list[str] = []
-_procs: list[Proc] = []
 
 
 # --------------------------------------------------------------------------
@@ -143,13 +136,6 @@ def send_main(argv: list[str]) -> int:
 # the driver
 
 
-def _ip(*args: str, timeout: float = 30.0) -> str:
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
-    if r.returncode != 0:
-        raise RunError("%s failed (%d): %s" % (" ".join(args), r.returncode, r.stderr.strip()))
-    return r.stdout
-
-
 def _queues(pid: int) -> dict[int, dict]:
     """The nfnetlink_queue rows of the namespace process ``pid`` lives in
     (read through /proc/PID/net: no process is started for it)."""
@@ -194,179 +180,155 @@ def _signal_worker(pid: int, sig: int) -> None:
 
 def run_one(config: str, py: str, env: dict, udp_tool: str, npackets: int, size: int,
             sources: int, pin: bool, verbose: bool, tag: str) -> dict:
-    ns = "nfb-serve-%d-%s" % (os.getpid(), tag)
-    procs: list[Proc] = []
     worker_pids: list[int] = []
     nq = 2 if config == "two" else 1
     result: dict = {"config": config, "ok": False}
-
-    def log(msg: str) -> None:
-        if verbose:
-            print("  [%s %s] %s" % (config, ns, msg), file=sys.stderr, flush=True)
-
     with open("/proc/loadavg", encoding="ascii") as f:
         result["loadavg_1min"] = float(f.read().split()[0])
-    _ip("ip", "netns", "add", ns)
-    _namespaces.append(ns)
     try:
-        _ip("ip", "-n", ns, "link", "set", "lo", "up")
-        target = (["--queue-balance", "0:1"] if nq == 2 else ["--queue-num", "0"])
-        _ip("ip", "netns", "exec", ns, "iptables", "-w", "-A", "INPUT", "-p", "udp",
-            "--dport", str(PORT), "-j", "NFQUEUE", *target)
-        recv = Proc("receiver", ["ip", "netns", "exec", ns, udp_tool, "recv", str(PORT),
-                                 str(npackets), str(int(CONSUMER_TIMEOUT + 60))])
-        procs.append(recv)
-        _procs.append(recv)
-        recv.wait_line(b"READY", 10.0)
+        with Namespace("nfb-serve", tag) as ns:
+            def log(msg: str) -> None:
+                if verbose:
+                    print("  [%s %s] %s" % (config, ns.name, msg), file=sys.stderr,
+                          flush=True)
 
-        max_len = min(max(npackets, 1024), MAX_QUEUE)
-        cons = Proc(config, ["ip", "netns", "exec", ns, py, os.path.abspath(__file__),
-                             "_consumer", str(nq), "0", str(nq), str(max_len),
-                             "1" if pin else "0"], env=env)
-        procs.append(cons)
-        _procs.append(cons)
-        cons.wait_line(b"READY", READY_TIMEOUT)
-        line = next(l for l in cons.out.decode().splitlines() if l.startswith("PIDS "))
-        pids = [int(p) for p in json.loads(line[5:])]
-        worker_pids.extend(pids)
-        log("workers %s ready" % pids)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        recv.signal(signal.SIGSTOP)
-        for pid in pids:
-            _wait_stopped(pid)
-        _wait_stopped(recv.p.pid)
-
-        r = subprocess.run(["ip", "netns", "exec", ns, py, os.path.abspath(__file__), "_send",
-                            str(PORT), str(npackets), str(size), str(sources)],
-                           capture_output=True, text=True, timeout=120, env=env, check=False)
-        if r.returncode != 0:
-            raise RunError("sender failed (%d): %s" % (r.returncode, r.stderr.strip()[-500:]))
-        result["sender"] = json.loads(r.stdout.strip().splitlines()[-1])
-        log("sent: %s" % result["sender"])
-
-        end = time.monotonic() + 5.0
-        rows = _queues(cons.p.pid)
-        while sum(q["waiting"] for q in rows.values()) < npackets and time.monotonic() < end:
-            time.sleep(0.05)
-            rows = _queues(cons.p.pid)
-        waiting = {q: rows[q]["waiting"] for q in sorted(rows)}
-        result["split"] = waiting
-        drops = sum(q["queue_dropped"] + q["user_dropped"] for q in rows.values())
-        if sum(waiting.values()) != npackets or drops:
-            raise RunError("expected %d packets waiting, queues show %s (%d dropped)"
-                           % (npackets, waiting, drops))
-        log("queued: %s" % waiting)
-
-        cpu0 = [_cpu_seconds(pid) for pid in pids]
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-        end = time.monotonic() + CONSUMER_TIMEOUT
-        while time.monotonic() < end:
-            rows = _queues(cons.p.pid)
-            if not any(q["waiting"] for q in rows.values()):
-                break
-            time.sleep(0.02)
-        else:
-            raise RunError("the workers did not drain the queues")
-        # CPU time each worker used for the drain, and where it last ran:
-        # both near the drain's length, on different CPUs = real parallelism
-        result["worker_cpu"] = [
-            {"pid": pid, "cpu_seconds": round(_cpu_seconds(pid) - c0, 3),
-             "last_cpu": _last_cpu(pid)} for pid, c0 in zip(pids, cpu0)]
-        cons.signal(signal.SIGTERM)
-        rc = cons.wait_exit(30.0)
-        if rc != 0:
-            raise RunError("consumer exited %s" % rc + cons.stderr_tail())
-        res = cons.json_line()
-        result.update(packets=res["packets"], seconds=res["seconds"], pps=res["pps"],
-                      workers=res["workers"])
-        cpu = sum(w["cpu_seconds"] for w in result["worker_cpu"])
-        # >1: the workers really ran at the same time; packets per CPU second:
-        # the cost of a packet, whatever else the machine was doing
-        result["parallelism"] = round(cpu / res["seconds"], 2) if res["seconds"] else None
-        result["cpu_pps"] = round(res["packets"] / cpu) if cpu else None
-        log("consumer: %s" % res)
-        log("worker CPU: %s" % result["worker_cpu"])
-
-        recv.signal(signal.SIGCONT)
-        rrc = recv.wait_exit(10.0)
-        if rrc is None:
-            recv.signal(signal.SIGTERM)
-            rrc = recv.wait_exit(5.0)
-        if rrc is None:
-            raise RunError("receiver did not report")
-        result["received"] = recv.json_line().get("received")
-        problems = []
-        if result["packets"] != npackets:
-            problems.append("consumer handled %s of %d" % (result["packets"], npackets))
-        if result["received"] != npackets:
-            problems.append("receiver got %s of %d" % (result["received"], npackets))
-        if problems:
-            result["error"] = "; ".join(problems)
-        else:
-            result["ok"] = True
-        return result
+            try:
+                _drain_run(ns, log, result, worker_pids, nq, py, env, udp_tool, npackets,
+                           size, sources, pin)
+            finally:
+                # stopped workers must run to see their parent go (their stop
+                # pipe closes) and exit; the ones that do not are killed by pid
+                for pid in worker_pids:
+                    _signal_worker(pid, signal.SIGCONT)
+                for p in ns.procs:
+                    p.kill()
+                end = time.monotonic() + 5.0
+                while any(_is_worker(pid) for pid in worker_pids) and time.monotonic() < end:
+                    time.sleep(0.05)
+                for pid in worker_pids:
+                    _signal_worker(pid, signal.SIGKILL)
     except (RunError, subprocess.TimeoutExpired, OSError, ValueError, KeyError,
             StopIteration) as e:
         result["error"] = "%s: %s" % (type(e).__name__, e)
         return result
-    finally:
-        # stopped workers must run to see their parent go (their stop pipe
-        # closes) and exit; the ones that do not are killed by pid
-        for pid in worker_pids:
-            _signal_worker(pid, signal.SIGCONT)
-        for p in procs:
-            p.kill()
-            if p in _procs:
-                _procs.remove(p)
-        end = time.monotonic() + 5.0
-        while any(_is_worker(pid) for pid in worker_pids) and time.monotonic() < end:
-            time.sleep(0.05)
-        for pid in worker_pids:
-            _signal_worker(pid, signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False, timeout=30)
-        if ns in _namespaces:
-            _namespaces.remove(ns)
+    problems = []
+    if result["packets"] != npackets:
+        problems.append("consumer handled %s of %d" % (result["packets"], npackets))
+    if result["received"] != npackets:
+        problems.append("receiver got %s of %d" % (result["received"], npackets))
+    if problems:
+        result["error"] = "; ".join(problems)
+    else:
+        result["ok"] = True
+    return result
 
 
-def _cleanup() -> None:
-    for p in list(_procs):
-        p.kill()
-    for ns in list(_namespaces):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False, timeout=30)
+def _drain_run(ns: Namespace, log, result: dict, worker_pids: list[int], nq: int, py: str,
+               env: dict, udp_tool: str, npackets: int, size: int, sources: int,
+               pin: bool) -> None:
+    """Steps 1-6 of the module's docstring, for one configuration."""
+    target = (["--queue-balance", "0:1"] if nq == 2 else ["--queue-num", "0"])
+    ns.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(PORT), "-j",
+           "NFQUEUE", *target)
+    recv = ns.start("receiver", [udp_tool, "recv", str(PORT), str(npackets),
+                                 str(int(CONSUMER_TIMEOUT + 60))])
+    recv.wait_line(b"READY", 10.0)
 
+    max_len = min(max(npackets, 1024), MAX_QUEUE)
+    cons = ns.start(result["config"], [py, os.path.abspath(__file__), "_consumer", str(nq),
+                                       "0", str(nq), str(max_len), "1" if pin else "0"],
+                    env=env)
+    cons.wait_line(b"READY", READY_TIMEOUT)
+    line = next(l for l in cons.out.decode().splitlines() if l.startswith("PIDS "))
+    pids = [int(p) for p in json.loads(line[5:])]
+    worker_pids.extend(pids)
+    log("workers %s ready" % pids)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    recv.signal(signal.SIGSTOP)
+    for pid in pids:
+        wait_stopped(pid)
+    wait_stopped(recv.p.pid)
 
-def _on_term(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    r = subprocess.run(ns.cmd(py, os.path.abspath(__file__), "_send", str(PORT),
+                              str(npackets), str(size), str(sources)),
+                       capture_output=True, text=True, timeout=120, env=env, check=False)
+    if r.returncode != 0:
+        raise RunError("sender failed (%d): %s" % (r.returncode, r.stderr.strip()[-500:]))
+    result["sender"] = json.loads(r.stdout.strip().splitlines()[-1])
+    log("sent: %s" % result["sender"])
+
+    end = time.monotonic() + 5.0
+    rows = _queues(cons.p.pid)
+    while sum(q["waiting"] for q in rows.values()) < npackets and time.monotonic() < end:
+        time.sleep(0.05)
+        rows = _queues(cons.p.pid)
+    waiting = {q: rows[q]["waiting"] for q in sorted(rows)}
+    result["split"] = waiting
+    drops = sum(q["queue_dropped"] + q["user_dropped"] for q in rows.values())
+    if sum(waiting.values()) != npackets or drops:
+        raise RunError("expected %d packets waiting, queues show %s (%d dropped)"
+                       % (npackets, waiting, drops))
+    log("queued: %s" % waiting)
+
+    cpu0 = [_cpu_seconds(pid) for pid in pids]
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    end = time.monotonic() + CONSUMER_TIMEOUT
+    while time.monotonic() < end:
+        rows = _queues(cons.p.pid)
+        if not any(q["waiting"] for q in rows.values()):
+            break
+        time.sleep(0.02)
+    else:
+        raise RunError("the workers did not drain the queues")
+    # CPU time each worker used for the drain, and where it last ran:
+    # both near the drain's length, on different CPUs = real parallelism
+    result["worker_cpu"] = [
+        {"pid": pid, "cpu_seconds": round(_cpu_seconds(pid) - c0, 3),
+         "last_cpu": _last_cpu(pid)} for pid, c0 in zip(pids, cpu0)]
+    cons.signal(signal.SIGTERM)
+    rc = cons.wait_exit(30.0)
+    if rc != 0:
+        raise RunError("consumer exited %s" % rc + cons.stderr_tail())
+    res = cons.json_line()
+    result.update(packets=res["packets"], seconds=res["seconds"], pps=res["pps"],
+                  workers=res["workers"])
+    cpu = sum(w["cpu_seconds"] for w in result["worker_cpu"])
+    # >1: the workers really ran at the same time; packets per CPU second:
+    # the cost of a packet, whatever else the machine was doing
+    result["parallelism"] = round(cpu / res["seconds"], 2) if res["seconds"] else None
+    result["cpu_pps"] = round(res["packets"] / cpu) if cpu else None
+    log("consumer: %s" % res)
+    log("worker CPU: %s" % result["worker_cpu"])
+
+    recv.signal(signal.SIGCONT)
+    rrc = recv.wait_exit(10.0)
+    if rrc is None:
+        recv.signal(signal.SIGTERM)
+        rrc = recv.wait_exit(5.0)
+    if rrc is None:
+        raise RunError("receiver did not report")
+    result["received"] = recv.json_line().get("received")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--packets", type=int, default=60000,
                     help="packets per run, queued all at once (max %d)" % MAX_QUEUE)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--size", type=int, default=100, help="UDP payload bytes")
     ap.add_argument("--sources", type=int, default=4096,
                     help="source addresses the packets come from (the balance hash input)")
     ap.add_argument("--pin", action="store_true", help="pin worker k to CPU k")
     ap.add_argument("--target", type=float, default=1.5, help="the ratio that counts as ok")
-    ap.add_argument("--python", help="interpreter for the consumer (default: .venv/bin/python "
-                    "if it imports nfbind, else this one with PYTHONPATH=src)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    add_common_options(ap, cpu=False)
     a = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        sys.exit("bench: must run as root (network namespaces, iptables)")
+    check_common(a)
     if not 2 <= a.packets <= MAX_QUEUE:
         sys.exit("bench: --packets must be 2..%d" % MAX_QUEUE)
-    if not 0 <= a.size <= 65507 or not 1 <= a.rounds <= 1000 or not 1 <= a.sources <= 1 << 20:
-        sys.exit("bench: --size 0..65507, --rounds 1..1000, --sources 1..1048576")
-    for tool in ("ip", "iptables"):
-        if shutil.which(tool) is None:
-            sys.exit("bench: %s not found" % tool)
+    if not 1 <= a.sources <= 1 << 20:
+        sys.exit("bench: --sources must be 1..1048576")
 
-    udp_tool = _build("nfb_udp", "nfb_udp.c", [])
+    udp_tool = build("nfb_udp", "nfb_udp.c")
     py, env, where = find_nfbind_python(a.python)
     info = {"packets": a.packets, "rounds": a.rounds, "size": a.size, "sources": a.sources,
             "pin": a.pin, "kernel": platform.release(), "cpus": os.cpu_count(),
@@ -375,50 +337,36 @@ def main(argv: list[str] | None = None) -> int:
         print("NFQUEUE scale-out: %d packets x %d B, %d rounds, 1 worker/1 queue vs. "
               "2 workers/--queue-balance 0:1, kernel %s, %s CPUs"
               % (a.packets, a.size, a.rounds, info["kernel"], info["cpus"]), flush=True)
-    signal.signal(signal.SIGTERM, _on_term)
-    rounds = []
-    failed = False
-    try:
-        for r in range(1, a.rounds + 1):
-            row: dict = {"round": r}
-            for config in CONFIGS:
-                res = run_one(config, py, env, udp_tool, a.packets, a.size, a.sources, a.pin,
-                              a.verbose, "%d%s" % (r, config))
-                row[config] = res
-                failed |= not res["ok"]
-            if row["one"]["ok"] and row["two"]["ok"]:
-                row["ratio"] = row["two"]["pps"] / row["one"]["pps"]
-            rounds.append(row)
-            if not a.json:
-                parts = ["round %d:" % r]
-                for config in CONFIGS:
-                    res = row[config]
-                    if res["ok"]:
-                        split = "/".join(str(v) for v in res["split"].values())
-                        parts.append("%s %s pps (split %s, parallelism %.2f)" % (
-                            "1 worker" if config == "one" else "2 workers",
-                            "{:,.0f}".format(res["pps"]), split, res["parallelism"] or 0))
-                    else:
-                        parts.append("%s FAILED (%s)" % (config, res.get("error")))
-                if "ratio" in row:
-                    parts.append("ratio %.2f" % row["ratio"])
-                parts.append("load %.1f" % row["one"]["loadavg_1min"])
-                print("  ".join(parts), flush=True)
-    finally:
-        _cleanup()
+    install_sigterm()
 
-    def med(key: str) -> float | None:
-        vals = [row[key]["pps"] for row in rounds if row[key]["ok"]]
-        return statistics.median(vals) if vals else None
+    def describe(config: str, res: dict) -> str:
+        split = "/".join(str(v) for v in res["split"].values())
+        return "%s %s pps (split %s, parallelism %.2f)" % (
+            "1 worker" if config == "one" else "2 workers",
+            "{:,.0f}".format(res["pps"]), split, res["parallelism"] or 0)
+
+    def on_row(row: dict) -> None:
+        set_ratio(row, "two", "one")
+        if not a.json:
+            print(round_line(row, CONFIGS, describe, digits=2)
+                  + "  load %.1f" % row["one"]["loadavg_1min"], flush=True)
+
+    rounds = interleaved_rounds(
+        a.rounds, CONFIGS,
+        lambda config, r: run_one(config, py, env, udp_tool, a.packets, a.size, a.sources,
+                                  a.pin, a.verbose, "%d%s" % (r, config)),
+        on_row)
+    failed = any(not row[c]["ok"] for row in rounds for c in CONFIGS)
 
     ratios = [row["ratio"] for row in rounds if "ratio" in row]
-    ratio = statistics.median(ratios) if ratios else None
+    ratio = median(ratios)
     ok = not failed and ratio is not None and ratio >= a.target
-    summary = {"one_worker_pps_median": med("one"), "two_workers_pps_median": med("two"),
+    summary = {"one_worker_pps_median": median_of(rounds, "one", "pps"),
+               "two_workers_pps_median": median_of(rounds, "two", "pps"),
                "ratio_median": ratio, "target": a.target, "ok": ok, "info": info,
                "rounds_detail": rounds}
     if a.json:
-        print(json.dumps(summary, separators=(",", ":")))
+        emit_json(summary, compact=True)
     else:
         fmt = lambda x: "-" if x is None else "{:,.0f}".format(x)  # noqa: E731
         print("\nmedian: 1 worker %s pps, 2 workers %s pps, ratio %s (target %.2f): %s" % (

@@ -1,15 +1,18 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """nfbind NFLOG consumer for benchmarks/bench_nflog.py.
 
-    python nflog_nfbind.py GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS [FIELDS [MODE]]]]
+    python nflog_nfbind.py [--fields FIELDS] [--stream] [--idle S] [--rcvbuf B]
+                           [--rss-every K] [--timeout T] GROUP N
 
-The same job as nflog_ref.c, written with nfbind: bind the log group with
-``NfLog`` (copy packet, range 0xffff, receive buffer forced to RCVBUF_BYTES,
-which the kernel doubles; overruns counted, not raised), print READY, and
-hand every packet to a handler that reads the packet fields named in FIELDS
-and counts.  FIELDS is a comma-separated subset of prefix, payload_len,
-indev, timestamp (default: all four, what nflog_ref.c's callback reads), or
-``none`` (the packet object is created and handed over, no field is read).
+The same job as nflog_ref.c, with the same command line (_consumer.py; only
+--fields is this one's), written with nfbind: bind the log group with
+``NfLog`` (copy packet, range 0xffff, receive buffer forced to --rcvbuf
+bytes, default 64 MiB, which the kernel doubles; overruns counted, not
+raised), print READY, and hand every packet to a handler that reads the
+packet fields named in FIELDS and counts.  FIELDS is a comma-separated
+subset of prefix, payload_len, indev, timestamp (default: all four, what
+nflog_ref.c's callback reads), or ``none`` (the packet object is created and
+handed over, no field is read).
 
 The clock starts when the handler sees the first packet and stops when
 ``log.run()`` returns after the handler has seen the N-th and called
@@ -19,18 +22,17 @@ The clock starts when the handler sees the first packet and stops when
     {"impl":"nfbind","packets":N,"seconds":S,"pps":P,"overruns":O,"extra":X,...}
 
 Exits 2 (printing the JSON line with the count so far) if no packet comes
-for IDLE_SECONDS (default 3) while fewer than N have been seen; killed by
-SIGALRM (default action) if not done within TIMEOUT_SECONDS (default 60) of
-READY, so a stuck run can't hang the driver.
+for --idle seconds (default 3) while fewer than N have been seen; killed by
+SIGALRM (default action) if not done within --timeout seconds (default 60)
+of READY, so a stuck run can't hang the driver.
 
-MODE is ``drain`` (the default: all of the above), ``stream`` (the stream
-and overload scenarios: packets are sent while the consumer runs and some
-may be lost, so running out of packets for IDLE_SECONDS is the normal end;
-exit 0 with the count handled and "seconds" from the first packet to the
-last one handled, for which the handler reads the clock every packet), or
-``rss=K`` (as ``stream``, and every K packets the process's resident set
-size is read from /proc/self/statm; reported as "rss" = [[packets, bytes],
-...]).
+``--stream`` (the stream and overload scenarios): packets are sent while the
+consumer runs and some may be lost, so running out of packets for --idle
+seconds is the normal end; exit 0 with the count handled and "seconds" from
+the first packet to the last one handled, for which the handler reads the
+clock every packet.  ``--rss-every K``: as ``--stream``, and every K packets
+the process's resident set size is read from /proc/self/statm; reported as
+"rss" = [[packets, bytes], ...].
 """
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ import os
 import signal
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _consumer import parse_consumer_args, rss_bytes  # noqa: E402
 
 #: field -> the statement the handler runs for it (it accumulates the value,
 #: as the C callback does, so that reading it is not dead code)
@@ -49,13 +55,6 @@ FIELDS = {
     "timestamp": "    if pkt.timestamp is None:\n        acc[3] += 1\n",
 }
 ALL_FIELDS = ",".join(FIELDS)
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_bytes() -> int:
-    """This process's resident set size."""
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * PAGE
 
 
 def parse_fields(spec: str) -> list[str]:
@@ -95,32 +94,18 @@ def make_handler(fields: list[str], state: list, acc: list, n: int, clock, stop,
 
 
 def main(argv: list[str]) -> int:
-    if not 4 <= len(argv) <= 8:
-        print(f"usage: {argv[0]} GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS "
-              f"[FIELDS [MODE]]]]", file=sys.stderr)
-        return 64
-    mode = argv[7] if len(argv) == 8 else "drain"
-    rss_every = 0
-    if mode.startswith("rss="):
-        rss_every = int(mode[4:]) if mode[4:].isdigit() else 0
-        if rss_every <= 0:
-            print(f"nflog_nfbind: bad MODE {mode!r}", file=sys.stderr)
-            return 64
-    elif mode not in ("drain", "stream"):
-        print(f"nflog_nfbind: bad MODE {mode!r}: drain, stream or rss=K",
-              file=sys.stderr)
-        return 64
+    a = parse_consumer_args(argv[1:], "nflog_nfbind",
+                            options={"--fields": ("fields", str, ALL_FIELDS, "FIELDS")},
+                            flags=["--stream"])
+    rss_every = a.rss_every
+    mode = "rss" if rss_every else "stream" if a.stream else "drain"
     streaming = mode != "drain"
-    group, npackets, rcvbuf = int(argv[1]), int(argv[2]), int(argv[3])
-    timeout = int(argv[4]) if len(argv) >= 5 else 60
-    idle = float(argv[5]) if len(argv) >= 6 else 3.0
+    group, npackets, rcvbuf, timeout = a.num, a.packets, a.rcvbuf, a.timeout
+    idle = a.idle if a.idle is not None else 3.0
     try:
-        fields = parse_fields(argv[6] if len(argv) >= 7 else ALL_FIELDS)
+        fields = parse_fields(a.fields)
     except ValueError as e:
         print(f"nflog_nfbind: {e}", file=sys.stderr)
-        return 64
-    if npackets <= 0:
-        print("nflog_nfbind: packet count must be > 0", file=sys.stderr)
         return 64
 
     from nfbind import CopyMode, NfLog

@@ -9,30 +9,31 @@
  * payload pointer and length, the input interface, the timestamp) and
  * counts.
  *
- *   nflog_ref GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS [IDLE_SECONDS [stream|rss=K]]]
+ *   nflog_ref [--stream] [--idle S] [--rcvbuf B] [--rss-every K] [--timeout T]
+ *             GROUP N
  *
- * Forces the socket's receive buffer to RCVBUF_BYTES (SO_RCVBUFFORCE; the
- * kernel doubles it), does NOT set NETLINK_NO_ENOBUFS so that a lost message
- * shows up as ENOBUFS, prints "READY" once bound, then handles packets.  The
- * clock starts when the first recv() returns and stops when the callback has
- * seen the N-th packet.  Then whatever is still readable is drained without
+ * (the command line is ref_args.h's, shared with nfq_ref.c).  Forces the
+ * socket's receive buffer to --rcvbuf bytes (SO_RCVBUFFORCE; the kernel
+ * doubles it), does NOT set NETLINK_NO_ENOBUFS so that a lost message shows
+ * up as ENOBUFS, prints "READY" once bound, then handles packets.  The clock
+ * starts when the first recv() returns and stops when the callback has seen
+ * the N-th packet.  Then whatever is still readable is drained without
  * waiting (not timed) and counted as "extra", and one JSON line is printed:
  *
  *   {"impl":"c","packets":N,"seconds":S,"pps":P,"enobufs":E,"extra":X,...}
  *
  * Exits 2 (with a message on stderr, and the JSON line with the count so
- * far) if N packets are not seen within TIMEOUT_SECONDS (default 60) of
- * READY, or if none arrives for IDLE_SECONDS (default 3) once packets have
+ * far) if N packets are not seen within --timeout seconds (default 60) of
+ * READY, or if none arrives for --idle seconds (default 3) once packets have
  * started to come.
  *
- * With the last argument "stream" (the stream and overload scenarios: the
- * consumer runs while the packets are sent, and some may be lost), running
- * out of packets for IDLE_SECONDS is the normal end: the consumer exits 0
- * and reports the packets it handled, with "seconds" from the first recv()
- * to the last packet handled (the callback then reads the clock for every
- * packet).  "rss=K" is the same, and every K packets the resident set size
- * is read from /proc/self/statm, reported as "rss":[[packets,bytes],...]
- * (the first sample, at 0, is taken before READY).
+ * With --stream (the stream and overload scenarios: the consumer runs while
+ * the packets are sent, and some may be lost), running out of packets for
+ * --idle seconds is the normal end: the consumer exits 0 and reports the
+ * packets it handled, with "seconds" from the first recv() to the last
+ * packet handled (the callback then reads the clock for every packet).
+ * --rss-every K is the same, and every K packets the resident set size is
+ * sampled.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -42,36 +43,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <libnetfilter_log/libnetfilter_log.h>
 
-#define MAX_RSS_SAMPLES 4096
-
-static unsigned long rss_at[MAX_RSS_SAMPLES];
-static unsigned long rss_bytes[MAX_RSS_SAMPLES];
-static unsigned int rss_n;
-
-/* Append (count, resident set size) to the samples. */
-static void rss_sample(unsigned long count)
-{
-	unsigned long size, resident;
-	FILE *f;
-
-	if (rss_n >= MAX_RSS_SAMPLES)
-		return;
-	f = fopen("/proc/self/statm", "r");
-	if (!f)
-		return;
-	if (fscanf(f, "%lu %lu", &size, &resident) == 2) {
-		rss_at[rss_n] = count;
-		rss_bytes[rss_n] = resident * (unsigned long)sysconf(_SC_PAGESIZE);
-		rss_n++;
-	}
-	fclose(f);
-}
+#include "ref_args.h"
+#include "ref_common.h"
 
 /* room for one message with a full 0xffff copy and its attributes */
 #define RECV_BUF_BYTES (0xffff + 8192)
@@ -89,48 +67,8 @@ struct state {
 	unsigned long rss_every;
 };
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* User + system CPU seconds this process has used. */
-static double cpu_now(void)
-{
-	struct rusage ru;
-
-	if (getrusage(RUSAGE_SELF, &ru) < 0)
-		return 0.0;
-	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
 /* CPU seconds used when READY was printed */
 static double cpu0;
-
-static void die(const char *what)
-{
-	fprintf(stderr, "nflog_ref: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static unsigned long parse_ulong(const char *s, const char *name,
-				 unsigned long max)
-{
-	char *end;
-	unsigned long v;
-
-	errno = 0;
-	v = strtoul(s, &end, 0);
-	if (errno || *s == '\0' || *end != '\0' || v > max) {
-		fprintf(stderr, "nflog_ref: bad %s: %s\n", name, s);
-		exit(64);
-	}
-	return v;
-}
 
 static int on_packet(struct nflog_g_handle *gh, struct nfgenmsg *nfmsg,
 		     struct nflog_data *nfa, void *data)
@@ -177,22 +115,18 @@ static void report(const struct state *st, double secs, unsigned long enobufs,
 	       secs > 0 ? (double)st->done / secs : 0.0, enobufs, extra, rcvbuf, recvs,
 	       st->with_prefix, st->no_timestamp,
 	       (unsigned long long)st->payload_bytes, cpu_now() - cpu0);
-	if (st->rss_every) {
-		unsigned int i;
-
-		printf(",\"rss\":[");
-		for (i = 0; i < rss_n; i++)
-			printf("%s[%lu,%lu]", i ? "," : "", rss_at[i], rss_bytes[i]);
-		printf("]");
-	}
+	if (st->rss_every)
+		rss_print();
 	printf("}\n");
 	fflush(stdout);
 }
 
 int main(int argc, char **argv)
 {
-	unsigned long group, rcvbuf_req, timeout_s = 60, idle_s = 3;
+	struct ref_args args;
+	unsigned long group, timeout_s;
 	unsigned long enobufs = 0, recvs = 0, extra = 0;
+	double idle_s;
 	struct state st;
 	struct nflog_handle *h;
 	struct nflog_g_handle *gh;
@@ -203,34 +137,14 @@ int main(int argc, char **argv)
 	socklen_t optlen = sizeof(rcvbuf);
 	char *buf;
 
-	if (argc < 4 || argc > 7 ||
-	    (argc == 7 && strcmp(argv[6], "stream") != 0 &&
-	     strncmp(argv[6], "rss=", 4) != 0)) {
-		fprintf(stderr,
-			"usage: %s GROUP N RCVBUF_BYTES [TIMEOUT_SECONDS "
-			"[IDLE_SECONDS [stream]]]\n", argv[0]);
-		return 64;
-	}
+	ref_parse_args(argc, argv, "nflog_ref", REF_STREAM, &args);
 	memset(&st, 0, sizeof(st));
-	group = parse_ulong(argv[1], "group", 65535);
-	st.npackets = parse_ulong(argv[2], "packet count", 0xffffffffUL);
-	rcvbuf_req = parse_ulong(argv[3], "receive buffer size", 0x3fffffffUL);
-	if (argc >= 5)
-		timeout_s = parse_ulong(argv[4], "timeout", 86400);
-	if (argc >= 6)
-		idle_s = parse_ulong(argv[5], "idle timeout", 86400);
-	st.stream = argc == 7;
-	if (argc == 7 && strncmp(argv[6], "rss=", 4) == 0) {
-		st.rss_every = parse_ulong(argv[6] + 4, "rss interval", 1UL << 30);
-		if (st.rss_every == 0) {
-			fprintf(stderr, "nflog_ref: bad rss interval\n");
-			return 64;
-		}
-	}
-	if (st.npackets == 0) {
-		fprintf(stderr, "nflog_ref: packet count must be > 0\n");
-		return 64;
-	}
+	group = args.num;
+	st.npackets = args.npackets;
+	timeout_s = args.timeout_s;
+	idle_s = args.idle_s > 0 ? args.idle_s : 3.0;
+	st.rss_every = args.rss_every;
+	st.stream = args.stream || args.rss_every;
 
 	buf = malloc(RECV_BUF_BYTES);
 	if (!buf)
@@ -241,7 +155,7 @@ int main(int argc, char **argv)
 		die("nflog_open");
 	fd = nflog_fd(h);
 
-	rcvbuf = (int)rcvbuf_req;
+	rcvbuf = args.rcvbuf;
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf,
 		       sizeof(rcvbuf)) < 0)
 		die("SO_RCVBUFFORCE");
@@ -289,7 +203,7 @@ int main(int argc, char **argv)
 				if (st.done != done_seen) {
 					done_seen = st.done;
 					t_progress = t;
-				} else if (st.done && t - t_progress > (double)idle_s) {
+				} else if (st.done && t - t_progress > idle_s) {
 					if (st.stream)
 						goto stream_end;
 					goto idle;
@@ -336,7 +250,7 @@ timeout:
 		st.done, st.npackets, timeout_s);
 	goto fail;
 idle:
-	fprintf(stderr, "nflog_ref: no packet for %lu s after %lu of %lu\n",
+	fprintf(stderr, "nflog_ref: no packet for %g s after %lu of %lu\n",
 		idle_s, st.done, st.npackets);
 fail:
 	report(&st, 0.0, enobufs, 0, recvs, rcvbuf);

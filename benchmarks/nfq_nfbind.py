@@ -2,18 +2,19 @@
 """nfbind NFQUEUE consumer for benchmarks/bench_nfqueue.py.
 
     python nfq_nfbind.py [--idle S] [--rcvbuf B] [--rcvbuf-max B] [--rss-every K]
-                         QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]
+                         [--timeout T] QUEUE_NUM N MAX_QUEUE_LEN
 
-The same job as nfq_ref.c, written with nfbind: bind the queue (copy packet,
-range 0xffff, a forced 64 MiB receive buffer), print READY, accept every
-packet.  The clock starts when the handler sees the first packet and stops
-when the handler has seen the N-th; the last verdicts are flushed when
-``q.run()`` returns, so the end time is taken again after that and reported
-as well ("seconds" covers up to the return of ``run()``).  Prints one line:
+The same job as nfq_ref.c, with the same command line (_consumer.py), written
+with nfbind: bind the queue (copy packet, range 0xffff, a forced receive
+buffer, default 64 MiB), print READY, accept every packet.  The clock starts
+when the handler sees the first packet and stops when the handler has seen
+the N-th; the last verdicts are flushed when ``q.run()`` returns, so the end
+time is taken again after that and reported as well ("seconds" covers up to
+the return of ``run()``).  Prints one line:
 
     {"impl":"nfbind","packets":N,"seconds":S,"pps":P,...}
 
-Killed by SIGALRM (default action) if not done within TIMEOUT_SECONDS
+Killed by SIGALRM (default action) if not done within --timeout seconds
 (default 60) of READY, so a stuck run can't hang the driver.
 
 Options for the other scenarios (without them it is the drain consumer
@@ -25,7 +26,7 @@ above):
     last one handled (the handler reads the clock for every packet), or to
     the return of ``run()`` if all N came.
 ``--rcvbuf B``
-    the receive buffer to force instead of 64 MiB.
+    the receive buffer to force (default 64 MiB).
 ``--rcvbuf-max B``
     how far an overrun may grow it (``NfQueue(rcvbuf_max=B)``; default:
     nfbind's own, the size it picks from MAX_QUEUE_LEN).  The size the
@@ -43,43 +44,17 @@ import signal
 import sys
 import time
 
-OPTIONS = {"--idle": float, "--rcvbuf": int, "--rcvbuf-max": int, "--rss-every": int}
-PAGE = os.sysconf("SC_PAGE_SIZE")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def rss_bytes() -> int:
-    """This process's resident set size."""
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
-    """Leading --name VALUE options, then the positional arguments."""
-    opts: dict = {}
-    rest = list(argv[1:])
-    while rest and rest[0] in OPTIONS and len(rest) >= 2:
-        name = rest.pop(0)
-        opts[name[2:].replace("-", "_")] = OPTIONS[name](rest.pop(0))
-    return opts, [argv[0]] + rest
+from _consumer import parse_consumer_args, rss_bytes  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    try:
-        opts, argv = parse_options(argv)
-    except ValueError as e:
-        print(f"nfq_nfbind: bad option value: {e}", file=sys.stderr)
-        return 64
-    if len(argv) not in (4, 5):
-        print(f"usage: {argv[0]} [--idle S] [--rcvbuf B] [--rcvbuf-max B] [--rss-every K] "
-              "QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]", file=sys.stderr)
-        return 64
-    idle = opts.get("idle")
-    rss_every = opts.get("rss_every")
-    queue_num, npackets, max_len = int(argv[1]), int(argv[2]), int(argv[3])
-    timeout = int(argv[4]) if len(argv) == 5 else 60
-    if npackets <= 0:
-        print("nfq_nfbind: packet count must be > 0", file=sys.stderr)
-        return 64
+    a = parse_consumer_args(argv[1:], "nfq_nfbind", max_len=True,
+                            options={"--rcvbuf-max": ("rcvbuf_max", int, None, "B")})
+    idle = a.idle
+    rss_every = a.rss_every
+    queue_num, npackets, max_len, timeout = a.num, a.packets, a.max_len, a.timeout
 
     from nfbind import NfQueue, Verdict
 
@@ -90,8 +65,7 @@ def main(argv: list[str]) -> int:
     rss: list = []
 
     with NfQueue(queue_num, copy_range=0xFFFF, max_len=max_len,
-                 rcvbuf=opts.get("rcvbuf", 64 << 20),
-                 rcvbuf_max=opts.get("rcvbuf_max")) as q:
+                 rcvbuf=a.rcvbuf, rcvbuf_max=a.rcvbuf_max) as q:
         stop = q.stop
 
         def handler(pkt, state=state, n=npackets, clock=clock,

@@ -6,20 +6,22 @@
  * API: one recv per packet, nfq_nlmsg_parse() on it, and ONE NF_ACCEPT verdict
  * per packet, each sent with its own mnl_socket_sendto().
  *
- *   nfq_ref QUEUE_NUM N MAX_QUEUE_LEN [TIMEOUT_SECONDS]
+ *   nfq_ref [--batch] [--idle S] [--rcvbuf B] [--rss-every K] [--timeout T]
+ *           QUEUE_NUM N MAX_QUEUE_LEN
  *
- * Binds the queue (copy packet, range 0xffff, queue max len MAX_QUEUE_LEN),
- * forces a 64 MiB receive buffer, prints "READY" once bound, then accepts
- * packets.  The clock starts when the first packet is received and stops after
- * the N-th verdict has been sent; then one JSON line is printed:
+ * (the command line is ref_args.h's, shared with nflog_ref.c).  Binds the
+ * queue (copy packet, range 0xffff, queue max len MAX_QUEUE_LEN), forces the
+ * receive buffer (--rcvbuf, default 64 MiB), prints "READY" once bound, then
+ * accepts packets.  The clock starts when the first packet is received and
+ * stops after the N-th verdict has been sent; then one JSON line is printed:
  *
  *   {"impl":"c","packets":N,"seconds":S,"pps":P}
  *
  * Exits 2 (with a message on stderr) if N packets are not done within
- * TIMEOUT_SECONDS (default 60) of READY.
+ * --timeout seconds (default 60) of READY.
  *
- * Options (before the positional arguments) for the stream and overload
- * scenarios; without them the consumer behaves as described above:
+ * Options for the stream and overload scenarios; without them the consumer
+ * behaves as described above:
  *
  *   --batch        after a blocking recv, also read every message that is
  *                  readable right away, then accept them all with ONE
@@ -28,13 +30,9 @@
  *                  even if fewer than N came (packets were lost); exit 0 and
  *                  report "seconds" from the first packet received to the
  *                  last verdict sent
- *   --rcvbuf B     force a receive buffer of B bytes instead of 64 MiB
- *   --rss-every K  every K packets, read the resident set size from
- *                  /proc/self/statm; reported as "rss":[[packets,bytes],...]
- *                  (the first sample, at 0, is taken before READY)
+ *   --rss-every K  every K packets, sample the resident set size
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +41,6 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -53,71 +50,8 @@
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
 
-#define RCVBUF_BYTES (64 << 20)
-#define MAX_RSS_SAMPLES 4096
-
-static unsigned long rss_at[MAX_RSS_SAMPLES];
-static unsigned long rss_bytes[MAX_RSS_SAMPLES];
-static unsigned int rss_n;
-
-/* Append (count, resident set size) to the samples. */
-static void rss_sample(unsigned long count)
-{
-	unsigned long size, resident;
-	FILE *f;
-
-	if (rss_n >= MAX_RSS_SAMPLES)
-		return;
-	f = fopen("/proc/self/statm", "r");
-	if (!f)
-		return;
-	if (fscanf(f, "%lu %lu", &size, &resident) == 2) {
-		rss_at[rss_n] = count;
-		rss_bytes[rss_n] = resident * (unsigned long)sysconf(_SC_PAGESIZE);
-		rss_n++;
-	}
-	fclose(f);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* User + system CPU seconds this process has used. */
-static double cpu_now(void)
-{
-	struct rusage ru;
-
-	if (getrusage(RUSAGE_SELF, &ru) < 0)
-		return 0.0;
-	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "nfq_ref: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static unsigned long parse_ulong(const char *s, const char *name,
-				 unsigned long max)
-{
-	char *end;
-	unsigned long v;
-
-	errno = 0;
-	v = strtoul(s, &end, 0);
-	if (errno || *s == '\0' || *end != '\0' || v > max) {
-		fprintf(stderr, "nfq_ref: bad %s: %s\n", name, s);
-		exit(64);
-	}
-	return v;
-}
+#include "ref_args.h"
+#include "ref_common.h"
 
 /* Send one config message and wait for the kernel's ack. */
 static void config_send(struct mnl_socket *nl, struct nlmsghdr *nlh,
@@ -189,71 +123,29 @@ next:
 	return seen;
 }
 
-static const struct option long_opts[] = {
-	{ "batch", no_argument, NULL, 'b' },
-	{ "idle", required_argument, NULL, 'i' },
-	{ "rcvbuf", required_argument, NULL, 'r' },
-	{ "rss-every", required_argument, NULL, 's' },
-	{ NULL, 0, NULL, 0 },
-};
-
 int main(int argc, char **argv)
 {
-	unsigned long queue_num, npackets, max_len, timeout_s = 60;
-	unsigned long recv_calls = 0, verdict_msgs = 0, rss_every = 0, rss_next = 0;
+	struct ref_args args;
+	unsigned long queue_num, npackets, max_len, timeout_s;
+	unsigned long recv_calls = 0, verdict_msgs = 0, rss_every, rss_next;
 	struct mnl_socket *nl;
 	struct nlmsghdr *nlh;
 	size_t buf_size;
 	char *buf;
 	unsigned long done = 0;
-	double t_first = 0.0, t_end = 0.0, deadline, idle_s = 0.0, cpu0;
-	int one = 1, rcvbuf = RCVBUF_BYTES, batch = 0, opt, idled = 0;
+	double t_first = 0.0, t_end = 0.0, deadline, idle_s, cpu0;
+	int one = 1, rcvbuf, batch, idled = 0;
 	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
 
-	while ((opt = getopt_long(argc, argv, "bi:r:s:", long_opts, NULL)) != -1) {
-		switch (opt) {
-		case 'b':
-			batch = 1;
-			break;
-		case 'i': {
-			char *end;
-
-			idle_s = strtod(optarg, &end);
-			if (*optarg == '\0' || *end != '\0' || !(idle_s > 0) ||
-			    idle_s > 3600) {
-				fprintf(stderr, "nfq_ref: bad --idle: %s\n", optarg);
-				return 64;
-			}
-			break;
-		}
-		case 'r':
-			rcvbuf = (int)parse_ulong(optarg, "--rcvbuf", 1UL << 30);
-			break;
-		case 's':
-			rss_every = parse_ulong(optarg, "--rss-every", 1UL << 30);
-			rss_next = rss_every;
-			break;
-		default:
-			return 64;
-		}
-	}
-	argc -= optind - 1;
-	argv += optind - 1;
-	if (argc < 4 || argc > 5) {
-		fprintf(stderr,
-			"usage: %s [--batch] [--idle S] [--rcvbuf B] QUEUE_NUM N "
-			"MAX_QUEUE_LEN [TIMEOUT_SECONDS]\n", argv[0]);
-		return 64;
-	}
-	queue_num = parse_ulong(argv[1], "queue number", 65535);
-	npackets = parse_ulong(argv[2], "packet count", 0xffffffffUL);
-	max_len = parse_ulong(argv[3], "max queue length", 0xffffffffUL);
-	if (argc == 5)
-		timeout_s = parse_ulong(argv[4], "timeout", 86400);
-	if (npackets == 0) {
-		fprintf(stderr, "nfq_ref: packet count must be > 0\n");
-		return 64;
-	}
+	ref_parse_args(argc, argv, "nfq_ref", REF_BATCH | REF_MAX_LEN, &args);
+	queue_num = args.num;
+	npackets = args.npackets;
+	max_len = args.max_len;
+	timeout_s = args.timeout_s;
+	idle_s = args.idle_s;
+	rcvbuf = args.rcvbuf;
+	rss_every = rss_next = args.rss_every;
+	batch = args.batch;
 
 	/* room for a full 0xffff copy plus the netlink/attribute headers */
 	buf_size = 0xffff + (MNL_SOCKET_BUFFER_SIZE / 2);
@@ -369,15 +261,8 @@ int main(int argc, char **argv)
 		       done, secs, secs > 0 ? (double)done / secs : 0.0,
 		       batch ? "batch" : "single", idled ? "true" : "false",
 		       recv_calls, verdict_msgs, rcvbuf, cpu_now() - cpu0);
-		if (rss_every) {
-			unsigned int i;
-
-			printf(",\"rss\":[");
-			for (i = 0; i < rss_n; i++)
-				printf("%s[%lu,%lu]", i ? "," : "", rss_at[i],
-				       rss_bytes[i]);
-			printf("]");
-		}
+		if (rss_every)
+			rss_print();
 		printf("}\n");
 		fflush(stdout);
 	}

@@ -58,3 +58,40 @@ def test_bench_quick_json():
     text = subprocess.run(
         [sys.executable, BENCH, "--help"], capture_output=True, text=True, timeout=60)
     assert "--only" in text.stdout
+
+
+# the C references and the nfbind consumers take one command line (ref_args.h
+# and benchmarks/_consumer.py): what one refuses, the other refuses too
+REFUSED = [
+    [],                                       # no arguments
+    ["1"],                                    # no packet count
+    ["--bogus", "1", "2"],                    # an unknown option
+    ["--idle", "x", "1", "2"],                # bad values
+    ["--idle", "0", "1", "2"],
+    ["--rcvbuf", "big", "1", "2"],
+    ["--timeout", "-1", "1", "2"],
+    ["1", "0"],                               # no packets to wait for
+]
+
+
+@pytest.mark.parametrize("channel", ["nfq", "nflog"])
+def test_consumers_refuse_the_same_command_lines(channel):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import _harness
+    finally:
+        sys.path.pop(0)
+    if channel == "nfq":
+        ref = _harness.build("nfq_ref", "nfq_ref.c", ["-lnetfilter_queue", "-lmnl"])
+        tail, other = ["64"], "--stream"    # MAX_QUEUE_LEN; nflog's flag
+    else:
+        ref = _harness.build("nflog_ref", "nflog_ref.c", ["-lnetfilter_log"])
+        tail, other = [], "--batch"
+    py = [sys.executable, os.path.join(REPO, "benchmarks", channel + "_nfbind.py")]
+    for args in REFUSED + [[other, "1", "2"]]:
+        args = args + tail if len(args) >= 2 else args
+        for cmd in ([ref] + args, py + args):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            assert r.returncode == 64, (cmd, r.returncode, r.stdout, r.stderr)
+            assert "usage:" in r.stderr or "bad" in r.stderr or "must be" in r.stderr, (
+                cmd, r.stderr)
