@@ -69,9 +69,10 @@ venv: $(STAMP)
 $(VPY): | deps
 	$(PYTHON) -m venv $(VENV)
 
-# pip install -e builds the cffi modules into src/nfbind; build_ffi.py then recompiles
-# in place with cffi's own dependency check, so an edited cdef/*.h or cdef/*.c always
-# ends up in the .so files even when setuptools thinks the extension is up to date.
+# pip install -e builds the cffi modules (the core and each channel whose library is
+# installed) into src/nfbind; build_ffi.py then recompiles in place with cffi's own
+# dependency check, so an edited cdef/*.h or cdef/*.c always ends up in the .so files
+# even when setuptools thinks the extension is up to date.
 $(STAMP): $(VPY) $(BUILD_INPUTS) | deps
 	$(VPY) -m pip install -q -e '.[test,scapy]'
 	$(VPY) build_ffi.py
@@ -113,6 +114,6 @@ docs: venv
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis benchmarks/bin
 	rm -rf src/*.egg-info
-	rm -f src/nfbind/_nfqueue.c src/nfbind/_nflog.c src/nfbind/_conntrack.c
+	rm -f src/nfbind/_nfcore.c src/nfbind/_nfqueue.c src/nfbind/_nflog.c src/nfbind/_conntrack.c
 	rm -f src/nfbind/_*.so src/nfbind/_*.o
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

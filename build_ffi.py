@@ -1,21 +1,24 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""cffi out-of-line (API mode) builders for nfbind's three compiled modules.
+"""cffi out-of-line (API mode) builders for nfbind's four compiled modules.
 
-Each module wraps one C library and links only that library, so a machine
-without libnetfilter_conntrack still imports ``nfbind.NfQueue``:
-
+* ``nfbind._nfcore``    libmnl: what the channels share
 * ``nfbind._nfqueue``   libnetfilter_queue + libmnl
 * ``nfbind._nflog``     libnetfilter_log + libmnl
 * ``nfbind._conntrack`` libnetfilter_conntrack + libmnl
 
-The C declarations live in ``cdef/*.h`` and the C helpers in ``cdef/*.c``.
-Run ``python build_ffi.py`` to compile all three in place (``src/nfbind``).
+Each channel module includes the core (``ffi.include``: the same C types and
+constants, and the core's functions reachable through its ``lib``) and links
+only its own library.
+
+The C declarations live in ``cdef/*.h`` and the C code in ``cdef/*.c``.
+Run ``python build_ffi.py`` to compile all four in place (``src/nfbind``).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from typing import Optional
 
 from cffi import FFI
 
@@ -24,6 +27,12 @@ CDEF = os.path.join(HERE, "cdef")
 
 # module -> (pkg-config names, plain library names, header to check, Debian package)
 _LIBS = {
+    "_nfcore": (
+        ["libmnl"],
+        ["mnl"],
+        "libmnl/libmnl.h",
+        "libmnl-dev",
+    ),
     "_nfqueue": (
         ["libnetfilter_queue", "libmnl"],
         ["netfilter_queue", "mnl"],
@@ -88,16 +97,18 @@ def _check_headers(header: str, pkgs: list[str], debian: str) -> None:
         )
 
 
-def _builder(module: str) -> FFI:
+def _builder(module: str, core: Optional[FFI] = None) -> FFI:
     pkgs, libs, header, debian = _LIBS[module]
     stem = module.lstrip("_")
     _check_headers(header, pkgs, debian)
     ffi = FFI()
-    ffi.cdef(_read("common.h"))
-    if module in ("_nfqueue", "_nflog"):
-        ffi.cdef(_read("packet.h"))
-    ffi.cdef(_read(stem + ".h"))
-    source = '#include "%s.c"\n' % stem
+    if module == "_nfcore":
+        ffi.cdef(_read("core.h"))
+        source = '#define NFB_CORE_MODULE\n#include "core.c"\n'
+    else:
+        ffi.include(core if core is not None else _builder("_nfcore"))
+        ffi.cdef(_read(stem + ".h"))
+        source = '#include "%s.c"\n' % stem
     kwargs = dict(
         include_dirs=[CDEF],
         extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
@@ -114,12 +125,13 @@ def _builder(module: str) -> FFI:
     return ffi
 
 
-ffi_nfqueue = _builder("_nfqueue")
-ffi_nflog = _builder("_nflog")
-ffi_conntrack = _builder("_conntrack")
+ffi_nfcore = _builder("_nfcore")
+ffi_nfqueue = _builder("_nfqueue", ffi_nfcore)
+ffi_nflog = _builder("_nflog", ffi_nfcore)
+ffi_conntrack = _builder("_conntrack", ffi_nfcore)
 
 
 if __name__ == "__main__":
     out = os.path.join(HERE, "src")
-    for ffi in (ffi_nfqueue, ffi_nflog, ffi_conntrack):
+    for ffi in (ffi_nfcore, ffi_nfqueue, ffi_nflog, ffi_conntrack):
         ffi.compile(tmpdir=out, verbose=False)

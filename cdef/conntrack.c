@@ -7,88 +7,15 @@
  * attributes set on the object are sent, so an update carries the tuple, the
  * zone and what changes, nothing else.
  *
- * Answers and events are parsed here against the kernel's CTA_* enum into
- * struct nfb_ct_rec records, many per call, so Python pays one call per
+ * Answers and events are received by the core's batcher and transaction
+ * and parsed by the core's CTA_* parser (cdef/core.c, a private copy here)
+ * into struct nfb_ct_rec records, many per call, so Python pays one call per
  * batch instead of one per attribute.
  */
-#include "common_src.h"
-#include <poll.h>
-#include <endian.h>
-#include <sys/uio.h>
-#include <netinet/in.h>
-#include <linux/netfilter/nf_conntrack_sctp.h>
+#include "core.c"
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 
-/* ---- records --------------------------------------------------------------- */
-
-struct nfb_ct_tuple {
-    uint8_t src[16];
-    uint8_t dst[16];
-    uint16_t sport;
-    uint16_t dport;
-    uint16_t icmp_id;
-    uint16_t zone;
-    uint8_t icmp_type;
-    uint8_t icmp_code;
-    uint8_t proto;
-    uint8_t has;
-};
-
-enum {
-    NFB_T_ADDR = 1u << 0,
-    NFB_T_PROTO = 1u << 1,
-    NFB_T_PORTS = 1u << 2,
-    NFB_T_ICMP = 1u << 3,
-    NFB_T_ZONE = 1u << 4,
-    NFB_T_V6 = 1u << 5,
-};
-
-struct nfb_ct_rec {
-    uint64_t o_packets;
-    uint64_t o_bytes;
-    uint64_t r_packets;
-    uint64_t r_bytes;
-    uint64_t ts_start;
-    uint64_t ts_stop;
-    struct nfb_ct_tuple orig;
-    struct nfb_ct_tuple reply;
-    struct nfb_ct_tuple master;
-    uint32_t attrs;
-    uint32_t status;
-    uint32_t timeout;
-    uint32_t mark;
-    uint32_t secmark;
-    uint32_t use;
-    uint32_t id;
-    uint32_t secctx_off;
-    uint32_t secctx_len;
-    uint16_t zone;
-    uint8_t family;
-    uint8_t state;
-    uint8_t event;
-    uint8_t labels[16];
-    char helper[16];
-};
-
-enum {
-    NFB_CT_A_ORIG = 1u << 0,
-    NFB_CT_A_REPLY = 1u << 1,
-    NFB_CT_A_STATUS = 1u << 2,
-    NFB_CT_A_TIMEOUT = 1u << 3,
-    NFB_CT_A_MARK = 1u << 4,
-    NFB_CT_A_SECMARK = 1u << 5,
-    NFB_CT_A_USE = 1u << 6,
-    NFB_CT_A_ID = 1u << 7,
-    NFB_CT_A_ZONE = 1u << 8,
-    NFB_CT_A_STATE = 1u << 9,
-    NFB_CT_A_COUNTERS = 1u << 10,
-    NFB_CT_A_TS_START = 1u << 11,
-    NFB_CT_A_TS_STOP = 1u << 12,
-    NFB_CT_A_LABELS = 1u << 13,
-    NFB_CT_A_HELPER = 1u << 14,
-    NFB_CT_A_SECCTX = 1u << 15,
-    NFB_CT_A_MASTER = 1u << 16,
-};
+/* ---- requests and the socket ---------------------------------------------------- */
 
 struct nfb_ct_spec {
     uint32_t set;
@@ -171,37 +98,33 @@ enum { NFB_M_RECORDS = 0, NFB_M_RAW = 1 };
 
 /* A request fits easily: a flow with both tuples, labels and NAT is < 512. */
 #define NFB_CT_BUFSIZE 8192
-/* One datagram of a dump: the kernel fills at most 32 KiB per skb. */
-#define NFB_CT_RBUF (64 * 1024)
-#define NFB_CT_SLOT 8192
+/* Answers: a dump datagram holds at most 32 KiB (the kernel's limit per skb);
+ * a few per receive, as the kernel makes the next one while the last is read. */
+#define NFB_CT_ANSWER_SLOT (64 * 1024)
+#define NFB_CT_ANSWER_SLOTS 4
+/* Events: one message per datagram, a few hundred bytes. */
+#define NFB_CT_EVENT_SLOT 8192
 
 struct nfb_ct {
-    int fd;
-    uint32_t seq;
-    int done;
-    int error;
-    char errmsg[128];
+    struct nfb_rx rx;       /* the socket, its receive buffer and counters */
+    uint32_t seq;           /* the last request's sequence number */
+    int done;               /* the answer to the last request is complete */
+    int error;              /* the kernel's answer: 0 or -errno */
+    char errmsg[128];       /* the kernel's extended ack message, if any */
+    /* the batch: records, or raw messages (data + offsets) */
     struct nfb_ct_rec *recs;
     int nrecs;
-    int nv6;
+    int nv6;                /* how many of the records are IPv6 flows */
     char *data;
     size_t data_len;
     uint32_t *moffs;
     int nmsgs;
-    uint64_t overruns;
-    uint64_t recv_calls;
-    uint64_t messages;
-    uint64_t truncated;
-    uint64_t ignored;
     /* private */
+    int mode;               /* of the answer being received: NFB_M_* */
+    int max_items;
     int recs_cap;
     int moffs_cap;
     size_t data_cap;
-    char *rbuf;
-    int nslots;
-    struct mmsghdr *mm;
-    struct iovec *iov;
-    char *slots;
 };
 
 struct nfb_ct *nfb_ct_new(int fd, int nslots)
@@ -209,30 +132,24 @@ struct nfb_ct *nfb_ct_new(int fd, int nslots)
     struct nfb_ct *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    c->fd = fd;
+    if (nfb_rx_init(&c->rx, fd, nslots > 0 ? NFB_CT_EVENT_SLOT : NFB_CT_ANSWER_SLOT,
+                    nslots > 0 ? nslots : NFB_CT_ANSWER_SLOTS) < 0) {
+        free(c);
+        return NULL;
+    }
     c->seq = (uint32_t)time(NULL) << 8;
-    c->rbuf = malloc(NFB_CT_RBUF);
+    c->done = 1;
     c->recs_cap = 256;
     c->recs = malloc(sizeof(*c->recs) * c->recs_cap);
     c->moffs_cap = 64;
     c->moffs = malloc(sizeof(*c->moffs) * c->moffs_cap);
     c->data_cap = 64 * 1024;
     c->data = malloc(c->data_cap);
-    if (nslots > 0) {
-        c->nslots = nslots;
-        c->mm = calloc(nslots, sizeof(*c->mm));
-        c->iov = calloc(nslots, sizeof(*c->iov));
-        c->slots = malloc((size_t)nslots * NFB_CT_SLOT);
-    }
-    if (!c->rbuf || !c->recs || !c->moffs || !c->data ||
-        (nslots > 0 && (!c->mm || !c->iov || !c->slots))) {
-        free(c->rbuf);
+    if (!c->recs || !c->moffs || !c->data) {
+        nfb_rx_release(&c->rx);
         free(c->recs);
         free(c->moffs);
         free(c->data);
-        free(c->mm);
-        free(c->iov);
-        free(c->slots);
         free(c);
         return NULL;
     }
@@ -243,13 +160,10 @@ void nfb_ct_free(struct nfb_ct *c)
 {
     if (!c)
         return;
-    free(c->rbuf);
+    nfb_rx_release(&c->rx);
     free(c->recs);
     free(c->moffs);
     free(c->data);
-    free(c->mm);
-    free(c->iov);
-    free(c->slots);
     free(c);
 }
 
@@ -266,9 +180,11 @@ static struct nfb_ct_rec *nfb_next_rec(struct nfb_ct *c)
     return &c->recs[c->nrecs++];
 }
 
-/* Append len bytes to the batch data; returns their offset or -1. */
-static int64_t nfb_append(struct nfb_ct *c, const void *p, size_t len)
+/* Append len bytes to the batch data; returns their offset or -1.  The
+ * parser's sink for security context strings. */
+static int64_t nfb_append(void *ctx, const void *p, size_t len)
 {
+    struct nfb_ct *c = ctx;
     size_t need = c->data_len + ((len + 3) & ~(size_t)3);
     size_t off = c->data_len;
     if (need > c->data_cap) {
@@ -285,310 +201,6 @@ static int64_t nfb_append(struct nfb_ct *c, const void *p, size_t len)
     memcpy(c->data + off, p, len);
     c->data_len = need;
     return (int64_t)off;
-}
-
-/* ---- parsing ----------------------------------------------------------------- */
-
-#define NFB_FOR_EACH(a, p, len) \
-    for ((a) = (const struct nlattr *)(p); \
-         mnl_attr_ok((a), (int)((const char *)(p) + (len) - (const char *)(a))); \
-         (a) = mnl_attr_next(a))
-
-static uint16_t nfb_u16(const struct nlattr *a)
-{
-    uint16_t v;
-    memcpy(&v, mnl_attr_get_payload(a), 2);
-    return ntohs(v);
-}
-
-static uint32_t nfb_u32(const struct nlattr *a)
-{
-    uint32_t v;
-    memcpy(&v, mnl_attr_get_payload(a), 4);
-    return ntohl(v);
-}
-
-static uint64_t nfb_u64(const struct nlattr *a)
-{
-    uint64_t v;
-    memcpy(&v, mnl_attr_get_payload(a), 8);
-    return be64toh(v);
-}
-
-static void nfb_parse_tuple(const struct nlattr *nest, struct nfb_ct_tuple *t)
-{
-    const struct nlattr *a, *b;
-    NFB_FOR_EACH(a, mnl_attr_get_payload(nest), mnl_attr_get_payload_len(nest)) {
-        uint16_t len = mnl_attr_get_payload_len(a);
-        switch (mnl_attr_get_type(a)) {
-        case CTA_TUPLE_IP:
-            NFB_FOR_EACH(b, mnl_attr_get_payload(a), len) {
-                uint16_t bl = mnl_attr_get_payload_len(b);
-                switch (mnl_attr_get_type(b)) {
-                case CTA_IP_V4_SRC:
-                case CTA_IP_V6_SRC:
-                    if (bl == 4 || bl == 16) {
-                        memcpy(t->src, mnl_attr_get_payload(b), bl);
-                        t->has |= NFB_T_ADDR | (bl == 16 ? NFB_T_V6 : 0);
-                    }
-                    break;
-                case CTA_IP_V4_DST:
-                case CTA_IP_V6_DST:
-                    if (bl == 4 || bl == 16) {
-                        memcpy(t->dst, mnl_attr_get_payload(b), bl);
-                        t->has |= NFB_T_ADDR | (bl == 16 ? NFB_T_V6 : 0);
-                    }
-                    break;
-                }
-            }
-            break;
-        case CTA_TUPLE_PROTO:
-            NFB_FOR_EACH(b, mnl_attr_get_payload(a), len) {
-                uint16_t bl = mnl_attr_get_payload_len(b);
-                switch (mnl_attr_get_type(b)) {
-                case CTA_PROTO_NUM:
-                    if (bl >= 1) {
-                        t->proto = *(const uint8_t *)mnl_attr_get_payload(b);
-                        t->has |= NFB_T_PROTO;
-                    }
-                    break;
-                case CTA_PROTO_SRC_PORT:
-                    if (bl >= 2) {
-                        t->sport = nfb_u16(b);
-                        t->has |= NFB_T_PORTS;
-                    }
-                    break;
-                case CTA_PROTO_DST_PORT:
-                    if (bl >= 2) {
-                        t->dport = nfb_u16(b);
-                        t->has |= NFB_T_PORTS;
-                    }
-                    break;
-                case CTA_PROTO_ICMP_ID:
-                case CTA_PROTO_ICMPV6_ID:
-                    if (bl >= 2) {
-                        t->icmp_id = nfb_u16(b);
-                        t->has |= NFB_T_ICMP;
-                    }
-                    break;
-                case CTA_PROTO_ICMP_TYPE:
-                case CTA_PROTO_ICMPV6_TYPE:
-                    if (bl >= 1) {
-                        t->icmp_type = *(const uint8_t *)mnl_attr_get_payload(b);
-                        t->has |= NFB_T_ICMP;
-                    }
-                    break;
-                case CTA_PROTO_ICMP_CODE:
-                case CTA_PROTO_ICMPV6_CODE:
-                    if (bl >= 1) {
-                        t->icmp_code = *(const uint8_t *)mnl_attr_get_payload(b);
-                        t->has |= NFB_T_ICMP;
-                    }
-                    break;
-                }
-            }
-            break;
-        case CTA_TUPLE_ZONE:
-            if (len >= 2) {
-                t->zone = nfb_u16(a);
-                t->has |= NFB_T_ZONE;
-            }
-            break;
-        }
-    }
-}
-
-static uint32_t nfb_parse_counters(const struct nlattr *nest, uint64_t *pk, uint64_t *by)
-{
-    const struct nlattr *a;
-    uint32_t got = 0;
-    NFB_FOR_EACH(a, mnl_attr_get_payload(nest), mnl_attr_get_payload_len(nest)) {
-        uint16_t len = mnl_attr_get_payload_len(a);
-        switch (mnl_attr_get_type(a)) {
-        case CTA_COUNTERS_PACKETS:
-            if (len >= 8) {
-                *pk = nfb_u64(a);
-                got = 1;
-            }
-            break;
-        case CTA_COUNTERS_BYTES:
-            if (len >= 8) {
-                *by = nfb_u64(a);
-                got = 1;
-            }
-            break;
-        case CTA_COUNTERS32_PACKETS:
-            if (len >= 4) {
-                *pk = nfb_u32(a);
-                got = 1;
-            }
-            break;
-        case CTA_COUNTERS32_BYTES:
-            if (len >= 4) {
-                *by = nfb_u32(a);
-                got = 1;
-            }
-            break;
-        }
-    }
-    return got ? NFB_CT_A_COUNTERS : 0;
-}
-
-/* CTA_* attributes that carry one be32: where it goes in the record, and its
- * presence bit (0: not such an attribute). */
-static const uint32_t nfb_ct_u32_bit[CTA_MAX + 1] = {
-    [CTA_STATUS] = NFB_CT_A_STATUS,
-    [CTA_TIMEOUT] = NFB_CT_A_TIMEOUT,
-    [CTA_MARK] = NFB_CT_A_MARK,
-    [CTA_SECMARK] = NFB_CT_A_SECMARK,
-    [CTA_USE] = NFB_CT_A_USE,
-    [CTA_ID] = NFB_CT_A_ID,
-};
-static const size_t nfb_ct_u32_off[CTA_MAX + 1] = {
-    [CTA_STATUS] = offsetof(struct nfb_ct_rec, status),
-    [CTA_TIMEOUT] = offsetof(struct nfb_ct_rec, timeout),
-    [CTA_MARK] = offsetof(struct nfb_ct_rec, mark),
-    [CTA_SECMARK] = offsetof(struct nfb_ct_rec, secmark),
-    [CTA_USE] = offsetof(struct nfb_ct_rec, use),
-    [CTA_ID] = offsetof(struct nfb_ct_rec, id),
-};
-
-/* Parse the CTA_* attributes at p[0..len) into r.  When c is given, a
- * security context string is appended to its batch data; otherwise its
- * offset is taken relative to p. */
-static void nfb_parse_ct(struct nfb_ct *c, const char *p, size_t len, uint8_t family,
-                         struct nfb_ct_rec *r)
-{
-    const struct nlattr *a, *b;
-    uint32_t attrs = 0;
-
-    memset(r, 0, sizeof(*r));
-    r->family = family;
-    NFB_FOR_EACH(a, p, len) {
-        uint16_t al = mnl_attr_get_payload_len(a);
-        uint16_t type = mnl_attr_get_type(a);
-        if (type <= CTA_MAX && nfb_ct_u32_bit[type]) {
-            if (al >= 4) {
-                uint32_t v = nfb_u32(a);
-                memcpy((char *)r + nfb_ct_u32_off[type], &v, sizeof(v));
-                attrs |= nfb_ct_u32_bit[type];
-            }
-            continue;
-        }
-        switch (type) {
-        case CTA_TUPLE_ORIG:
-            nfb_parse_tuple(a, &r->orig);
-            attrs |= NFB_CT_A_ORIG;
-            break;
-        case CTA_TUPLE_REPLY:
-            nfb_parse_tuple(a, &r->reply);
-            attrs |= NFB_CT_A_REPLY;
-            break;
-        case CTA_TUPLE_MASTER:
-            nfb_parse_tuple(a, &r->master);
-            attrs |= NFB_CT_A_MASTER;
-            break;
-        case CTA_ZONE:
-            if (al >= 2) {
-                r->zone = nfb_u16(a);
-                attrs |= NFB_CT_A_ZONE;
-            }
-            break;
-        case CTA_PROTOINFO:
-            NFB_FOR_EACH(b, mnl_attr_get_payload(a), al) {
-                const struct nlattr *s;
-                int want;
-                switch (mnl_attr_get_type(b)) {
-                case CTA_PROTOINFO_TCP: want = CTA_PROTOINFO_TCP_STATE; break;
-                case CTA_PROTOINFO_SCTP: want = CTA_PROTOINFO_SCTP_STATE; break;
-                case CTA_PROTOINFO_DCCP: want = CTA_PROTOINFO_DCCP_STATE; break;
-                default: continue;
-                }
-                NFB_FOR_EACH(s, mnl_attr_get_payload(b), mnl_attr_get_payload_len(b)) {
-                    if (mnl_attr_get_type(s) == want && mnl_attr_get_payload_len(s) >= 1) {
-                        r->state = *(const uint8_t *)mnl_attr_get_payload(s);
-                        attrs |= NFB_CT_A_STATE;
-                    }
-                }
-            }
-            break;
-        case CTA_COUNTERS_ORIG:
-            attrs |= nfb_parse_counters(a, &r->o_packets, &r->o_bytes);
-            break;
-        case CTA_COUNTERS_REPLY:
-            attrs |= nfb_parse_counters(a, &r->r_packets, &r->r_bytes);
-            break;
-        case CTA_TIMESTAMP:
-            NFB_FOR_EACH(b, mnl_attr_get_payload(a), al) {
-                if (mnl_attr_get_payload_len(b) < 8)
-                    continue;
-                if (mnl_attr_get_type(b) == CTA_TIMESTAMP_START) {
-                    r->ts_start = nfb_u64(b);
-                    attrs |= NFB_CT_A_TS_START;
-                } else if (mnl_attr_get_type(b) == CTA_TIMESTAMP_STOP) {
-                    r->ts_stop = nfb_u64(b);
-                    attrs |= NFB_CT_A_TS_STOP;
-                }
-            }
-            break;
-        case CTA_LABELS:
-            memcpy(r->labels, mnl_attr_get_payload(a), al < 16 ? al : 16);
-            attrs |= NFB_CT_A_LABELS;
-            break;
-        case CTA_HELP:
-            NFB_FOR_EACH(b, mnl_attr_get_payload(a), al) {
-                if (mnl_attr_get_type(b) == CTA_HELP_NAME) {
-                    size_t n = strnlen(mnl_attr_get_payload(b), mnl_attr_get_payload_len(b));
-                    if (n > sizeof(r->helper) - 1)
-                        n = sizeof(r->helper) - 1;
-                    memcpy(r->helper, mnl_attr_get_payload(b), n);
-                    r->helper[n] = '\0';
-                    attrs |= NFB_CT_A_HELPER;
-                }
-            }
-            break;
-        case CTA_SECCTX:
-            NFB_FOR_EACH(b, mnl_attr_get_payload(a), al) {
-                if (mnl_attr_get_type(b) == CTA_SECCTX_NAME) {
-                    size_t n = strnlen(mnl_attr_get_payload(b), mnl_attr_get_payload_len(b));
-                    int64_t off = c ? nfb_append(c, mnl_attr_get_payload(b), n)
-                                    : (const char *)mnl_attr_get_payload(b) - p;
-                    if (off >= 0) {
-                        r->secctx_off = (uint32_t)off;
-                        r->secctx_len = (uint32_t)n;
-                        attrs |= NFB_CT_A_SECCTX;
-                    }
-                }
-            }
-            break;
-        }
-    }
-    r->attrs = attrs;
-}
-
-void nfb_ct_parse_attrs(const char *p, uint32_t len, uint8_t family, struct nfb_ct_rec *r)
-{
-    nfb_parse_ct(NULL, p, len, family, r);
-}
-
-int nfb_ct_payload_check(const char *p, uint32_t len, uint8_t family, uint32_t *mark,
-                         uint32_t *id, uint32_t *status)
-{
-    struct nf_conntrack *ct = nfct_new();
-    int rc;
-    if (!ct)
-        return -ENOMEM;
-    rc = nfct_payload_parse(p, len, family, ct);
-    if (rc < 0) {
-        rc = -(errno ? errno : EINVAL);
-    } else {
-        *mark = nfct_get_attr_u32(ct, ATTR_MARK);
-        *id = nfct_get_attr_u32(ct, ATTR_ID);
-        *status = nfct_get_attr_u32(ct, ATTR_STATUS);
-        rc = 0;
-    }
-    nfct_destroy(ct);
-    return rc;
 }
 
 /* ---- building requests --------------------------------------------------------- */
@@ -653,20 +265,6 @@ int nfb_ct_build_filtered(char *buf, uint8_t msg, uint16_t flags, const struct n
     return rc < 0 ? rc : (int)nlh->nlmsg_len;
 }
 
-static int nfb_ports_proto(uint8_t proto)
-{
-    switch (proto) {
-    case IPPROTO_TCP:
-    case IPPROTO_UDP:
-    case IPPROTO_UDPLITE:
-    case IPPROTO_SCTP:
-    case IPPROTO_DCCP:
-    case IPPROTO_GRE:
-        return 1;
-    }
-    return 0;
-}
-
 /* Set one tuple's attributes on ct: dir 0 original, 1 reply, 2 master. */
 static void nfb_set_tuple(struct nf_conntrack *ct, int dir, uint8_t family,
                           const struct nfb_ct_tuple *t)
@@ -703,7 +301,7 @@ static void nfb_set_tuple(struct nf_conntrack *ct, int dir, uint8_t family,
         nfct_set_attr(ct, v6[dir][1], t->dst);
     }
     nfct_set_attr_u8(ct, l4[dir], t->proto);
-    if (nfb_ports_proto(t->proto)) {
+    if (nfb_proto_has_ports(t->proto)) {
         nfct_set_attr_u16(ct, ports[dir][0], htons(t->sport));
         nfct_set_attr_u16(ct, ports[dir][1], htons(t->dport));
     } else if (dir == 0 && (t->proto == IPPROTO_ICMP || t->proto == IPPROTO_ICMPV6)) {
@@ -891,7 +489,7 @@ out:
 int nfb_ct_send(struct nfb_ct *c, char *buf, uint32_t len)
 {
     struct nlmsghdr *nlh = (struct nlmsghdr *)buf;
-    ssize_t r;
+    int rc;
 
     c->seq++;
     if (c->seq == 0)
@@ -900,44 +498,10 @@ int nfb_ct_send(struct nfb_ct *c, char *buf, uint32_t len)
     c->done = 0;
     c->error = 0;
     c->errmsg[0] = '\0';
-    do {
-        r = send(c->fd, buf, len, 0);
-    } while (r < 0 && errno == EINTR);
-    if (r < 0) {
+    rc = nfb_rx_send(&c->rx, buf, len);
+    if (rc < 0)
         c->done = 1;
-        return -errno;
-    }
-    return 0;
-}
-
-/* Pick the extended-ack message (NLMSGERR_ATTR_MSG) out of an error. */
-static void nfb_extack(struct nfb_ct *c, const struct nlmsghdr *h)
-{
-    const struct nlmsgerr *e = mnl_nlmsg_get_payload(h);
-    const struct nlattr *a;
-    size_t off;
-    if (!(h->nlmsg_flags & NLM_F_ACK_TLVS) ||
-        h->nlmsg_len < NLMSG_HDRLEN + sizeof(*e))
-        return;
-    /* the TLVs follow the error and, unless capped, the echoed request */
-    off = sizeof(*e);
-    if (!(h->nlmsg_flags & NLM_F_CAPPED)) {
-        if (e->msg.nlmsg_len < sizeof(e->msg))
-            return;
-        off += e->msg.nlmsg_len - sizeof(e->msg);
-    }
-    off = NLMSG_ALIGN(off);
-    if (NLMSG_HDRLEN + off > h->nlmsg_len)
-        return;
-    NFB_FOR_EACH(a, (const char *)e + off, h->nlmsg_len - NLMSG_HDRLEN - off) {
-        if (mnl_attr_get_type(a) == NLMSGERR_ATTR_MSG) {
-            size_t n = strnlen(mnl_attr_get_payload(a), mnl_attr_get_payload_len(a));
-            if (n >= sizeof(c->errmsg))
-                n = sizeof(c->errmsg) - 1;
-            memcpy(c->errmsg, mnl_attr_get_payload(a), n);
-            c->errmsg[n] = '\0';
-        }
-    }
+    return rc;
 }
 
 static int nfb_keep_raw(struct nfb_ct *c, const struct nlmsghdr *h)
@@ -968,7 +532,15 @@ static uint8_t nfb_event_type(const struct nlmsghdr *h)
     return NFCT_T_UNKNOWN;
 }
 
-/* Handle one ctnetlink message of an answer or an event stream. */
+static void nfb_batch_reset(struct nfb_ct *c)
+{
+    c->nrecs = 0;
+    c->nv6 = 0;
+    c->nmsgs = 0;
+    c->data_len = 0;
+}
+
+/* Take one ctnetlink message of an answer or an event stream into the batch. */
 static int nfb_take(struct nfb_ct *c, const struct nlmsghdr *h, int mode, int event)
 {
     const struct nfgenmsg *nfg;
@@ -977,148 +549,86 @@ static int nfb_take(struct nfb_ct *c, const struct nlmsghdr *h, int mode, int ev
     struct nfb_ct_rec *r;
 
     if (h->nlmsg_len < NLMSG_HDRLEN + sizeof(struct nfgenmsg)) {
-        c->ignored++;
+        c->rx.ignored++;
         return 0;
     }
-    c->messages++;
     if (mode == NFB_M_RAW)
         return nfb_keep_raw(c, h);
     if (subsys != NFNL_SUBSYS_CTNETLINK ||
         (msg != IPCTNL_MSG_CT_NEW && msg != IPCTNL_MSG_CT_DELETE)) {
-        c->ignored++;
+        c->rx.ignored++;
         return 0;
     }
     nfg = mnl_nlmsg_get_payload(h);
     r = nfb_next_rec(c);
     if (!r)
         return -ENOMEM;
-    nfb_parse_ct(c, (const char *)nfg + sizeof(*nfg),
-                 h->nlmsg_len - NLMSG_HDRLEN - sizeof(*nfg), nfg->nfgen_family, r);
+    nfb_ct_parse((const char *)nfg + sizeof(*nfg), h->nlmsg_len - NLMSG_HDRLEN - sizeof(*nfg),
+                 nfg->nfgen_family, r, nfb_append, c);
     if (nfg->nfgen_family == AF_INET6)
         c->nv6++;
     r->event = event ? nfb_event_type(h) : 0;
     return 0;
 }
 
+/* The transaction's on_data: one message of the answer; pause when the
+ * batch is full. */
+static int nfb_take_answer(void *ctx, const struct nlmsghdr *h, int i)
+{
+    struct nfb_ct *c = ctx;
+    int rc = nfb_take(c, h, c->mode, 0);
+    (void)i;
+    if (rc < 0)
+        return rc;
+    return (c->mode == NFB_M_RAW ? c->nmsgs : c->nrecs) >= c->max_items;
+}
+
 int nfb_ct_recv_answer(struct nfb_ct *c, int mode, int max_items, int timeout_ms)
 {
-    c->nrecs = 0;
-    c->nv6 = 0;
-    c->nmsgs = 0;
-    c->data_len = 0;
-    while (!c->done) {
-        struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
-        const struct nlmsghdr *h;
-        ssize_t n;
-        int remaining, pr, items = mode == NFB_M_RAW ? c->nmsgs : c->nrecs;
+    struct nfb_txn t;
+    int result, rc;
 
-        if (items >= max_items)
-            break;
-        pr = poll(&pfd, 1, timeout_ms);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr < 0)
-            return -errno;
-        if (pr == 0)
-            return -ETIMEDOUT;
-        c->recv_calls++;
-        n = recv(c->fd, c->rbuf, NFB_CT_RBUF, MSG_DONTWAIT | MSG_TRUNC);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                continue;
-            if (errno == ENOBUFS) {
-                c->overruns++;
-                /* an answer was lost: it can't be completed */
-                return -ENOBUFS;
-            }
-            return -errno;
-        }
-        if (n > NFB_CT_RBUF) {
-            c->truncated++;
-            n = NFB_CT_RBUF;
-        }
-        h = (const struct nlmsghdr *)c->rbuf;
-        remaining = (int)n;
-        for (; nfb_nlmsg_ok(h, remaining); h = mnl_nlmsg_next(h, &remaining)) {
-            int rc;
-            if (h->nlmsg_seq != c->seq) {
-                c->ignored++;      /* a stale answer to an earlier request */
-                continue;
-            }
-            if (h->nlmsg_type == NLMSG_ERROR) {
-                const struct nlmsgerr *e = mnl_nlmsg_get_payload(h);
-                if (h->nlmsg_len < NLMSG_HDRLEN + sizeof(*e)) {
-                    c->error = -EBADMSG;
-                } else {
-                    c->error = e->error;
-                    if (e->error)
-                        nfb_extack(c, h);
-                }
-                c->done = 1;
-                break;
-            }
-            if (h->nlmsg_type == NLMSG_DONE) {
-                if (h->nlmsg_len >= NLMSG_HDRLEN + sizeof(int)) {
-                    int err;
-                    memcpy(&err, mnl_nlmsg_get_payload(h), sizeof(err));
-                    if (err < 0)
-                        c->error = err;
-                }
-                c->done = 1;
-                break;
-            }
-            if (h->nlmsg_type < NLMSG_MIN_TYPE)
-                continue;
-            rc = nfb_take(c, h, mode, 0);
-            if (rc < 0)
-                return rc;
-        }
+    nfb_batch_reset(c);
+    if (c->done || max_items <= 0)
+        return 0;
+    nfb_txn_init(&t, 1, &c->seq, &result);
+    t.overrun_ends = 1;     /* a lost part of a dump cannot be asked again */
+    t.on_data = nfb_take_answer;
+    t.ctx = c;
+    c->mode = mode;
+    c->max_items = max_items;
+    rc = nfb_rx_answers(&c->rx, &t, timeout_ms);
+    if (rc < 0)
+        return rc;
+    if (rc == 0) {
+        c->done = 1;
+        c->error = result;
+        if (result)
+            memcpy(c->errmsg, t.errmsg, sizeof(c->errmsg));
     }
     return mode == NFB_M_RAW ? c->nmsgs : c->nrecs;
 }
 
 int nfb_ct_recv_events(struct nfb_ct *c)
 {
-    int i, r;
+    const struct nlmsghdr *h;
+    int remaining, r;
 
-    c->nrecs = 0;
-    c->nv6 = 0;
-    c->nmsgs = 0;
-    c->data_len = 0;
-    if (!c->nslots)
-        return -EINVAL;
-    for (i = 0; i < c->nslots; i++) {
-        c->iov[i].iov_base = c->slots + (size_t)i * NFB_CT_SLOT;
-        c->iov[i].iov_len = NFB_CT_SLOT;
-        memset(&c->mm[i].msg_hdr, 0, sizeof(c->mm[i].msg_hdr));
-        c->mm[i].msg_hdr.msg_iov = &c->iov[i];
-        c->mm[i].msg_hdr.msg_iovlen = 1;
-        c->mm[i].msg_len = 0;
-    }
-    c->recv_calls++;
-    r = recvmmsg(c->fd, c->mm, c->nslots, MSG_DONTWAIT, NULL);
-    if (r < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return 0;
-        if (errno == ENOBUFS)
-            c->overruns++;
-        return -errno;
-    }
-    for (i = 0; i < r; i++) {
-        const struct nlmsghdr *h = (const struct nlmsghdr *)(c->slots + (size_t)i * NFB_CT_SLOT);
-        int remaining = (int)c->mm[i].msg_len;
-        if (c->mm[i].msg_hdr.msg_flags & MSG_TRUNC) {
-            c->truncated++;
+    nfb_batch_reset(c);
+    r = nfb_rx_fill(&c->rx);
+    if (r <= 0)
+        return r;
+    nfb_msg_for_each(h, c->rx.rbuf, c->rx.end, remaining) {
+        if (h->nlmsg_type == NLMSG_ERROR) {
+            nfb_rx_async_error(&c->rx, h);
             continue;
         }
-        for (; nfb_nlmsg_ok(h, remaining); h = mnl_nlmsg_next(h, &remaining)) {
-            int rc;
-            if (h->nlmsg_type < NLMSG_MIN_TYPE)
-                continue;
-            rc = nfb_take(c, h, NFB_M_RECORDS, 1);
-            if (rc < 0)
-                return rc;
-        }
+        if (h->nlmsg_type < NLMSG_MIN_TYPE)
+            continue;
+        r = nfb_take(c, h, NFB_M_RECORDS, 1);
+        if (r < 0)
+            return r;
     }
+    c->rx.pos = c->rx.end;
     return c->nrecs;
 }

@@ -1,15 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  *
- * nfbind's C helper for NFLOG: batched receive (recvmmsg, chan_src.h) and
- * packet parsing against the kernel's NFULA_* enum, because
- * libnetfilter_log 1.0.2's parser drops NFULA_VLAN and NFULA_L2HDR.
- * Configuration messages are built with libnetfilter_log's nflog_nlmsg_*.
+ * nfbind's C helper for NFLOG (declared for Python in cdef/nflog.h): packet
+ * parsing against the kernel's NFULA_* enum, because libnetfilter_log
+ * 1.0.2's parser drops NFULA_VLAN and NFULA_L2HDR, and the groups'
+ * configuration built with libnetfilter_log's nflog_nlmsg_*.  Receiving
+ * and the wait for acknowledgements are the core's (cdef/core.c, a private
+ * copy here).
  */
-#include "common_src.h"
-#include <linux/netfilter/nfnetlink_log.h>
+#include "core.c"
 #include <libnetfilter_log/libnetfilter_log.h>
-#include "chan_src.h"
-#include "ctnl_src.h"
 
 struct nfb_log {
     struct nfb_rx rx;
@@ -46,11 +45,6 @@ void nfb_log_free(struct nfb_log *l)
         return;
     nfb_rx_release(&l->rx);
     free(l);
-}
-
-int nfb_log_resize(struct nfb_log *l, uint32_t slot_size, int nslots)
-{
-    return nfb_rx_alloc(&l->rx, slot_size, nslots);
 }
 
 /* NFULA_* attribute -> nfbind's presence bit in NFB_F_ATTRS */
@@ -96,6 +90,8 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
 {
     struct nfb_log *l = ctx;
     const struct nfgenmsg *nfg = mnl_nlmsg_get_payload(nlh);
+    const char *ap = nfb_msg_attrs(nlh, sizeof(*nfg));
+    int alen = nfb_msg_attrlen(nlh, sizeof(*nfg));
     const struct nlattr *attr;
     uint32_t attrs = 0;
     uint16_t hwlen = 0;
@@ -108,7 +104,7 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
     rec[NFB_F_FAMILY] = nfg->nfgen_family;
     rec[NFB_F_QUEUE] = ntohs(nfg->res_id);
 
-    nfb_attr_for_each(attr, nlh, sizeof(struct nfgenmsg)) {
+    nfb_attr_for_each(attr, ap, alen) {
         uint16_t type = mnl_attr_get_type(attr);
         uint16_t len = mnl_attr_get_payload_len(attr);
         const char *p = mnl_attr_get_payload(attr);
@@ -119,7 +115,7 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
         if (nfb_nfula_u32[type]) {
             if (len < 4)
                 continue;
-            rec[nfb_nfula_u32[type]] = nfb_get_be32(p);
+            rec[nfb_nfula_u32[type]] = nfb_be32(p);
         } else switch (type) {
         case NFULA_PACKET_HDR: {
             const struct nfulnl_msg_packet_hdr *ph = (const void *)p;
@@ -140,12 +136,12 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
         case NFULA_HWTYPE:
             if (len < 2)
                 continue;
-            rec[NFB_F_HWTYPE] = ntohs(mnl_attr_get_u16(attr));
+            rec[NFB_F_HWTYPE] = nfb_be16(p);
             break;
         case NFULA_HWLEN:
             if (len < 2)
                 continue;
-            hwlen = ntohs(mnl_attr_get_u16(attr));
+            hwlen = nfb_be16(p);
             has_hwlen = 1;
             continue;
         case NFULA_HWHEADER:
@@ -199,8 +195,8 @@ int nfb_log_recv(struct nfb_log *l)
 }
 
 /* Configure groups[0..ngroups) alike; waits for the kernel's answers.
- * Returns 0 or -errno; *failed_group and *failed_step say what failed
- * (step 1 command, 2 mode, 3 nlbufsiz, 4 timeout, 5 qthresh, 6 flags). */
+ * Returns 0 or -errno; *failed_group and *failed_step (NFB_STEP_*) say
+ * what failed. */
 int nfb_log_config(struct nfb_log *l, const uint16_t *groups, int ngroups,
                    const struct nfb_logcfg *cfg, int timeout_ms,
                    int *failed_group, int *failed_step)
@@ -212,6 +208,7 @@ int nfb_log_config(struct nfb_log *l, const uint16_t *groups, int ngroups,
     size_t off = 0;
     int nmsg = 0, rc = -ENOMEM, g, i;
     struct nlmsghdr *nlh;
+    struct nfb_txn t;
 
     *failed_group = -1;
     *failed_step = 0;
@@ -234,40 +231,43 @@ int nfb_log_config(struct nfb_log *l, const uint16_t *groups, int ngroups,
 #define NFB_END() do { off += NLMSG_ALIGN(nlh->nlmsg_len); nmsg++; } while (0)
     for (g = 0; g < ngroups; g++) {
         if (cfg->cmd) {
-            NFB_MSG(1);
+            NFB_MSG(NFB_STEP_BIND);
             nflog_attr_put_cfg_cmd(nlh, (uint8_t)cfg->cmd);
             NFB_END();
         }
         if (cfg->copy_mode >= 0) {
-            NFB_MSG(2);
+            NFB_MSG(NFB_STEP_PARAMS);
             nflog_attr_put_cfg_mode(nlh, (uint8_t)cfg->copy_mode, cfg->copy_range);
             NFB_END();
         }
         if (cfg->nlbufsiz >= 0) {
-            NFB_MSG(3);
+            NFB_MSG(NFB_STEP_NLBUFSIZ);
             mnl_attr_put_u32(nlh, NFULA_CFG_NLBUFSIZ, htonl((uint32_t)cfg->nlbufsiz));
             NFB_END();
         }
         if (cfg->timeout >= 0) {
-            NFB_MSG(4);
+            NFB_MSG(NFB_STEP_TIMEOUT);
             mnl_attr_put_u32(nlh, NFULA_CFG_TIMEOUT, htonl((uint32_t)cfg->timeout));
             NFB_END();
         }
         if (cfg->qthresh >= 0) {
-            NFB_MSG(5);
+            NFB_MSG(NFB_STEP_QTHRESH);
             mnl_attr_put_u32(nlh, NFULA_CFG_QTHRESH, htonl((uint32_t)cfg->qthresh));
             NFB_END();
         }
         if (cfg->flags >= 0) {
-            NFB_MSG(6);
+            NFB_MSG(NFB_STEP_FLAGS);
             mnl_attr_put_u16(nlh, NFULA_CFG_FLAGS, htons((uint16_t)cfg->flags));
             NFB_END();
         }
     }
 #undef NFB_MSG
 #undef NFB_END
-    rc = nfb_rx_transact(&l->rx, buf, off, nmsg, seqs, results, timeout_ms);
-    rc = nfb_rx_first_error(rc, nmsg, results, steps, failed_step);
+    /* packets that arrive meanwhile are stashed for the next nfb_log_recv() */
+    nfb_txn_init(&t, nmsg, seqs, results);
+    t.stash = 1;
+    rc = nfb_rx_transact(&l->rx, &t, buf, off, timeout_ms);
+    rc = nfb_txn_first_error(rc, &t, steps, failed_step);
     if (rc < 0)
         for (i = 0; i < nmsg; i++)
             if (results[i] != 0) {

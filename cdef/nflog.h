@@ -5,15 +5,12 @@
  * Configuration messages are built with libnetfilter_log's nflog_nlmsg_*;
  * packets are parsed by nfbind's own C helper (cdef/nflog.c) against the
  * kernel's NFULA_* enum, because libnetfilter_log 1.0.2 drops NFULA_VLAN and
- * NFULA_L2HDR (and its header lacks nflog_get_ctid).
+ * NFULA_L2HDR (and its header lacks nflog_get_ctid).  Receiving, the wait
+ * for acknowledgements, the packet record layout and the constants the
+ * channels share are the core's (cdef/core.h, included).
  */
 
 /* <linux/netfilter/nfnetlink_log.h> */
-#define NFULNL_MSG_PACKET ...
-#define NFULNL_MSG_CONFIG ...
-#define NFULNL_COPY_NONE ...
-#define NFULNL_COPY_META ...
-#define NFULNL_COPY_PACKET ...
 #define NFULNL_CFG_CMD_BIND ...
 #define NFULNL_CFG_CMD_UNBIND ...
 #define NFULNL_CFG_F_SEQ ...
@@ -39,13 +36,10 @@ struct nfb_logcfg {
 
 struct nfb_log *nfb_log_new(int fd, uint32_t slot_size, int nslots, int family);
 void nfb_log_free(struct nfb_log *l);
-int nfb_log_resize(struct nfb_log *l, uint32_t slot_size, int nslots);
 int nfb_log_recv(struct nfb_log *l);
+/* Configure groups[0..ngroups) alike; waits for the kernel's answers.
+ * Returns 0 or -errno; *failed_group and *failed_step (NFB_STEP_*) say
+ * what failed. */
 int nfb_log_config(struct nfb_log *l, const uint16_t *groups, int ngroups,
                    const struct nfb_logcfg *cfg, int timeout_ms,
                    int *failed_group, int *failed_step);
-
-/* Conntrack by packet over ctnetlink (see cdef/nfqueue.h). */
-int nfb_ct_by_packet(int fd, const char *pkt, uint32_t len, uint16_t zone,
-                     int set_mark, uint32_t mark, char *out, uint32_t out_cap,
-                     uint32_t *out_len);

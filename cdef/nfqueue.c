@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  *
- * nfbind's C helper for NFQUEUE: batched receive (recvmmsg), packet parsing
- * against the kernel's NFQA_* enum, and batched verdicts (many netlink
- * messages per sendmsg, and NFQNL_MSG_VERDICT_BATCH for runs of one verdict).
+ * nfbind's C helper for NFQUEUE (declared for Python in cdef/nfqueue.h):
+ * packet parsing against the kernel's NFQA_* enum, the queue's
+ * configuration built with libnetfilter_queue's nfq_nlmsg_*, and batched
+ * verdicts (many netlink messages per sendmsg, and NFQNL_MSG_VERDICT_BATCH
+ * for runs of one verdict).  Receiving and the wait for acknowledgements
+ * are the core's (cdef/core.c, a private copy here).
  */
-#include "common_src.h"
-#include <linux/netfilter/nfnetlink_queue.h>
+#include "core.c"
 #include <libnetfilter_queue/libnetfilter_queue.h>
-#include "chan_src.h"
-#include "ctnl_src.h"
 
 #define NFB_MAX_PAYLOAD (0xFFFF - NLA_HDRLEN)
 
@@ -105,6 +105,8 @@ static int nfb_q_parse_packet(void *ctx, const struct nlmsghdr *nlh,
                               const char *base, uint32_t *rec)
 {
     const struct nfgenmsg *nfg = mnl_nlmsg_get_payload(nlh);
+    const char *ap = nfb_msg_attrs(nlh, sizeof(*nfg));
+    int alen = nfb_msg_attrlen(nlh, sizeof(*nfg));
     const struct nlattr *attr;
     uint32_t attrs = 0;
 
@@ -112,7 +114,7 @@ static int nfb_q_parse_packet(void *ctx, const struct nlmsghdr *nlh,
     rec[NFB_F_FAMILY] = nfg->nfgen_family;
     rec[NFB_F_QUEUE] = ntohs(nfg->res_id);
 
-    nfb_attr_for_each(attr, nlh, sizeof(struct nfgenmsg)) {
+    nfb_attr_for_each(attr, ap, alen) {
         uint16_t type = mnl_attr_get_type(attr);
         uint16_t len = mnl_attr_get_payload_len(attr);
         const char *p = mnl_attr_get_payload(attr);
@@ -123,7 +125,7 @@ static int nfb_q_parse_packet(void *ctx, const struct nlmsghdr *nlh,
         if (nfb_nfqa_u32[type]) {
             if (len < 4)
                 continue;
-            rec[nfb_nfqa_u32[type]] = nfb_get_be32(p);
+            rec[nfb_nfqa_u32[type]] = nfb_be32(p);
         } else switch (type) {
         case NFQA_PACKET_HDR: {
             const struct nfqnl_msg_packet_hdr *ph = (const void *)p;
@@ -195,6 +197,7 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
     int steps[4], results[4];
     int nmsg = 0, rc;
     struct nlmsghdr *nlh;
+    struct nfb_txn t;
 
     memset(buf, 0, sizeof(buf));
 #define NFB_MSG(step) do {                                                \
@@ -205,30 +208,33 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
     } while (0)
 #define NFB_END() do { off += NLMSG_ALIGN(nlh->nlmsg_len); nmsg++; } while (0)
     if (cfg->cmd) {
-        NFB_MSG(1);
+        NFB_MSG(NFB_STEP_BIND);
         nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, cfg->cmd);
         NFB_END();
     }
     if (cfg->copy_mode >= 0) {
-        NFB_MSG(2);
+        NFB_MSG(NFB_STEP_PARAMS);
         nfq_nlmsg_cfg_put_params(nlh, cfg->copy_mode, cfg->copy_range);
         NFB_END();
     }
     if (cfg->max_len >= 0) {
-        NFB_MSG(3);
+        NFB_MSG(NFB_STEP_QMAXLEN);
         nfq_nlmsg_cfg_put_qmaxlen(nlh, (uint32_t)cfg->max_len);
         NFB_END();
     }
     if (cfg->flags_mask) {
-        NFB_MSG(4);
+        NFB_MSG(NFB_STEP_FLAGS);
         mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(cfg->flags));
         mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(cfg->flags_mask));
         NFB_END();
     }
 #undef NFB_MSG
 #undef NFB_END
-    rc = nfb_rx_transact(&q->rx, buf, off, nmsg, seqs, results, timeout_ms);
-    return nfb_rx_first_error(rc, nmsg, results, steps, failed_step);
+    /* packets that arrive meanwhile are stashed for the next nfb_q_recv() */
+    nfb_txn_init(&t, nmsg, seqs, results);
+    t.stash = 1;
+    rc = nfb_rx_transact(&q->rx, &t, buf, off, timeout_ms);
+    return nfb_txn_first_error(rc, &t, steps, failed_step);
 }
 
 /* ---- verdicts ------------------------------------------------------------ */
@@ -266,15 +272,12 @@ static size_t nfb_verdict_size(int vflags, uint32_t payload_len)
 
 int nfb_q_flush(struct nfb_q *q)
 {
-    ssize_t r;
+    int rc;
     if (!q->slen)
         return 0;
-    q->rx.send_calls++;
-    do {
-        r = send(q->rx.fd, q->sbuf, q->slen, 0);
-    } while (r < 0 && errno == EINTR);
+    rc = nfb_rx_send(&q->rx, q->sbuf, q->slen);
     q->slen = 0;
-    return r < 0 ? -errno : 0;
+    return rc;
 }
 
 int nfb_q_put_verdict(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags,
@@ -372,133 +375,4 @@ int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
     if (buf != small)
         free(buf);
     return r < 0 ? -errno : 0;
-}
-
-/* -- checksums --------------------------------------------------------------------- */
-
-static uint32_t nfb_sum16(const uint8_t *p, uint32_t len, uint32_t sum)
-{
-    while (len > 1) {
-        sum += ((uint32_t)p[0] << 8) | p[1];
-        p += 2;
-        len -= 2;
-    }
-    if (len)
-        sum += (uint32_t)p[0] << 8;
-    return sum;
-}
-
-int nfb_l4_csum_fill(char *buf, uint32_t len)
-{
-    uint8_t *p = (uint8_t *)buf;
-    uint32_t l4off, l4len, sum = 0;
-    uint8_t proto;
-    uint32_t check_at;
-
-    if (len < 1)
-        return 0;
-    if ((p[0] >> 4) == 4) {
-        uint32_t ihl, tot;
-        if (len < 20)
-            return 0;
-        ihl = (uint32_t)(p[0] & 0x0f) * 4;
-        tot = ((uint32_t)p[2] << 8) | p[3];
-        /* a fragment (MF set or an offset) carries no whole L4 segment */
-        if (ihl < 20 || tot < ihl || tot > len || (((p[6] << 8) | p[7]) & 0x3fff))
-            return 0;
-        proto = p[9];
-        l4off = ihl;
-        l4len = tot - ihl;
-        sum = nfb_sum16(p + 12, 8, 0);              /* source and destination */
-    } else if ((p[0] >> 4) == 6) {
-        uint32_t plen;
-        if (len < 40)
-            return 0;
-        plen = ((uint32_t)p[4] << 8) | p[5];
-        if (40 + plen > len)
-            return 0;
-        proto = p[6];
-        l4off = 40;
-        /* hop-by-hop, routing and destination options may precede L4 */
-        while (proto == 0 || proto == 43 || proto == 60) {
-            uint32_t hl;
-            if (l4off + 8 > 40 + plen)
-                return 0;
-            hl = ((uint32_t)p[l4off + 1] + 1) * 8;
-            proto = p[l4off];
-            l4off += hl;
-        }
-        if (l4off > 40 + plen)
-            return 0;
-        l4len = 40 + plen - l4off;
-        sum = nfb_sum16(p + 8, 32, 0);
-    } else {
-        return 0;
-    }
-    if (proto == IPPROTO_TCP) {
-        if (l4len < 20)
-            return 0;
-        check_at = l4off + 16;
-    } else if (proto == IPPROTO_UDP) {
-        if (l4len < 8)
-            return 0;
-        check_at = l4off + 6;
-    } else {
-        return 0;
-    }
-    sum += proto;
-    sum += l4len;
-    p[check_at] = 0;
-    p[check_at + 1] = 0;
-    sum = nfb_sum16(p + l4off, l4len, sum);
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    sum = ~sum & 0xffff;
-    if (sum == 0 && proto == IPPROTO_UDP)
-        sum = 0xffff;                               /* UDP: 0 means "no checksum" */
-    p[check_at] = (uint8_t)(sum >> 8);
-    p[check_at + 1] = (uint8_t)sum;
-    return 1;
-}
-
-/* --- privileges: nfbind.drop_privileges ------------------------------------- */
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-long nfb_prctl(int option, unsigned long arg2, unsigned long arg3,
-               unsigned long arg4, unsigned long arg5)
-{
-    int rc = prctl(option, arg2, arg3, arg4, arg5);
-    return rc < 0 ? -errno : rc;
-}
-
-int nfb_capget(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable)
-{
-    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
-
-    memset(data, 0, sizeof(data));
-    if (syscall(SYS_capget, &hdr, data) < 0)
-        return -errno;
-    *effective = (uint64_t)data[1].effective << 32 | data[0].effective;
-    *permitted = (uint64_t)data[1].permitted << 32 | data[0].permitted;
-    *inheritable = (uint64_t)data[1].inheritable << 32 | data[0].inheritable;
-    return 0;
-}
-
-int nfb_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable)
-{
-    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
-    int i;
-
-    for (i = 0; i < _LINUX_CAPABILITY_U32S_3; i++) {
-        data[i].effective = (uint32_t)(effective >> (32 * i));
-        data[i].permitted = (uint32_t)(permitted >> (32 * i));
-        data[i].inheritable = (uint32_t)(inheritable >> (32 * i));
-    }
-    if (syscall(SYS_capset, &hdr, data) < 0)
-        return -errno;
-    return 0;
 }

@@ -44,7 +44,7 @@ napoleon_use_rtype = False
 # The compiled cffi modules are needed to import nfbind; without them, mock them
 # so that the pages still build (the API reference is then thinner).
 autodoc_mock_imports = []
-for _mod in ("_nfqueue", "_nflog", "_conntrack"):
+for _mod in ("_nfcore", "_nfqueue", "_nflog", "_conntrack"):
     try:
         __import__("nfbind." + _mod)
     except Exception:

@@ -132,7 +132,7 @@ static unsigned fz_touch_range(const char *buf, size_t size, uint32_t off, uint3
     return sum;
 }
 
-#ifdef NFB_PACKET_SRC_H
+#ifdef NFB_CORE_C
 /* Every (offset, length) a packet record holds must lie in the batch. */
 static unsigned fz_check_packet_recs(const char *data, size_t size, const uint32_t *recs,
                                      int n)

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  *
- * libFuzzer target: nfbind's conntrack record parser (cdef/conntrack.c),
- * compiled from the same sources as the nfbind._conntrack module.
+ * libFuzzer target: nfbind's conntrack record parser and receive paths
+ * (the core's CTA_* parser, batcher and transaction in cdef/core.c, and
+ * cdef/conntrack.c), compiled from the same sources as the
+ * nfbind._conntrack module.
  *
  * One input is the bytes of what a ctnetlink socket handed over: one or
  * more netlink messages (flows, events, NLMSG_ERROR with or without

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  *
- * libFuzzer target: nfbind's NFLOG receive path (cdef/nflog.c,
- * cdef/chan_src.h, cdef/packet_src.h), compiled from the same sources as
- * the nfbind._nflog module.
+ * libFuzzer target: nfbind's NFLOG receive path (cdef/nflog.c and the
+ * core's batcher and transaction in cdef/core.c), compiled from the same
+ * sources as the nfbind._nflog module.
  *
  * One input is the bytes of what a netlink socket handed over: one or more
  * netlink messages, well-formed or not.  It goes through

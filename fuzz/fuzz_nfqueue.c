@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  *
- * libFuzzer target: nfbind's NFQUEUE receive path (cdef/nfqueue.c,
- * cdef/chan_src.h, cdef/packet_src.h, cdef/ctnl_src.h), compiled from the
- * same sources as the nfbind._nfqueue module.
+ * libFuzzer target: nfbind's NFQUEUE receive path (cdef/nfqueue.c and the
+ * core's batcher, transaction and conntrack-by-packet request in
+ * cdef/core.c), compiled from the same sources as the nfbind._nfqueue module.
  *
  * One input is the bytes of what a netlink socket handed over: one or more
  * netlink messages, well-formed or not.  It goes through

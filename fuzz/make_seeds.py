@@ -85,19 +85,20 @@ def send_udp(dst: str, port: int, payloads: List[bytes]) -> None:
 
 
 def netfilter_socket(groups: int = 0) -> socket.socket:
-    from nfbind import _lib
+    from nfbind._core import lib as core
 
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _lib.lib.NETLINK_NETFILTER)
-    s.setsockopt(_lib.lib.SOL_NETLINK, _lib.lib.NETLINK_EXT_ACK, 1)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, core.NETLINK_NETFILTER)
+    s.setsockopt(core.SOL_NETLINK, core.NETLINK_EXT_ACK, 1)
     s.bind((0, groups))
     return s
 
 
 def ct_request(msg: int, flags: int, family: int, seq: int) -> bytes:
     from nfbind._conntrack import ffi, lib
+    from nfbind._core import lib as core
 
     buf = ffi.new("char[]", lib.NFB_CT_BUFSIZE)
-    n = lib.nfb_ct_build_simple(buf, lib.NFNL_SUBSYS_CTNETLINK, msg, flags, family, 0)
+    n = lib.nfb_ct_build_simple(buf, core.NFNL_SUBSYS_CTNETLINK, msg, flags, family, 0)
     data = bytearray(ffi.buffer(buf, n))
     struct.pack_into("=I", data, 8, seq)     # nlmsg_seq
     return bytes(data)
@@ -106,7 +107,7 @@ def ct_request(msg: int, flags: int, family: int, seq: int) -> bytes:
 def inside() -> None:
     """Runs in the namespace: make the traffic and collect the datagrams."""
     from nfbind import CopyMode, NfLog, NfQueue
-    from nfbind._conntrack import lib as ctlib
+    from nfbind._core import lib as ctlib
 
     def run(*cmd: str) -> None:
         subprocess.run(cmd, check=True, timeout=30)

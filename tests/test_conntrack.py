@@ -533,9 +533,9 @@ def test_expectations_dump_create_delete(ns, traffic):
 
 def test_flow_from_ct_attrs_equals_the_dumped_flow(ns, traffic):
     """NFQA_CT/NFULA_CT carry the same CTA_* attributes as a ctnetlink GET
-    answer: parse one with flow_from_ct_attrs and cross-check with
-    libnetfilter_conntrack's nfct_payload_parse."""
-    from nfbind._conntrack import ffi, lib
+    answer: parse one with flow_from_ct_attrs (test_core.py cross-checks the
+    parser with libnetfilter_conntrack's nfct_payload_parse)."""
+    from nfbind._conntrack import lib
 
     ct_ns(ns, v6=False)
     traffic.tcp(8080)
@@ -549,9 +549,6 @@ def test_flow_from_ct_attrs_equals_the_dumped_flow(ns, traffic):
     g = flow_from_ct_attrs(data, 7 + 20, len(msg) - 20, socket.AF_INET)
     assert g.orig == f.orig and g.reply == f.reply and g.id == f.id
     assert g.state is TcpState.ESTABLISHED and g.status == f.status and g.mark == f.mark
-    mark, ctid, status = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
-    assert lib.nfb_ct_payload_check(msg[20:], len(msg) - 20, socket.AF_INET, mark, ctid, status) == 0
-    assert (ctid[0], status[0], mark[0]) == (g.id, int(g.status), g.mark)
 
 
 # -- errors and lifetime -----------------------------------------------------------------------------

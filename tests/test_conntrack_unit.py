@@ -299,14 +299,6 @@ def test_flow_from_ct_attrs_ipv6_icmp_and_minimal():
     assert g.orig == f.orig
 
 
-def test_nfct_payload_parse_agrees_with_nfbinds_parser():
-    attrs = full_attrs()
-    mark, ctid, status = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
-    assert lib.nfb_ct_payload_check(attrs, len(attrs), socket.AF_INET, mark, ctid, status) == 0
-    f = flow_from_ct_attrs(attrs, 0, len(attrs), socket.AF_INET)
-    assert (mark[0], ctid[0], status[0]) == (f.mark, f.id, int(f.status))
-
-
 def _field(rec, name):
     obj = rec
     for part in name.split("."):

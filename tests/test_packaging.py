@@ -67,8 +67,9 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for need in (
         "build_ffi.py", "setup.py", "pyproject.toml", "LICENSE", "README.md",
-        "cdef/common.h", "cdef/nfqueue.h", "cdef/nfqueue.c", "cdef/nflog.h",
-        "cdef/conntrack.h", "src/nfbind/__init__.py", "src/nfbind/py.typed",
+        "cdef/core.h", "cdef/core.c", "cdef/nfqueue.h", "cdef/nfqueue.c", "cdef/nflog.h",
+        "cdef/nflog.c", "cdef/conntrack.h", "cdef/conntrack.c", "src/nfbind/__init__.py",
+        "src/nfbind/_core.py", "src/nfbind/py.typed",
     ):
         assert need in names, "%s missing from %s" % (need, sdist.name)
 
@@ -81,7 +82,7 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code = (
-        "import os, nfbind, nfbind._nfqueue, nfbind._nflog, nfbind._conntrack; "
+        "import os, nfbind, nfbind._nfcore, nfbind._nfqueue, nfbind._nflog, nfbind._conntrack; "
         "print(nfbind.__version__); print(os.path.dirname(nfbind.__file__)); "
         "print(nfbind._nfqueue.__file__)"
     )
@@ -108,6 +109,7 @@ def _load_build_ffi():
 @pytest.mark.parametrize(
     "module, debian",
     [
+        ("_nfcore", "libmnl-dev"),
         ("_nfqueue", "libnetfilter-queue-dev"),
         ("_nflog", "libnetfilter-log-dev"),
         ("_conntrack", "libnetfilter-conntrack-dev"),
@@ -135,6 +137,6 @@ def test_missing_headers_names_debian_package(
 def test_headers_present_builds_ffi_object() -> None:
     """The counterpart: with the real headers, every builder returns an FFI object."""
     build_ffi = _load_build_ffi()
-    for module in ("_nfqueue", "_nflog", "_conntrack"):
+    for module in ("_nfcore", "_nfqueue", "_nflog", "_conntrack"):
         ffi = build_ffi._builder(module)
         assert ffi._assigned_source[0] == "nfbind." + module

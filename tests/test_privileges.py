@@ -39,7 +39,7 @@ import pytest
 
 import nfbind
 from nfbind import privileges
-from nfbind._lib import lib
+from nfbind._core import lib
 
 from helpers.cheaders import constants
 from helpers.packets import recv_all

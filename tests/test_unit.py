@@ -18,7 +18,7 @@ import pytest
 import nfbind
 from nfbind import errors, netns
 from nfbind._channel import check_choice, check_int
-from nfbind._lib import ffi
+from nfbind._core import ffi
 from nfbind._nfqueue import lib
 from nfbind.enums import CtStatus, TcpState, Verdict
 from nfbind.errors import (

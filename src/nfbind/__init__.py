@@ -9,7 +9,20 @@
 
 Exceptions are in :mod:`nfbind.errors`, enumerations in :mod:`nfbind.enums`.
 """
-from .enums import ArpHook, CopyMode, CtInfo, CtStatus, Family, Hook, QueueFlag, TcpState, Verdict
+from .enums import (
+    ArpHook,
+    CopyMode,
+    CtInfo,
+    CtStatus,
+    ExpectFlag,
+    Family,
+    Hook,
+    IPProto,
+    QueueFlag,
+    SctpState,
+    TcpState,
+    Verdict,
+)
 from .errors import (
     ClosedError,
     NetlinkError,
@@ -45,12 +58,12 @@ try:  # absent on a machine without libnetfilter_conntrack
         Timestamps,
         Tuple,
     )
-    from .enums import CtEvent, ExpectFlag, IPProto, SctpState
+    from .enums import CtEvent
 
     _CONNTRACK = [
         "Conntrack", "Flow", "Tuple", "Event", "EventFilter", "EventStream", "EventStats",
         "Expectation", "Counters", "Timestamps", "Nat", "Endpoint", "CtStats", "CpuStats",
-        "LabelMap", "NotFound", "CtEvent", "IPProto", "SctpState", "ExpectFlag",
+        "LabelMap", "NotFound", "CtEvent",
     ]
 except ImportError:  # pragma: no cover - depends on the machine
     _CONNTRACK = []
@@ -75,6 +88,9 @@ __all__ = [
     "CtInfo",
     "CtStatus",
     "TcpState",
+    "IPProto",
+    "SctpState",
+    "ExpectFlag",
     "CtSummary",
     "Vlan",
     "NfbindError",

@@ -20,7 +20,7 @@ import warnings
 from collections import deque
 from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional, Tuple
 
-from ._lib import lib
+from ._core import ffi, lib
 from . import netns as _netns
 from .errors import ClosedError, NetlinkError, Overrun, error_from_errno
 
@@ -174,9 +174,6 @@ class Channel:
 
     _sock: Optional[socket.socket] = None
     _closed = True
-    #: the compiled module (ffi, lib) of the subclass's C library
-    _ffi: Any = None
-    _lib: Any = None
     #: look conntrack information up over ctnetlink (the kernel can't attach it)
     _ct_fallback = False
     _ctsock: Optional[socket.socket] = None
@@ -339,7 +336,6 @@ class Channel:
         """Look up (or re-mark) the connection of an L3 packet over ctnetlink,
         on a socket of the channel's namespace opened on first use.
         Returns ``(rc, attrs)``: -errno or 0, and the CTA_* attributes."""
-        ffi, lib = self._ffi, self._lib
         with self._ct_lock:
             self._check_open()
             if self._ctsock is None:
@@ -362,7 +358,7 @@ class Channel:
             if rc in (-errno.ENOENT, -errno.EPROTONOSUPPORT, -errno.EINVAL):
                 return None
             raise error_from_errno(-rc, "looking up the connection of a packet")
-        family = self._lib.NFPROTO_IPV6 if payload[0] >> 4 == 6 else self._lib.NFPROTO_IPV4
+        family = lib.NFPROTO_IPV6 if payload[0] >> 4 == 6 else lib.NFPROTO_IPV4
         return ct_from_attrs(data, 0, len(data), family)
 
     def _close_ct(self) -> None:

@@ -76,6 +76,7 @@ from typing import (
 )
 import typing as _t
 
+from ._core import lib as core
 from ._conntrack import ffi, lib
 from ._channel import Channel, check_int, open_netfilter_socket
 from . import netns as _netns
@@ -114,8 +115,8 @@ _U32_MAX = 0xFFFFFFFF
 #: the highest label bit the kernel keeps (128 bits of labels per connection)
 MAX_LABEL = 127
 
-_AF_INET = lib.AF_INET
-_AF_INET6 = lib.AF_INET6
+_AF_INET = core.AF_INET
+_AF_INET6 = core.AF_INET6
 
 LABEL_HINT = (
     "the kernel keeps labels only once a rule uses them: add one, e.g. "
@@ -124,10 +125,8 @@ LABEL_HINT = (
     "have no room for labels"
 )
 
-_PORT_PROTOS = frozenset(
-    int(p) for p in (IPProto.TCP, IPProto.UDP, IPProto.UDPLITE, IPProto.SCTP, IPProto.DCCP,
-                     IPProto.GRE)
-)
+#: the protocols whose tuples have ports (GRE's keys travel as ports): the core's rule
+_PORT_PROTOS = frozenset(p for p in range(256) if core.nfb_proto_has_ports(p))
 _ICMP_PROTOS = frozenset((int(IPProto.ICMP), int(IPProto.ICMPV6)))
 _PROTO_NAMES = {p.name.lower(): p for p in IPProto}
 _PROTO_NAMES.update({"ipv6-icmp": IPProto.ICMPV6, "icmp6": IPProto.ICMPV6})
@@ -680,16 +679,16 @@ class CpuStats:
 
 
 _CPU_FIELDS = (
-    (lib.CTA_STATS_FOUND, "found"),
-    (lib.CTA_STATS_INVALID, "invalid"),
-    (lib.CTA_STATS_INSERT, "insert"),
-    (lib.CTA_STATS_INSERT_FAILED, "insert_failed"),
-    (lib.CTA_STATS_DROP, "drop"),
-    (lib.CTA_STATS_EARLY_DROP, "early_drop"),
-    (lib.CTA_STATS_ERROR, "error"),
-    (lib.CTA_STATS_SEARCH_RESTART, "search_restart"),
-    (lib.CTA_STATS_CLASH_RESOLVE, "clash_resolve"),
-    (lib.CTA_STATS_CHAIN_TOOLONG, "chain_toolong"),
+    (core.CTA_STATS_FOUND, "found"),
+    (core.CTA_STATS_INVALID, "invalid"),
+    (core.CTA_STATS_INSERT, "insert"),
+    (core.CTA_STATS_INSERT_FAILED, "insert_failed"),
+    (core.CTA_STATS_DROP, "drop"),
+    (core.CTA_STATS_EARLY_DROP, "early_drop"),
+    (core.CTA_STATS_ERROR, "error"),
+    (core.CTA_STATS_SEARCH_RESTART, "search_restart"),
+    (core.CTA_STATS_CLASH_RESOLVE, "clash_resolve"),
+    (core.CTA_STATS_CHAIN_TOOLONG, "chain_toolong"),
 )
 
 
@@ -805,21 +804,21 @@ _MASTER4 = _layout(_tuple_fields((), False), "struct nfb_ct_tuple", _TSIZE).unpa
 _MASTER6 = _layout(_tuple_fields((), True), "struct nfb_ct_tuple", _TSIZE).unpack_from
 _EVENT_OFF = ffi.offsetof(_REC, "event")
 
-_T_PORTS = lib.NFB_T_PORTS
-_T_ICMP = lib.NFB_T_ICMP
-_A_REPLY = lib.NFB_CT_A_REPLY
-_A_TIMEOUT = lib.NFB_CT_A_TIMEOUT
-_A_USE = lib.NFB_CT_A_USE
-_A_ID = lib.NFB_CT_A_ID
-_A_STATE = lib.NFB_CT_A_STATE
-_A_COUNTERS = lib.NFB_CT_A_COUNTERS
-_A_TS_START = lib.NFB_CT_A_TS_START
-_A_TS_STOP = lib.NFB_CT_A_TS_STOP
-_A_LABELS = lib.NFB_CT_A_LABELS
-_A_HELPER = lib.NFB_CT_A_HELPER
-_A_SECCTX = lib.NFB_CT_A_SECCTX
-_A_MASTER = lib.NFB_CT_A_MASTER
-_A_ORIG = lib.NFB_CT_A_ORIG
+_T_PORTS = core.NFB_T_PORTS
+_T_ICMP = core.NFB_T_ICMP
+_A_REPLY = core.NFB_CT_A_REPLY
+_A_TIMEOUT = core.NFB_CT_A_TIMEOUT
+_A_USE = core.NFB_CT_A_USE
+_A_ID = core.NFB_CT_A_ID
+_A_STATE = core.NFB_CT_A_STATE
+_A_COUNTERS = core.NFB_CT_A_COUNTERS
+_A_TS_START = core.NFB_CT_A_TS_START
+_A_TS_STOP = core.NFB_CT_A_TS_STOP
+_A_LABELS = core.NFB_CT_A_LABELS
+_A_HELPER = core.NFB_CT_A_HELPER
+_A_SECCTX = core.NFB_CT_A_SECCTX
+_A_MASTER = core.NFB_CT_A_MASTER
+_A_ORIG = core.NFB_CT_A_ORIG
 _NAT_BITS = int(CtStatus.SRC_NAT | CtStatus.DST_NAT)
 _SRC_NAT = int(CtStatus.SRC_NAT)
 _DST_NAT = int(CtStatus.DST_NAT)
@@ -1068,10 +1067,10 @@ def flow_from_ct_attrs(data: Union[bytes, bytearray, memoryview], off: int, leng
     length = check_int("length", length, 0, len(data) - off)
     chunk = bytes(data[off:off + length])
     rec = ffi.new("struct nfb_ct_rec *")
-    lib.nfb_ct_parse_attrs(chunk, length, 0, rec)
+    core.nfb_ct_parse_attrs(chunk, length, 0, rec)
     if not rec.attrs & _A_ORIG:
         raise ValueError("the conntrack attributes hold no original tuple (CTA_TUPLE_ORIG)")
-    rec.family = _AF_INET6 if rec.orig.has & lib.NFB_T_V6 else _AF_INET
+    rec.family = _AF_INET6 if rec.orig.has & core.NFB_T_V6 else _AF_INET
     out: List[Flow] = []
     _build_flows(ffi.buffer(rec)[:], 1, chunk, out)
     return out[0]
@@ -1081,7 +1080,7 @@ def flow_from_ct_attrs(data: Union[bytes, bytearray, memoryview], off: int, leng
 
 _NLA = struct.Struct("=HH")
 _NLMSG = struct.Struct("=IHHII")
-_NLA_TYPE_MASK = lib.NLA_TYPE_MASK
+_NLA_TYPE_MASK = core.NLA_TYPE_MASK
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 
@@ -1100,28 +1099,28 @@ def _py_tuple(data: bytes, off: int, end: int) -> Tuple:
     proto = 0
     vals: Dict[int, int] = {}
     for t, o, n in _attrs(data, off, end):
-        if t == lib.CTA_TUPLE_IP:
+        if t == core.CTA_TUPLE_IP:
             for t2, o2, n2 in _attrs(data, o, o + n):
-                if t2 in (lib.CTA_IP_V4_SRC, lib.CTA_IP_V6_SRC) and n2 in (4, 16):
+                if t2 in (core.CTA_IP_V4_SRC, core.CTA_IP_V6_SRC) and n2 in (4, 16):
                     src = _IPS[data[o2:o2 + n2]]
-                elif t2 in (lib.CTA_IP_V4_DST, lib.CTA_IP_V6_DST) and n2 in (4, 16):
+                elif t2 in (core.CTA_IP_V4_DST, core.CTA_IP_V6_DST) and n2 in (4, 16):
                     dst = _IPS[data[o2:o2 + n2]]
-        elif t == lib.CTA_TUPLE_PROTO:
+        elif t == core.CTA_TUPLE_PROTO:
             for t2, o2, n2 in _attrs(data, o, o + n):
-                if t2 == lib.CTA_PROTO_NUM and n2 >= 1:
+                if t2 == core.CTA_PROTO_NUM and n2 >= 1:
                     proto = data[o2]
-                elif n2 >= 2 and t2 in (lib.CTA_PROTO_SRC_PORT, lib.CTA_PROTO_DST_PORT,
-                                        lib.CTA_PROTO_ICMP_ID, lib.CTA_PROTO_ICMPV6_ID):
+                elif n2 >= 2 and t2 in (core.CTA_PROTO_SRC_PORT, core.CTA_PROTO_DST_PORT,
+                                        core.CTA_PROTO_ICMP_ID, core.CTA_PROTO_ICMPV6_ID):
                     vals[t2] = _BE16.unpack_from(data, o2)[0]
                 elif n2 >= 1:
                     vals[t2] = data[o2]
     if src is None or dst is None:
         raise ValueError("a conntrack tuple without addresses")
     g = vals.get
-    t = _TupleB(src, dst, _PROTO[proto], g(lib.CTA_PROTO_SRC_PORT), g(lib.CTA_PROTO_DST_PORT),
-                g(lib.CTA_PROTO_ICMP_TYPE, g(lib.CTA_PROTO_ICMPV6_TYPE)),
-                g(lib.CTA_PROTO_ICMP_CODE, g(lib.CTA_PROTO_ICMPV6_CODE)),
-                g(lib.CTA_PROTO_ICMP_ID, g(lib.CTA_PROTO_ICMPV6_ID)))
+    t = _TupleB(src, dst, _PROTO[proto], g(core.CTA_PROTO_SRC_PORT), g(core.CTA_PROTO_DST_PORT),
+                g(core.CTA_PROTO_ICMP_TYPE, g(core.CTA_PROTO_ICMPV6_TYPE)),
+                g(core.CTA_PROTO_ICMP_CODE, g(core.CTA_PROTO_ICMPV6_CODE)),
+                g(core.CTA_PROTO_ICMP_ID, g(core.CTA_PROTO_ICMPV6_ID)))
     t.__class__ = Tuple
     return t
 
@@ -1134,25 +1133,25 @@ def _parse_expect(msg: bytes) -> Expectation:
     end = _NLMSG.unpack_from(msg, 0)[0]
     kw: Dict[str, Any] = {}
     for t, o, n in _attrs(msg, 20, end):
-        if t == lib.CTA_EXPECT_MASTER:
+        if t == core.CTA_EXPECT_MASTER:
             kw["master"] = _py_tuple(msg, o, o + n)
-        elif t == lib.CTA_EXPECT_TUPLE:
+        elif t == core.CTA_EXPECT_TUPLE:
             kw["expected"] = _py_tuple(msg, o, o + n)
-        elif t == lib.CTA_EXPECT_MASK:
+        elif t == core.CTA_EXPECT_MASK:
             kw["mask"] = _py_tuple(msg, o, o + n)
-        elif t == lib.CTA_EXPECT_TIMEOUT and n >= 4:
+        elif t == core.CTA_EXPECT_TIMEOUT and n >= 4:
             kw["timeout"] = _BE32.unpack_from(msg, o)[0]
-        elif t == lib.CTA_EXPECT_ID and n >= 4:
+        elif t == core.CTA_EXPECT_ID and n >= 4:
             kw["id"] = _BE32.unpack_from(msg, o)[0]
-        elif t == lib.CTA_EXPECT_ZONE and n >= 2:
+        elif t == core.CTA_EXPECT_ZONE and n >= 2:
             kw["zone"] = _BE16.unpack_from(msg, o)[0]
-        elif t == lib.CTA_EXPECT_FLAGS and n >= 4:
+        elif t == core.CTA_EXPECT_FLAGS and n >= 4:
             kw["flags"] = ExpectFlag(_BE32.unpack_from(msg, o)[0])
-        elif t == lib.CTA_EXPECT_CLASS and n >= 4:
+        elif t == core.CTA_EXPECT_CLASS and n >= 4:
             kw["klass"] = _BE32.unpack_from(msg, o)[0]
-        elif t == lib.CTA_EXPECT_HELP_NAME:
+        elif t == core.CTA_EXPECT_HELP_NAME:
             kw["helper"] = _cstr(msg, o, n)
-        elif t == lib.CTA_EXPECT_FN:
+        elif t == core.CTA_EXPECT_FN:
             kw["fn"] = _cstr(msg, o, n)
     missing = [k for k in ("master", "expected", "mask") if k not in kw]
     if missing:
@@ -1243,7 +1242,7 @@ class _Handle:
         self.sock = open_netfilter_socket(netns)
         try:
             try:
-                self.sock.setsockopt(lib.SOL_NETLINK, lib.NETLINK_EXT_ACK, 1)
+                self.sock.setsockopt(core.SOL_NETLINK, core.NETLINK_EXT_ACK, 1)
             except OSError:
                 pass
             c = lib.nfb_ct_new(self.sock.fileno(), 0)
@@ -1261,9 +1260,9 @@ class _Handle:
 
 
 _TABLES = {
-    "conntrack": lib.IPCTNL_MSG_CT_GET,
-    "dying": lib.IPCTNL_MSG_CT_GET_DYING,
-    "unconfirmed": lib.IPCTNL_MSG_CT_GET_UNCONFIRMED,
+    "conntrack": core.IPCTNL_MSG_CT_GET,
+    "dying": core.IPCTNL_MSG_CT_GET_DYING,
+    "unconfirmed": core.IPCTNL_MSG_CT_GET_UNCONFIRMED,
 }
 
 #: records per receive call (one C call drains datagrams until it has these)
@@ -1634,9 +1633,9 @@ class Conntrack:
 
         def build(h: _Handle) -> int:
             if not kernel_filter:
-                return lib.nfb_ct_build_simple(h.buf, lib.NFNL_SUBSYS_CTNETLINK, msg,
-                                               lib.NLM_F_DUMP, fam or 0, 0)
-            return lib.nfb_ct_build_filtered(h.buf, msg, lib.NLM_F_DUMP,
+                return lib.nfb_ct_build_simple(h.buf, core.NFNL_SUBSYS_CTNETLINK, msg,
+                                               core.NLM_F_DUMP, fam or 0, 0)
+            return lib.nfb_ct_build_filtered(h.buf, msg, core.NLM_F_DUMP,
                                              _dump_filter(fam, mark, mmask, status, smask))
 
         check_mark = mark is not None
@@ -1735,7 +1734,7 @@ class Conntrack:
         spec = self._spec(tup, zn)
         op = "getting flow %s (zone %d)" % (tup, zn)
         recs, n, data = self._transact(
-            lambda h: lib.nfb_ct_build(h.buf, lib.IPCTNL_MSG_CT_GET, lib.NLM_F_ACK, spec),
+            lambda h: lib.nfb_ct_build(h.buf, core.IPCTNL_MSG_CT_GET, core.NLM_F_ACK, spec),
             op, want=True,
             not_found="no such flow in the table (in zone %d): it may have expired or never "
             "existed; dump() lists the flows" % zn,
@@ -1814,7 +1813,7 @@ class Conntrack:
         }
         self._transact_hinted(
             lambda h: lib.nfb_ct_build(
-                h.buf, lib.IPCTNL_MSG_CT_NEW, lib.NLM_F_ACK | lib.NLM_F_CREATE | lib.NLM_F_EXCL, s),
+                h.buf, core.IPCTNL_MSG_CT_NEW, core.NLM_F_ACK | core.NLM_F_CREATE | core.NLM_F_EXCL, s),
             op, hint)
         if flow.labels:
             # the kernel creates the flow without its labels (and says nothing)
@@ -1913,7 +1912,7 @@ class Conntrack:
         op = "updating flow %s (zone %d)" % (tup, zn)
         first = min(lb) if lb else (min(lm) if lm else 0)
         self._transact_hinted(
-            lambda h: lib.nfb_ct_build(h.buf, lib.IPCTNL_MSG_CT_NEW, lib.NLM_F_ACK, s),
+            lambda h: lib.nfb_ct_build(h.buf, core.IPCTNL_MSG_CT_NEW, core.NLM_F_ACK, s),
             op,
             {
                 errno.ENOSPC: LABEL_HINT % (first, first),
@@ -1940,7 +1939,7 @@ class Conntrack:
             s.set |= lib.NFB_S_ID
             s.id = flow_or_tuple.id
         self._transact(
-            lambda h: lib.nfb_ct_build(h.buf, lib.IPCTNL_MSG_CT_DELETE, lib.NLM_F_ACK, s),
+            lambda h: lib.nfb_ct_build(h.buf, core.IPCTNL_MSG_CT_DELETE, core.NLM_F_ACK, s),
             "deleting flow %s (zone %d)" % (tup, zn),
             not_found="no such flow in the table (already gone, or a different id)",
         )
@@ -1969,7 +1968,7 @@ class Conntrack:
             what.append("status %#x/%#x" % (st, smask or 0))
         op = "flushing %s flows" % (" ".join(what) if what else "all")
         self._transact_hinted(
-            lambda h: lib.nfb_ct_build_filtered(h.buf, lib.IPCTNL_MSG_CT_DELETE, lib.NLM_F_ACK, f),
+            lambda h: lib.nfb_ct_build_filtered(h.buf, core.IPCTNL_MSG_CT_DELETE, core.NLM_F_ACK, f),
             op,
             {errno.EOPNOTSUPP: "this kernel cannot flush with that filter: dump() with the "
                                "filter and delete() each flow instead"},
@@ -1979,16 +1978,16 @@ class Conntrack:
 
     def _global_stats(self) -> _t.Tuple[int, Optional[int]]:
         msgs = self._transact(
-            lambda h: lib.nfb_ct_build_simple(h.buf, lib.NFNL_SUBSYS_CTNETLINK,
-                                              lib.IPCTNL_MSG_CT_GET_STATS, lib.NLM_F_ACK, 0, 0),
+            lambda h: lib.nfb_ct_build_simple(h.buf, core.NFNL_SUBSYS_CTNETLINK,
+                                              core.IPCTNL_MSG_CT_GET_STATS, core.NLM_F_ACK, 0, 0),
             "reading the conntrack table size", mode=lib.NFB_M_RAW, want=True)
         entries, limit = 0, None
         for m in msgs:
             end = _NLMSG.unpack_from(m, 0)[0]
             for t, o, n in _attrs(m, 20, end):
-                if t == lib.CTA_STATS_GLOBAL_ENTRIES and n >= 4:
+                if t == core.CTA_STATS_GLOBAL_ENTRIES and n >= 4:
                     entries = _BE32.unpack_from(m, o)[0]
-                elif t == lib.CTA_STATS_GLOBAL_MAX_ENTRIES and n >= 4:
+                elif t == core.CTA_STATS_GLOBAL_MAX_ENTRIES and n >= 4:
                     limit = _BE32.unpack_from(m, o)[0]
         return entries, limit
 
@@ -2004,8 +2003,8 @@ class Conntrack:
 
         Raises PermissionDenied, NetlinkError, ClosedError."""
         msgs = self._transact(
-            lambda h: lib.nfb_ct_build_simple(h.buf, lib.NFNL_SUBSYS_CTNETLINK,
-                                              lib.IPCTNL_MSG_CT_GET_STATS_CPU, lib.NLM_F_DUMP, 0, 0),
+            lambda h: lib.nfb_ct_build_simple(h.buf, core.NFNL_SUBSYS_CTNETLINK,
+                                              core.IPCTNL_MSG_CT_GET_STATS_CPU, core.NLM_F_DUMP, 0, 0),
             "reading per-CPU conntrack statistics", mode=lib.NFB_M_RAW, want=True)
         names = dict(_CPU_FIELDS)
         cpus = []
@@ -2034,8 +2033,8 @@ class Conntrack:
         zn = _opt(_u16, "zone", zone)
         self._check_open()
         msgs = self._transact(
-            lambda h: lib.nfb_ct_build_simple(h.buf, lib.NFNL_SUBSYS_CTNETLINK_EXP,
-                                              lib.IPCTNL_MSG_EXP_GET, lib.NLM_F_DUMP, fam or 0, 0),
+            lambda h: lib.nfb_ct_build_simple(h.buf, core.NFNL_SUBSYS_CTNETLINK_EXP,
+                                              core.IPCTNL_MSG_EXP_GET, core.NLM_F_DUMP, fam or 0, 0),
             "dumping the expect table", mode=lib.NFB_M_RAW, want=True)
         return iter([e for e in map(_parse_expect, msgs)
                      if (fam is None or e.family == fam) and (zn is None or e.zone == zn)])
@@ -2079,8 +2078,8 @@ class Conntrack:
             raise ValueError("create_expect() needs Expectation(timeout=SECONDS)")
         s = self._exp_spec(exp)
         self._transact_hinted(
-            lambda h: lib.nfb_exp_build(h.buf, lib.IPCTNL_MSG_EXP_NEW,
-                                        lib.NLM_F_ACK | lib.NLM_F_CREATE | lib.NLM_F_EXCL, s),
+            lambda h: lib.nfb_exp_build(h.buf, core.IPCTNL_MSG_EXP_NEW,
+                                        core.NLM_F_ACK | core.NLM_F_CREATE | core.NLM_F_EXCL, s),
             "creating expectation %s (master %s)" % (exp.expected, exp.master),
             {errno.EEXIST: "the expectation exists already",
              errno.EOPNOTSUPP: "the master flow has no helper (give it one, e.g. with "
@@ -2111,7 +2110,7 @@ class Conntrack:
             s.set |= lib.NFB_ES_ZONE
             s.zone = zn
         self._transact(
-            lambda h: lib.nfb_exp_build(h.buf, lib.IPCTNL_MSG_EXP_DELETE, lib.NLM_F_ACK, s),
+            lambda h: lib.nfb_exp_build(h.buf, core.IPCTNL_MSG_EXP_DELETE, core.NLM_F_ACK, s),
             "deleting expectation %s" % tup,
             not_found="no such expectation (it may have been used or expired)",
         )
@@ -2119,8 +2118,8 @@ class Conntrack:
     def flush_expect(self) -> None:
         """Delete every expectation.  Raises PermissionDenied, NetlinkError, ClosedError."""
         self._transact(
-            lambda h: lib.nfb_ct_build_simple(h.buf, lib.NFNL_SUBSYS_CTNETLINK_EXP,
-                                              lib.IPCTNL_MSG_EXP_DELETE, lib.NLM_F_ACK, 0, 0),
+            lambda h: lib.nfb_ct_build_simple(h.buf, core.NFNL_SUBSYS_CTNETLINK_EXP,
+                                              core.IPCTNL_MSG_EXP_DELETE, core.NLM_F_ACK, 0, 0),
             "flushing the expect table")
 
     # -- events ---------------------------------------------------------------------------
@@ -2452,12 +2451,12 @@ class EventStats:
     def overruns(self) -> int:
         """Times the kernel reported ENOBUFS (events lost to a full buffer)."""
         c = self._s._c
-        return int(c.overruns) if c is not None else self._s._final_overruns
+        return int(c.rx.overruns) if c is not None else self._s._final_overruns
 
     @property
     def recv_calls(self) -> int:
         c = self._s._c
-        return int(c.recv_calls) if c is not None else 0
+        return int(c.rx.recv_calls) if c is not None else 0
 
     def as_dict(self) -> Dict[str, int]:
         return {n: getattr(self, n) for n in ("events", "delivered", "filtered", "overruns",
@@ -2468,9 +2467,9 @@ class EventStats:
 
 
 _GROUPS = (
-    (CtEvent.NEW, lib.NFNLGRP_CONNTRACK_NEW),
-    (CtEvent.UPDATE, lib.NFNLGRP_CONNTRACK_UPDATE),
-    (CtEvent.DESTROY, lib.NFNLGRP_CONNTRACK_DESTROY),
+    (CtEvent.NEW, core.NFNLGRP_CONNTRACK_NEW),
+    (CtEvent.UPDATE, core.NFNLGRP_CONNTRACK_UPDATE),
+    (CtEvent.DESTROY, core.NFNLGRP_CONNTRACK_DESTROY),
 )
 
 
@@ -2523,7 +2522,7 @@ class EventStream(Channel):
             for bit, group in _GROUPS:
                 if t & bit:
                     try:
-                        self._sock.setsockopt(lib.SOL_NETLINK, lib.NETLINK_ADD_MEMBERSHIP, group)
+                        self._sock.setsockopt(core.SOL_NETLINK, core.NETLINK_ADD_MEMBERSHIP, group)
                     except PermissionError as e:
                         raise PermissionDenied(e.errno or errno.EPERM,
                                                "subscribing to conntrack events") from None
@@ -2554,7 +2553,7 @@ class EventStream(Channel):
         n = lib.nfb_ct_recv_events(c)
         if n == -errno.ENOBUFS:
             self.needs_resync = True
-            self._overrun(int(c.overruns))  # raises with on_overrun="raise"
+            self._overrun(int(c.rx.overruns))  # raises with on_overrun="raise"
             n = lib.nfb_ct_recv_events(c)  # the socket is readable again after one
             if n == -errno.ENOBUFS:
                 return 0
@@ -2607,7 +2606,7 @@ class EventStream(Channel):
 
     def _close_channel(self) -> None:
         if self._c is not None:
-            self._final_overruns = int(self._c.overruns)
+            self._final_overruns = int(self._c.rx.overruns)
         self._c = None
 
     def resync(self, family: Union[None, int, str] = None) -> _t.List[Flow]:

@@ -1,11 +1,16 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Enumerations whose values come from the compiled modules (that is, from the
-system's C headers); none is typed in here."""
+system's C headers); none is typed in here.
+
+All but :class:`CtEvent` come from the core module, which every install has;
+CtEvent's values are libnetfilter_conntrack's, so it exists when the conntrack
+channel was built.
+"""
 from __future__ import annotations
 
 import enum
 
-from ._lib import lib
+from ._core import lib
 
 __all__ = [
     "Verdict",
@@ -17,6 +22,9 @@ __all__ = [
     "CtStatus",
     "TcpState",
     "QueueFlag",
+    "IPProto",
+    "SctpState",
+    "ExpectFlag",
 ]
 
 
@@ -156,12 +164,58 @@ QueueFlag = _enum(
 )
 
 
-# -- conntrack (values from nfbind._conntrack, i.e. libnetfilter_conntrack's and
-#    the kernel's headers); absent on a machine without libnetfilter_conntrack --
+IPProto = _enum(
+    enum.IntEnum,
+    "IPProto",
+    {
+        "ICMP": lib.IPPROTO_ICMP,
+        "TCP": lib.IPPROTO_TCP,
+        "UDP": lib.IPPROTO_UDP,
+        "DCCP": lib.IPPROTO_DCCP,
+        "GRE": lib.IPPROTO_GRE,
+        "ICMPV6": lib.IPPROTO_ICMPV6,
+        "SCTP": lib.IPPROTO_SCTP,
+        "UDPLITE": lib.IPPROTO_UDPLITE,
+    },
+    "Layer-4 protocols conntrack tracks by name (``flow.proto``); other "
+    "protocol numbers stay plain ints.",
+)
+
+SctpState = _enum(
+    enum.IntEnum,
+    "SctpState",
+    {
+        "NONE": lib.SCTP_CONNTRACK_NONE,
+        "CLOSED": lib.SCTP_CONNTRACK_CLOSED,
+        "COOKIE_WAIT": lib.SCTP_CONNTRACK_COOKIE_WAIT,
+        "COOKIE_ECHOED": lib.SCTP_CONNTRACK_COOKIE_ECHOED,
+        "ESTABLISHED": lib.SCTP_CONNTRACK_ESTABLISHED,
+        "SHUTDOWN_SENT": lib.SCTP_CONNTRACK_SHUTDOWN_SENT,
+        "SHUTDOWN_RECD": lib.SCTP_CONNTRACK_SHUTDOWN_RECD,
+        "SHUTDOWN_ACK_SENT": lib.SCTP_CONNTRACK_SHUTDOWN_ACK_SENT,
+        "HEARTBEAT_SENT": lib.SCTP_CONNTRACK_HEARTBEAT_SENT,
+    },
+    "Conntrack's SCTP state machine (``flow.state`` of SCTP flows).",
+)
+
+ExpectFlag = _enum(
+    enum.IntFlag,
+    "ExpectFlag",
+    {
+        "PERMANENT": lib.NF_CT_EXPECT_PERMANENT,
+        "INACTIVE": lib.NF_CT_EXPECT_INACTIVE,
+        "USERSPACE": lib.NF_CT_EXPECT_USERSPACE,
+    },
+    "Flags of a conntrack expectation.",
+)
+
+
+# -- conntrack events: libnetfilter_conntrack's NFCT_T_* values, from
+#    nfbind._conntrack; absent when the conntrack channel was not built ---------
 
 try:
     from ._conntrack import lib as _ct
-except ImportError:  # pragma: no cover - depends on the machine
+except ImportError:  # pragma: no cover - depends on the install
     _ct = None
 
 if _ct is not None:
@@ -173,50 +227,5 @@ if _ct is not None:
         "Conntrack event types (libnetfilter_conntrack's NFCT_T_*): "
         "``ct.events(CtEvent.NEW | CtEvent.DESTROY)``; ``ALL`` is all three.",
     )
+    __all__ += ["CtEvent"]
 
-    IPProto = _enum(
-        enum.IntEnum,
-        "IPProto",
-        {
-            "ICMP": _ct.IPPROTO_ICMP,
-            "TCP": _ct.IPPROTO_TCP,
-            "UDP": _ct.IPPROTO_UDP,
-            "DCCP": _ct.IPPROTO_DCCP,
-            "GRE": _ct.IPPROTO_GRE,
-            "ICMPV6": _ct.IPPROTO_ICMPV6,
-            "SCTP": _ct.IPPROTO_SCTP,
-            "UDPLITE": _ct.IPPROTO_UDPLITE,
-        },
-        "Layer-4 protocols conntrack tracks by name (``flow.proto``); other "
-        "protocol numbers stay plain ints.",
-    )
-
-    SctpState = _enum(
-        enum.IntEnum,
-        "SctpState",
-        {
-            "NONE": _ct.SCTP_CONNTRACK_NONE,
-            "CLOSED": _ct.SCTP_CONNTRACK_CLOSED,
-            "COOKIE_WAIT": _ct.SCTP_CONNTRACK_COOKIE_WAIT,
-            "COOKIE_ECHOED": _ct.SCTP_CONNTRACK_COOKIE_ECHOED,
-            "ESTABLISHED": _ct.SCTP_CONNTRACK_ESTABLISHED,
-            "SHUTDOWN_SENT": _ct.SCTP_CONNTRACK_SHUTDOWN_SENT,
-            "SHUTDOWN_RECD": _ct.SCTP_CONNTRACK_SHUTDOWN_RECD,
-            "SHUTDOWN_ACK_SENT": _ct.SCTP_CONNTRACK_SHUTDOWN_ACK_SENT,
-            "HEARTBEAT_SENT": _ct.SCTP_CONNTRACK_HEARTBEAT_SENT,
-        },
-        "Conntrack's SCTP state machine (``flow.state`` of SCTP flows).",
-    )
-
-    ExpectFlag = _enum(
-        enum.IntFlag,
-        "ExpectFlag",
-        {
-            "PERMANENT": _ct.NF_CT_EXPECT_PERMANENT,
-            "INACTIVE": _ct.NF_CT_EXPECT_INACTIVE,
-            "USERSPACE": _ct.NF_CT_EXPECT_USERSPACE,
-        },
-        "Flags of a conntrack expectation.",
-    )
-
-    __all__ += ["CtEvent", "IPProto", "SctpState", "ExpectFlag"]

@@ -23,6 +23,8 @@ import errno as _errno
 import os
 from typing import Optional
 
+from ._core import ffi, lib
+
 __all__ = [
     "NfbindError",
     "NetlinkError",
@@ -111,8 +113,6 @@ class ClosedError(NfbindError, ValueError):
 
 def has_cap_net_admin() -> bool:
     """True when the calling thread has CAP_NET_ADMIN in its effective set."""
-    from ._lib import lib
-
     try:
         with open("/proc/thread-self/status", encoding="ascii") as f:
             for line in f:
@@ -150,8 +150,6 @@ def check(rc: int, op: str, **kw: Optional[str]) -> int:
     """
     if rc >= 0:
         return rc
-    from ._lib import ffi
-
     raise error_from_errno(ffi.errno or _errno.EIO, op, **kw)
 
 

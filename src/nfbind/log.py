@@ -20,6 +20,7 @@ import errno
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._channel import Channel, ChannelStats, c_counter, check_int, config_error
+from ._core import lib as core
 from ._nflog import ffi, lib
 from . import netns as _netns
 from .enums import CopyMode, Family
@@ -31,27 +32,28 @@ __all__ = ["NfLog", "LogPacket", "LogStats"]
 _U32_MAX = 0xFFFFFFFF
 _FAMILIES = {
     None: -1,
-    int(Family.IPV4): lib.NFPROTO_IPV4,
-    int(Family.IPV6): lib.NFPROTO_IPV6,
-    int(Family.BRIDGE): lib.NFPROTO_BRIDGE,
-    int(Family.ARP): lib.NFPROTO_ARP,
+    int(Family.IPV4): core.NFPROTO_IPV4,
+    int(Family.IPV6): core.NFPROTO_IPV6,
+    int(Family.BRIDGE): core.NFPROTO_BRIDGE,
+    int(Family.ARP): core.NFPROTO_ARP,
 }
-_STEP = {1: "binding", 2: "setting the copy mode of", 3: "setting nlbufsiz of",
-         4: "setting the timeout of", 5: "setting qthresh of", 6: "setting the flags of"}
+_STEP = {core.NFB_STEP_BIND: "binding", core.NFB_STEP_PARAMS: "setting the copy mode of",
+         core.NFB_STEP_NLBUFSIZ: "setting nlbufsiz of", core.NFB_STEP_TIMEOUT: "setting the timeout of",
+         core.NFB_STEP_QTHRESH: "setting qthresh of", core.NFB_STEP_FLAGS: "setting the flags of"}
 _NLBUFSIZ_MIN, _NLBUFSIZ_MAX = 4096, 131072
-_F_ATTRS = lib.NFB_F_ATTRS
-_F_QUEUE = lib.NFB_F_QUEUE
-_F_PREFIX_OFF = lib.NFB_F_PREFIX_OFF
-_F_PREFIX_LEN = lib.NFB_F_PREFIX_LEN
-_F_SEQ = lib.NFB_F_SEQ
-_F_SEQ_GLOBAL = lib.NFB_F_SEQ_GLOBAL
-_F_HWTYPE = lib.NFB_F_HWTYPE
-_F_HWHDR_OFF = lib.NFB_F_HWHDR_OFF
-_A_PREFIX = lib.NFB_A_PREFIX
-_A_SEQ = lib.NFB_A_SEQ
-_A_SEQ_GLOBAL = lib.NFB_A_SEQ_GLOBAL
-_A_HWTYPE = lib.NFB_A_HWTYPE
-_A_HWHDR = lib.NFB_A_HWHDR
+_F_ATTRS = core.NFB_F_ATTRS
+_F_QUEUE = core.NFB_F_QUEUE
+_F_PREFIX_OFF = core.NFB_F_PREFIX_OFF
+_F_PREFIX_LEN = core.NFB_F_PREFIX_LEN
+_F_SEQ = core.NFB_F_SEQ
+_F_SEQ_GLOBAL = core.NFB_F_SEQ_GLOBAL
+_F_HWTYPE = core.NFB_F_HWTYPE
+_F_HWHDR_OFF = core.NFB_F_HWHDR_OFF
+_A_PREFIX = core.NFB_A_PREFIX
+_A_SEQ = core.NFB_A_SEQ
+_A_SEQ_GLOBAL = core.NFB_A_SEQ_GLOBAL
+_A_HWTYPE = core.NFB_A_HWTYPE
+_A_HWHDR = core.NFB_A_HWHDR
 
 
 class LogPacket(PacketBase):
@@ -171,9 +173,6 @@ class NfLog(Channel):
         NetlinkError: any other refusal from the kernel.
         FileNotFoundError: ``netns`` does not exist.
     """
-
-    _ffi = ffi
-    _lib = lib
 
     def __init__(
         self,
@@ -299,7 +298,7 @@ class NfLog(Channel):
         group = fg[0] if fg[0] >= 0 else groups[0]
         raise config_error(
             -rc, "%s log group %d" % (_STEP.get(step[0], "configuring"), group),
-            binding=step[0] == 1, flags=step[0] == 6,
+            binding=step[0] == core.NFB_STEP_BIND, flags=step[0] == core.NFB_STEP_FLAGS,
             busy_hint="log group %d is already bound by another socket (another process "
             "or another NfLog); stop that reader (ulogd?) or use another --nflog-group"
             % group)

@@ -7,19 +7,27 @@
    is covered by nfbind's compatibility promise.  Use :class:`nfbind.NfQueue`
    unless you need a C call it does not make.
 
-``nfqueue``, ``nflog`` and ``conntrack`` are ``(ffi, lib)`` pairs, or None
-when that C library is not installed on this machine.
+``core`` is the ``(ffi, lib)`` pair of ``nfbind._nfcore``, which every
+install has: the constants, types and functions the channels share (the
+packet record layout, the CTA_* parser, conntrack by packet, the L4
+checksum, capabilities).  ``nfqueue``, ``nflog`` and ``conntrack`` are the
+``(ffi, lib)`` pairs of the channel modules, or None when that channel was
+not built on this machine.  A channel's ``lib`` also reaches the core's
+names, and its ``ffi`` knows the core's types.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Optional, Tuple
 
-__all__ = ["nfqueue", "nflog", "conntrack"]
+from . import _core
+
+__all__ = ["core", "nfqueue", "nflog", "conntrack"]
+
+core: Tuple[Any, Any] = (_core.ffi, _core.lib)
 
 
 def _load(name: str) -> Optional[Tuple[Any, Any]]:
-    import importlib
-
     try:
         mod = importlib.import_module("nfbind." + name)
     except ImportError:

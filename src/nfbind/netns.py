@@ -21,7 +21,7 @@ import socket as _socket
 import threading
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from ._lib import ffi, lib
+from ._core import ffi, lib
 from .errors import PermissionDenied, NetlinkError
 
 __all__ = ["NetNS", "resolve", "call_in", "socket", "NETNS_RUN_DIR"]

@@ -12,10 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Optional, Tuple
 
-try:
-    from ._nfqueue import lib
-except ImportError:  # pragma: no cover - depends on the machine
-    from ._nflog import lib
+from ._core import ffi, lib
 from .enums import ArpHook, CtInfo, CtStatus, Family, Hook, TcpState
 
 __all__ = ["PacketBase", "Vlan", "CtSummary", "scapy_payload"]
@@ -58,6 +55,14 @@ _HOOKS = {int(h): h for h in Hook}
 _ARP_HOOKS = {int(h): h for h in ArpHook}
 _FAMILIES = {int(f): f for f in Family}
 _CTINFOS = {int(c): c for c in CtInfo}
+_TCP_STATES = {int(t): t for t in TcpState}
+_CT_A_ORIG = lib.NFB_CT_A_ORIG
+_CT_A_STATE = lib.NFB_CT_A_STATE
+_CT_A_ID = lib.NFB_CT_A_ID
+_CT_A_TIMEOUT = lib.NFB_CT_A_TIMEOUT
+_CT_A_USE = lib.NFB_CT_A_USE
+_T_PROTO = lib.NFB_T_PROTO
+_IPPROTO_TCP = lib.IPPROTO_TCP
 
 
 class Batch:
@@ -119,39 +124,25 @@ def iter_attrs(data: bytes, off: int, end: int) -> Iterator[Tuple[int, int, int]
 
 
 def parse_ct(data: bytes, off: int, length: int) -> CtSummary:
-    """Parse the nested CTA_* attributes of NFQA_CT / NFULA_CT."""
-    ct_id = timeout = use = proto = None
-    mark = zone = status = 0
+    """Parse the nested CTA_* attributes of NFQA_CT / NFULA_CT (the core's C
+    parser, the one dumps and events use) into a :class:`CtSummary`."""
+    r = ffi.new("struct nfb_ct_rec *")
+    lib.nfb_ct_parse_attrs(ffi.from_buffer(data)[off:off + length], length, 0, r)
+    a = r.attrs
+    proto = r.orig.proto if a & _CT_A_ORIG and r.orig.has & _T_PROTO else None
     state = None
-    for t, o, n in iter_attrs(data, off, off + length):
-        if t == lib.CTA_ID and n >= 4:
-            ct_id = _U32.unpack_from(data, o)[0]
-        elif t == lib.CTA_MARK and n >= 4:
-            mark = _U32.unpack_from(data, o)[0]
-        elif t == lib.CTA_STATUS and n >= 4:
-            status = _U32.unpack_from(data, o)[0]
-        elif t == lib.CTA_TIMEOUT and n >= 4:
-            timeout = _U32.unpack_from(data, o)[0]
-        elif t == lib.CTA_USE and n >= 4:
-            use = _U32.unpack_from(data, o)[0]
-        elif t == lib.CTA_ZONE and n >= 2:
-            zone = _U16.unpack_from(data, o)[0]
-        elif t == lib.CTA_TUPLE_ORIG:
-            for t2, o2, n2 in iter_attrs(data, o, o + n):
-                if t2 == lib.CTA_TUPLE_PROTO:
-                    for t3, o3, n3 in iter_attrs(data, o2, o2 + n2):
-                        if t3 == lib.CTA_PROTO_NUM and n3 >= 1:
-                            proto = data[o3]
-        elif t == lib.CTA_PROTOINFO:
-            for t2, o2, n2 in iter_attrs(data, o, o + n):
-                if t2 == lib.CTA_PROTOINFO_TCP:
-                    for t3, o3, n3 in iter_attrs(data, o2, o2 + n2):
-                        if t3 == lib.CTA_PROTOINFO_TCP_STATE and n3 >= 1:
-                            try:
-                                state = TcpState(data[o3])
-                            except ValueError:
-                                state = data[o3]
-    return CtSummary(ct_id, mark, CtStatus(status), state, zone, timeout, use, proto)
+    if a & _CT_A_STATE and proto == _IPPROTO_TCP:
+        state = _TCP_STATES.get(r.state, r.state)
+    return CtSummary(
+        r.id if a & _CT_A_ID else None,
+        r.mark,
+        CtStatus(r.status),
+        state,
+        r.zone,
+        r.timeout if a & _CT_A_TIMEOUT else None,
+        r.use if a & _CT_A_USE else None,
+        proto,
+    )
 
 
 def ct_from_attrs(data: bytes, off: int, length: int, family: int) -> Any:

@@ -5,8 +5,8 @@ names (``CAP_NET_ADMIN`` by default, which NFQUEUE verdicts and conntrack
 requests need).
 
 The capability numbers and the ``prctl`` options come from the C headers
-(``linux/capability.h``, ``sys/prctl.h``) through the compiled module
-``nfbind._nfqueue``; ``capget``/``capset``/``prctl`` are thin C wrappers there.
+(``linux/capability.h``, ``sys/prctl.h``) through the core compiled module
+``nfbind._nfcore``; ``capget``/``capset``/``prctl`` are thin C wrappers there.
 Users, groups and the uid/gid switch use Python's :mod:`os`, :mod:`pwd` and
 :mod:`grp`.  See ``docs/privileges.rst``.
 """
@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-from ._nfqueue import ffi, lib
+from ._core import ffi, lib
 from .errors import NfbindError, PermissionDenied
 
 __all__ = ["drop_privileges"]

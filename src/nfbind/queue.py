@@ -24,6 +24,7 @@ from array import array
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from ._channel import Channel, ChannelStats, c_counter, check_int, config_error
+from ._core import lib as core
 from ._nfqueue import ffi, lib
 from . import netns as _netns
 from .enums import CopyMode, QueueFlag, Verdict
@@ -41,7 +42,7 @@ _V_DEFERRED = lib.NFB_V_DEFERRED
 _VF_MARK = lib.NFB_VF_MARK
 _VF_CONNMARK = lib.NFB_VF_CONNMARK
 _VF_PAYLOAD = lib.NFB_VF_PAYLOAD
-_F_ID = lib.NFB_F_ID
+_F_ID = core.NFB_F_ID
 _PLAIN = frozenset(int(v) for v in (Verdict.ACCEPT, Verdict.DROP, Verdict.REPEAT, Verdict.STOP))
 _ALL_FLAGS = int(
     QueueFlag.FAIL_OPEN | QueueFlag.CONNTRACK | QueueFlag.GSO | QueueFlag.UID_GID | QueueFlag.SECCTX
@@ -55,8 +56,8 @@ _CT_GLUE: Optional[bool] = None
 # Packet._state
 _OPEN, _DONE, _CLOSED = 0, 1, 2
 
-_STEP = {1: "binding", 2: "setting the copy mode of", 3: "setting max_len of",
-         4: "setting the flags of"}
+_STEP = {core.NFB_STEP_BIND: "binding", core.NFB_STEP_PARAMS: "setting the copy mode of",
+         core.NFB_STEP_QMAXLEN: "setting max_len of", core.NFB_STEP_FLAGS: "setting the flags of"}
 
 
 class QueueStats(ChannelStats):
@@ -163,9 +164,9 @@ class Packet(PacketBase):
     @property
     def queue_num(self) -> int:
         """The queue this packet came from."""
-        return self._b.recs[self._o + lib.NFB_F_QUEUE]
+        return self._b.recs[self._o + core.NFB_F_QUEUE]
 
-    skb_info = field(lib.NFB_F_SKBINFO, lib.NFB_A_SKBINFO, "The raw NFQA_SKB_INFO flags, or None.")
+    skb_info = field(core.NFB_F_SKBINFO, core.NFB_A_SKBINFO, "The raw NFQA_SKB_INFO flags, or None.")
 
     @property
     def gso(self) -> bool:
@@ -183,7 +184,7 @@ class Packet(PacketBase):
         """True when nobody verified the L4 checksum yet."""
         return bool((self.skb_info or 0) & lib.NFQA_SKB_CSUM_NOTVERIFIED)
 
-    exp_raw = blob(lib.NFB_F_EXP_OFF, lib.NFB_A_EXP,
+    exp_raw = blob(core.NFB_F_EXP_OFF, core.NFB_A_EXP,
                    "The raw NFQA_EXP attribute (the related expectation), or None.")
 
     @property
@@ -205,18 +206,18 @@ class Packet(PacketBase):
         payload's checksums as final.  Raises VerdictError, ValueError,
         TypeError, NetlinkError.
         """
-        self._b.ch._verdict(self, lib.NF_ACCEPT, mark, connmark, payload)
+        self._b.ch._verdict(self, core.NF_ACCEPT, mark, connmark, payload)
 
     def drop(self) -> None:
         """Drop the packet."""
-        self._b.ch._verdict(self, lib.NF_DROP, None, None, None)
+        self._b.ch._verdict(self, core.NF_DROP, None, None, None)
 
     def repeat(self, mark: Optional[int] = None) -> None:
         """Send the packet through the same hook again, from its first rule.
 
         Set a ``mark`` that a rule before the NFQUEUE one matches, or it
         comes straight back."""
-        self._b.ch._verdict(self, lib.NF_REPEAT, mark, None, None)
+        self._b.ch._verdict(self, core.NF_REPEAT, mark, None, None)
 
     def queue(self, num: int, *, bypass: bool = False) -> None:
         """Hand the packet to queue ``num``.  With ``bypass`` the packet is
@@ -224,9 +225,9 @@ class Packet(PacketBase):
         num = check_int("queue number", num, 0, 0xFFFF)
         if not isinstance(bypass, bool):
             raise TypeError("bypass must be True or False, not %r" % (bypass,))
-        v = lib.NF_QUEUE | (num << lib.NF_VERDICT_QBITS)
+        v = core.NF_QUEUE | (num << core.NF_VERDICT_QBITS)
         if bypass:
-            v |= lib.NF_VERDICT_FLAG_QUEUE_BYPASS
+            v |= core.NF_VERDICT_FLAG_QUEUE_BYPASS
         self._b.ch._verdict(self, v, None, None, None)
 
     def verdict(self, verdict: Union[Verdict, int], mark: Optional[int] = None,
@@ -287,9 +288,6 @@ class NfQueue(Channel):
         NetlinkError: any other refusal from the kernel.
         FileNotFoundError: ``netns`` does not exist.
     """
-
-    _ffi = ffi
-    _lib = lib
 
     def __init__(
         self,
@@ -409,7 +407,7 @@ class NfQueue(Channel):
             return
         raise config_error(
             -rc, "%s queue %d" % (_STEP.get(step[0], "configuring"), self.queue_num),
-            binding=step[0] == 1, flags=step[0] == 4,
+            binding=step[0] == core.NFB_STEP_BIND, flags=step[0] == core.NFB_STEP_FLAGS,
             busy_hint="queue %d is already bound by another socket (another process "
             "or another NfQueue); stop that consumer or use another --queue-num"
             % self.queue_num)
@@ -731,7 +729,7 @@ class NfQueue(Channel):
                 # the kernel takes a new payload's checksums as final
                 # (CHECKSUM_NONE), but this packet's were left to the device
                 buf = bytearray(data)
-                if lib.nfb_l4_csum_fill(ffi.from_buffer(buf), len(buf)):
+                if core.nfb_l4_csum_fill(ffi.from_buffer(buf), len(buf)):
                     data = bytes(buf)
         # the C calls below take these as they are: no Python call may stand
         # between marking the packet settled and queueing its verdict, since a
@@ -880,7 +878,7 @@ class NfQueue(Channel):
                 cfg = ffi.new("struct nfb_qcfg *")
                 cfg.copy_mode = -1
                 cfg.max_len = 0
-                if v in (lib.NF_ACCEPT, lib.NF_STOP):
+                if v in (core.NF_ACCEPT, core.NF_STOP):
                     cfg.flags_mask = cfg.flags = int(QueueFlag.FAIL_OPEN)
                 lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
                 # read what is already queued to us, so every id is known
