@@ -8,7 +8,14 @@
   update, delete, flush, events, labels, expectations, stats.
 
 Exceptions are in :mod:`nfbind.errors`, enumerations in :mod:`nfbind.enums`.
+
+Each channel is optional: nfbind builds the ones whose C library is
+installed.  On a machine without, say, libnetfilter_log, ``import nfbind``
+works and ``nfbind.NfLog`` raises ImportError naming the package to install.
 """
+from typing import Any, Dict, List
+
+from . import _channels
 from .enums import (
     ArpHook,
     CopyMode,
@@ -34,12 +41,27 @@ from .errors import (
 )
 from ._channel import OverrunWarning
 from .packet import CtSummary, Vlan
-from .log import LogPacket, LogStats, NfLog
-from .queue import NfQueue, Packet, QueueStats
 from .privileges import drop_privileges
-from .serve import serve
 
-try:  # absent on a machine without libnetfilter_conntrack
+__version__ = "0.1.0"
+
+#: the public names each optional channel brings
+_CHANNEL_NAMES: Dict[str, List[str]] = {
+    "nfqueue": ["NfQueue", "Packet", "QueueStats", "serve"],
+    "nflog": ["NfLog", "LogPacket", "LogStats"],
+    "conntrack": [
+        "Conntrack", "Flow", "Tuple", "Event", "EventFilter", "EventStream", "EventStats",
+        "Expectation", "Counters", "Timestamps", "Nat", "Endpoint", "CtStats", "CpuStats",
+        "LabelMap", "NotFound", "CtEvent",
+    ],
+}
+
+if _channels.available("nfqueue"):
+    from .queue import NfQueue, Packet, QueueStats
+    from .serve import serve
+if _channels.available("nflog"):
+    from .log import LogPacket, LogStats, NfLog
+if _channels.available("conntrack"):
     from .conntrack import (
         Conntrack,
         Counters,
@@ -60,25 +82,24 @@ try:  # absent on a machine without libnetfilter_conntrack
     )
     from .enums import CtEvent
 
-    _CONNTRACK = [
-        "Conntrack", "Flow", "Tuple", "Event", "EventFilter", "EventStream", "EventStats",
-        "Expectation", "Counters", "Timestamps", "Nat", "Endpoint", "CtStats", "CpuStats",
-        "LabelMap", "NotFound", "CtEvent",
-    ]
-except ImportError:  # pragma: no cover - depends on the machine
-    _CONNTRACK = []
+#: public name -> the channel it needs, for the channels not installed here
+_MISSING: Dict[str, str] = {
+    name: channel
+    for channel, names in _CHANNEL_NAMES.items()
+    if not _channels.available(channel)
+    for name in names
+}
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> Any:
+    channel = _MISSING.get(name)
+    if channel is not None:
+        raise _channels.missing(channel, "nfbind." + name)
+    raise AttributeError("module 'nfbind' has no attribute %r" % name)
+
 
 __all__ = [
-    "NfQueue",
-    "Packet",
-    "QueueStats",
-    "serve",
     "drop_privileges",
-    "NfLog",
-    "LogPacket",
-    "LogStats",
     "Verdict",
     "CopyMode",
     "QueueFlag",
@@ -103,4 +124,4 @@ __all__ = [
     "OverrunWarning",
     "__version__",
 ]
-__all__ += _CONNTRACK
+__all__ += [name for names in _CHANNEL_NAMES.values() for name in names if name not in _MISSING]

@@ -76,8 +76,13 @@ from typing import (
 )
 import typing as _t
 
+from ._channels import missing
 from ._core import lib as core
-from ._conntrack import ffi, lib
+
+try:
+    from ._conntrack import ffi, lib
+except ImportError as e:  # the conntrack channel was not built on this machine
+    raise missing("conntrack", "nfbind.conntrack") from e
 from ._channel import Channel, check_int, open_netfilter_socket
 from . import netns as _netns
 from .enums import CtEvent, CtStatus, ExpectFlag, Family, IPProto, SctpState, TcpState

@@ -4,12 +4,15 @@ system's C headers); none is typed in here.
 
 All but :class:`CtEvent` come from the core module, which every install has;
 CtEvent's values are libnetfilter_conntrack's, so it exists when the conntrack
-channel was built.
+channel was built (touching it otherwise raises ImportError naming the
+package to install).
 """
 from __future__ import annotations
 
 import enum
+from typing import Any
 
+from . import _channels
 from ._core import lib
 
 __all__ = [
@@ -229,3 +232,8 @@ if _ct is not None:
     )
     __all__ += ["CtEvent"]
 
+
+def __getattr__(name: str) -> Any:
+    if name == "CtEvent":
+        raise _channels.missing("conntrack", "nfbind.enums.CtEvent")
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -20,8 +20,13 @@ import errno
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._channel import Channel, ChannelStats, c_counter, check_int, config_error
+from ._channels import missing
 from ._core import lib as core
-from ._nflog import ffi, lib
+
+try:
+    from ._nflog import ffi, lib
+except ImportError as e:  # the NFLOG channel was not built on this machine
+    raise missing("nflog", "nfbind.log") from e
 from . import netns as _netns
 from .enums import CopyMode, Family
 from .errors import NetlinkError, error_from_errno

@@ -24,8 +24,13 @@ from array import array
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from ._channel import Channel, ChannelStats, c_counter, check_int, config_error
+from ._channels import missing
 from ._core import lib as core
-from ._nfqueue import ffi, lib
+
+try:
+    from ._nfqueue import ffi, lib
+except ImportError as e:  # the NFQUEUE channel was not built on this machine
+    raise missing("nfqueue", "nfbind.queue") from e
 from . import netns as _netns
 from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, check_neg, error_from_errno
