@@ -9,21 +9,29 @@ the packages to install.
   uses the others in a throw-away network namespace: a packet through
   NFQUEUE (its ``pkt.ct`` decoded by the core when conntrack is missing), a
   packet through NFLOG, a conntrack dump.
+* A real build with libnetfilter_log's headers really missing (a private
+  mount namespace hides them and its pkg-config file) installs the sdist
+  into a fresh venv, says so in one line, and gives an nfbind whose NFQUEUE
+  works and whose NfLog raises the ImportError; ``NFBIND_REQUIRE=all`` makes
+  that same build fail with the message.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120   # seconds for one subprocess using the channels
+BUILD_TIMEOUT = 600
 
 QUEUE, GROUP = 3, 4
 PORT_Q, PORT_L, PORT_CT = 7001, 7002, 7003
@@ -210,3 +218,66 @@ def test_channels_blocked(ns, tmp_path, blocked):
     _rules(ns)
     out = _use(sys.executable, ns.name, blocked, blocked, tmp_path)
     _check(out, blocked)
+
+
+# -- a real build without libnetfilter_log's headers ----------------------------------------
+
+
+def _hidden_log_headers() -> List[str]:
+    """A command prefix running its command in a private mount namespace in
+    which libnetfilter_log's headers and pkg-config file are gone."""
+    include = Path("/usr/include/libnetfilter_log")
+    pcdir = subprocess.run(["pkg-config", "--variable", "pcfiledir", "libnetfilter_log"],
+                           capture_output=True, text=True).stdout.strip()
+    pc = Path(pcdir) / "libnetfilter_log.pc"
+    assert include.is_dir() and pc.is_file(), "libnetfilter_log is not installed here"
+    script = ('set -e; mount -t tmpfs nfbind-test "%s"; mount --bind /dev/null "%s"; '
+              'test ! -e "%s/libnetfilter_log.h"; ! pkg-config --exists libnetfilter_log; '
+              'exec "$@"' % (include, pc, include))
+    return ["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "hide"]
+
+
+def _run(cmd: List[str], cwd: Path, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=BUILD_TIMEOUT)
+
+
+@pytest.mark.slow
+def test_build_without_libnetfilter_log(ns, tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to hide the headers")
+    env = _clean_env()
+    dist = tmp_path / "dist"
+    p = _run([sys.executable, "-m", "build", "--sdist", "--outdir", str(dist), str(ROOT)],
+             tmp_path, env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (sdist,) = dist.glob("nfbind-*.tar.gz")
+    venv = tmp_path / "venv"
+    assert _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env).returncode == 0
+    vpy = str(venv / "bin" / "python")
+
+    p = _run(_hidden_log_headers() + [vpy, "-m", "pip", "install", "-v", str(sdist)],
+             tmp_path, env)
+    output = p.stdout + p.stderr
+    assert p.returncode == 0, output[-5000:]
+    notices = [line for line in output.splitlines() if "nfbind: building without" in line]
+    assert len(notices) == 1, notices
+    assert "NFLOG" in notices[0] and "libnetfilter-log-dev" in notices[0]
+    assert "libnetfilter_log-devel" in notices[0]
+    site = subprocess.run([vpy, "-c", "import nfbind, os; print(os.path.dirname(nfbind.__file__))"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    pkg = Path(site.stdout.strip())
+    assert venv.resolve() in pkg.resolve().parents, site.stderr
+    built = sorted(f.name.split(".")[0] for f in pkg.glob("_*.so"))
+    assert built == ["_conntrack", "_nfcore", "_nfqueue"]
+
+    _rules(ns)
+    _check(_use(vpy, ns.name, (), ("nflog",), tmp_path), ("nflog",))
+
+    # a packager's build: the missing channel is an error
+    env_all = dict(env, NFBIND_REQUIRE="all")
+    p = _run(_hidden_log_headers() + [vpy, "-m", "pip", "install", "-v", "--force-reinstall",
+                                      "--no-deps", str(sdist)], tmp_path, env_all)
+    output = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "NFBIND_REQUIRE=all" in output and "libnetfilter-log-dev" in output, output[-5000:]
