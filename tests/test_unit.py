@@ -34,7 +34,8 @@ from nfbind.errors import (
     error_from_errno,
 )
 from nfbind.packet import CtSummary, Vlan, iter_attrs, parse_ct
-from nfbind.queue import MAX_PAYLOAD, _payload_bytes
+from nfbind._queue_verdicts import _payload_bytes
+from nfbind.queue import MAX_PAYLOAD
 
 
 # -- the exception tree ----------------------------------------------------------

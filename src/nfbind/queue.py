@@ -14,6 +14,9 @@ How verdicts travel: inside ``run()`` the verdicts of a batch are collected
 and sent together in one ``sendmsg``; runs of consecutive packets with the
 same plain verdict become one kernel batch verdict.  A verdict given outside
 the loop (a deferred verdict, from any thread) is sent at once.
+
+This module holds the packets and the receive loop; NfQueue's configuration
+is in ``_queue_config.py``, its verdict machinery in ``_queue_verdicts.py``.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import threading
 from array import array
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from ._channel import Channel, ChannelStats, c_counter, check_int, config_error
+from ._channel import Channel, ChannelStats, c_counter, check_int
 from ._channels import missing
 from ._core import lib as core
 
@@ -32,37 +35,16 @@ try:
 except ImportError as e:  # the NFQUEUE channel was not built on this machine
     raise missing("nfqueue", "nfbind.queue") from e
 from . import netns as _netns
+from ._queue_config import ALL_FLAGS, QueueConfig, flag_bits, gso_safe
+from ._queue_verdicts import (CLOSED, DONE, F_ID, MAX_PAYLOAD, OPEN, PLAIN, V_DEFERRED, V_DONE,
+                              QueueVerdicts)
 from .enums import CopyMode, QueueFlag, Verdict
-from .errors import NetlinkError, VerdictError, check_neg, error_from_errno
+from .errors import NetlinkError, VerdictError, error_from_errno
 from .packet import NF, Batch, PacketBase, blob, field
 
 __all__ = ["NfQueue", "Packet", "QueueStats", "MAX_PAYLOAD"]
 
-#: the largest payload a verdict can carry (an NFQA_PAYLOAD attribute's limit)
-MAX_PAYLOAD: int = lib.NFB_MAX_PAYLOAD
-
 _U32_MAX = 0xFFFFFFFF
-_V_DONE = lib.NFB_V_DONE
-_V_DEFERRED = lib.NFB_V_DEFERRED
-_VF_MARK = lib.NFB_VF_MARK
-_VF_CONNMARK = lib.NFB_VF_CONNMARK
-_VF_PAYLOAD = lib.NFB_VF_PAYLOAD
-_F_ID = core.NFB_F_ID
-_PLAIN = frozenset(int(v) for v in (Verdict.ACCEPT, Verdict.DROP, Verdict.REPEAT, Verdict.STOP))
-_ALL_FLAGS = int(
-    QueueFlag.FAIL_OPEN | QueueFlag.CONNTRACK | QueueFlag.GSO | QueueFlag.UID_GID | QueueFlag.SECCTX
-)
-
-#: whether this kernel has the NFQUEUE conntrack glue; learnt by the first
-#: NfQueue (CONFIG_NETFILTER_NETLINK_GLUE_CT; a module loaded later is picked up
-#: by nothing but a new process, and the ctnetlink fallback serves meanwhile)
-_CT_GLUE: Optional[bool] = None
-
-# Packet._state
-_OPEN, _DONE, _CLOSED = 0, 1, 2
-
-_STEP = {core.NFB_STEP_BIND: "binding", core.NFB_STEP_PARAMS: "setting the copy mode of",
-         core.NFB_STEP_QMAXLEN: "setting max_len of", core.NFB_STEP_FLAGS: "setting the flags of"}
 
 
 class QueueStats(ChannelStats):
@@ -85,66 +67,6 @@ class QueueStats(ChannelStats):
         return len(self._ch._pending)
 
 
-_FLAG_BITS = (("fail_open", QueueFlag.FAIL_OPEN), ("conntrack", QueueFlag.CONNTRACK),
-              ("gso", QueueFlag.GSO), ("uid_gid", QueueFlag.UID_GID),
-              ("secctx", QueueFlag.SECCTX))
-
-
-def _gso_safe(copy_mode: int, copy_range: int) -> bool:
-    """Whether GSO super-packets reach the handler whole with this copy mode."""
-    return copy_mode != CopyMode.PACKET or copy_range >= MAX_PAYLOAD
-
-
-def _flag_bits(optional: bool, **values: Optional[bool]) -> tuple:
-    """``(mask, flags)`` for the queue flags given as keywords; with
-    ``optional`` a None leaves its flag out of the mask (unchanged)."""
-    mask = flags = 0
-    for name, bit in _FLAG_BITS:
-        value = values[name]
-        if value is None and optional:
-            continue
-        if not isinstance(value, bool):
-            raise TypeError("%s must be %s, not %r"
-                            % (name, "True, False or None" if optional else "True or False",
-                               value))
-        mask |= int(bit)
-        if value:
-            flags |= int(bit)
-    return mask, flags
-
-
-def _check_mark(name: str, value: Any) -> int:
-    return check_int(name, value, 0, _U32_MAX)
-
-
-def _payload_bytes(payload: Any) -> bytes:
-    """bytes-like: as given; a scapy packet: rebuilt with lengths and checksums
-    recomputed."""
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        data = bytes(payload)
-    elif hasattr(payload, "fields_desc") and hasattr(payload, "build"):
-        pkt = payload.copy()
-        layer = pkt
-        while layer is not None and hasattr(layer, "fields_desc"):
-            for f in layer.fields_desc:
-                if f.name in ("len", "chksum", "plen", "cksum"):
-                    setattr(layer, f.name, None)
-            nxt = layer.payload  # scapy's NoPayload is its own payload: stop there
-            layer = nxt if nxt is not layer and hasattr(nxt, "fields_desc") else None
-        data = bytes(pkt)
-    else:
-        raise TypeError(
-            "payload must be bytes, bytearray, memoryview or a scapy packet, not %s"
-            % type(payload).__name__
-        )
-    if len(data) > MAX_PAYLOAD:
-        raise ValueError(
-            "payload is %d bytes; a verdict carries at most %d (the netlink "
-            "attribute limit)" % (len(data), MAX_PAYLOAD)
-        )
-    return data
-
-
 class Packet(PacketBase):
     """A packet held by the kernel until it gets its verdict.
 
@@ -162,7 +84,7 @@ class Packet(PacketBase):
         self._b = b
         self._o = o
         self.id = pid
-        self._state = _OPEN
+        self._state = OPEN
 
     # -- queue-only metadata ----------------------------------------------------
 
@@ -195,7 +117,7 @@ class Packet(PacketBase):
     @property
     def has_verdict(self) -> bool:
         """True once the packet has its verdict."""
-        return self._state != _OPEN
+        return self._state != OPEN
 
     # -- verdicts -----------------------------------------------------------------
 
@@ -240,7 +162,7 @@ class Packet(PacketBase):
         """Give ``verdict`` (a :class:`Verdict`) with optional mark, connmark
         and payload."""
         v = check_int("verdict", verdict, 0, _U32_MAX)
-        if v not in _PLAIN:
+        if v not in PLAIN:
             raise ValueError(
                 "verdict must be Verdict.ACCEPT, DROP, REPEAT or STOP (use "
                 "pkt.queue(num) to queue), got %r" % (verdict,)
@@ -249,10 +171,10 @@ class Packet(PacketBase):
 
     def __repr__(self) -> str:
         return "<nfbind.Packet id=%d %s%s>" % (
-            self.id, self._repr_fields(), "" if self._state == _OPEN else " (verdict given)")
+            self.id, self._repr_fields(), "" if self._state == OPEN else " (verdict given)")
 
 
-class NfQueue(Channel):
+class NfQueue(QueueConfig, QueueVerdicts):
     """A netlink socket bound to one NFQUEUE queue.
 
     Args:
@@ -324,9 +246,9 @@ class NfQueue(Channel):
         self._max_len = check_int("max_len", max_len, 1, 65536)
         self._gso_auto = gso is None
         if gso is None:
-            gso = _gso_safe(self._copy_mode, self._copy_range)
-        _, flags = _flag_bits(False, fail_open=fail_open, conntrack=conntrack, gso=gso,
-                              uid_gid=uid_gid, secctx=secctx)
+            gso = gso_safe(self._copy_mode, self._copy_range)
+        _, flags = flag_bits(False, fail_open=fail_open, conntrack=conntrack, gso=gso,
+                             uid_gid=uid_gid, secctx=secctx)
         self._flags = flags
         self.on_error = self._check_plain("on_error", on_error)
         self.default_verdict = self._check_plain("default_verdict", default_verdict)
@@ -339,23 +261,23 @@ class NfQueue(Channel):
                                else rcvbuf_max, 4096, 1 << 30)
         _netns.resolve(netns)  # validate before any socket exists
 
-        self._pending: Dict[int, Packet] = {}
+        self._pending = {}
         self._backlog: List[Packet] = []
         self._npackets = 0
         self._handler_errors = 0
         self._floor = -1
         self._max_id = 0
-        self._cur_batch: Optional[Batch] = None
-        self._cur_vbuf: Optional[array] = None
+        self._cur_batch = None
+        self._cur_vbuf = None
         self._cur_older = 0
-        self._dispatch_thread: Optional[int] = None
+        self._dispatch_thread = None
         self._close_pending = False
         self._send_lock = threading.RLock()
         self._final: Dict[str, int] = {}
         self._ct_glue = False
         self._ct_fallback = False
         self._seen_async = 0
-        self._connmarks: List[tuple] = []
+        self._connmarks = []
 
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
                            no_enobufs=no_enobufs, rcvbuf_max=rcvbuf_max)
@@ -367,7 +289,7 @@ class NfQueue(Channel):
             self._c = ffi.gc(c, lib.nfb_q_free)
             self._configure(cmd=lib.NFQNL_CFG_CMD_BIND, copy_mode=self._copy_mode,
                             copy_range=self._copy_range, max_len=self._max_len,
-                            flags_mask=_ALL_FLAGS & ~int(QueueFlag.CONNTRACK),
+                            flags_mask=ALL_FLAGS & ~int(QueueFlag.CONNTRACK),
                             flags=self._flags & ~int(QueueFlag.CONNTRACK))
             self._ct_glue = self._probe_ct_glue(conntrack)
             self._ct_fallback = conntrack and not self._ct_glue
@@ -376,180 +298,13 @@ class NfQueue(Channel):
             self._abort_open()
             raise
 
-    # -- configuration ------------------------------------------------------------
-
-    @staticmethod
-    def _check_plain(name: str, v: Any) -> Verdict:
-        v = check_int(name, v, 0, _U32_MAX)
-        if v not in _PLAIN:
-            raise ValueError("%s must be Verdict.ACCEPT, DROP, REPEAT or STOP, got %r" % (name, v))
-        return Verdict(v)
-
-    def _slots(self) -> tuple:
-        size = 8192
-        if self._copy_mode == CopyMode.PACKET:
-            size += min(self._copy_range, MAX_PAYLOAD)
-        size = (size + 4095) & ~4095
-        return size, max(8, min(64, (4 << 20) // size))
-
     def _describe(self) -> str:
         return "NfQueue(%d)" % self.queue_num
-
-    def _configure(self, *, cmd: int = 0, copy_mode: Optional[int] = None,
-                   copy_range: int = 0, max_len: Optional[int] = None,
-                   flags_mask: int = 0, flags: int = 0) -> None:
-        cfg = ffi.new("struct nfb_qcfg *")
-        cfg.cmd = cmd
-        cfg.copy_mode = -1 if copy_mode is None else int(copy_mode)
-        cfg.copy_range = copy_range
-        cfg.max_len = -1 if max_len is None else max_len
-        cfg.flags_mask = flags_mask
-        cfg.flags = flags
-        step = ffi.new("int *")
-        with self._lock:
-            rc = lib.nfb_q_config(self._c, cfg, 2000, step)
-        if rc >= 0:
-            return
-        raise config_error(
-            -rc, "%s queue %d" % (_STEP.get(step[0], "configuring"), self.queue_num),
-            binding=step[0] == core.NFB_STEP_BIND, flags=step[0] == core.NFB_STEP_FLAGS,
-            busy_hint="queue %d is already bound by another socket (another process "
-            "or another NfQueue); stop that consumer or use another --queue-num"
-            % self.queue_num)
-
-    def configure(
-        self,
-        *,
-        copy_mode: Optional[Union[CopyMode, int]] = None,
-        copy_range: Optional[int] = None,
-        max_len: Optional[int] = None,
-        fail_open: Optional[bool] = None,
-        conntrack: Optional[bool] = None,
-        gso: Optional[bool] = None,
-        uid_gid: Optional[bool] = None,
-        secctx: Optional[bool] = None,
-    ) -> None:
-        """Change options of the bound queue; ``None`` leaves one as it is.
-
-        Each flag can be set and cleared at any time.  Call it from the thread
-        that runs the loop (or while no loop runs).  While ``gso`` was never
-        given, it follows the copy mode and range as in the constructor.
-        """
-        self._check_open()
-        params = None
-        if copy_mode is not None or copy_range is not None:
-            mode = self._copy_mode if copy_mode is None else check_int("copy_mode", copy_mode, 0, 255)
-            if mode not in {int(m) for m in CopyMode}:
-                raise ValueError("copy_mode must be a CopyMode, got %r" % mode)
-            rng = self._copy_range if copy_range is None else check_int("copy_range", copy_range, 0, 0xFFFF)
-            params = (CopyMode(mode), rng)
-        if max_len is not None:
-            max_len = check_int("max_len", max_len, 1, 65536)
-        mask, flags = _flag_bits(True, fail_open=fail_open, conntrack=conntrack, gso=gso,
-                                 uid_gid=uid_gid, secctx=secctx)
-        if gso is None and self._gso_auto and params is not None:
-            gso_bit = int(QueueFlag.GSO)
-            mask |= gso_bit
-            flags |= gso_bit if _gso_safe(*params) else 0
-        if params is not None:
-            old = self._slots()
-            self._copy_mode, self._copy_range = params
-            new = self._slots()
-            if new != old:
-                with self._lock:
-                    check_neg(lib.nfb_q_resize(self._c, new[0], new[1]), "resizing buffers")
-        kmask, kflags = mask, flags
-        if conntrack is not None and not self._ct_glue:
-            # without CONFIG_NETFILTER_NETLINK_GLUE_CT the kernel refuses the
-            # flag (EOPNOTSUPP); nfbind looks connections up over ctnetlink
-            ct_bit = int(QueueFlag.CONNTRACK)
-            kmask &= ~ct_bit
-            kflags &= ~ct_bit
-        self._configure(
-            copy_mode=None if params is None else params[0],
-            copy_range=0 if params is None else params[1],
-            max_len=max_len, flags_mask=kmask, flags=kflags,
-        )
-        if max_len is not None:
-            self._max_len = max_len
-        if gso is not None:
-            self._gso_auto = False
-        self._flags = (self._flags & ~mask) | flags
-        if conntrack is not None:
-            self._ct_fallback = conntrack and not self._ct_glue
-
-    @property
-    def copy_mode(self) -> CopyMode:
-        return self._copy_mode
-
-    @property
-    def copy_range(self) -> int:
-        return self._copy_range
-
-    @property
-    def max_len(self) -> int:
-        return self._max_len
-
-    @property
-    def flags(self) -> QueueFlag:
-        """The flags set on the queue (:class:`QueueFlag`)."""
-        return QueueFlag(self._flags)
 
     @property
     def stats(self) -> QueueStats:
         """Live counters: packets, overruns, verdict_errors, pending ..."""
         return QueueStats(self)
-
-    # -- conntrack ------------------------------------------------------------------
-
-    def _probe_ct_glue(self, want: bool) -> bool:
-        """Set the CONNTRACK flag as wanted, and learn whether the kernel can
-        attach conntrack information to queued packets at all.
-
-        The answer is the kernel's (a global hook), so it is learnt once per
-        process; later queues send the flag only when they want it.
-        """
-        global _CT_GLUE
-        ct = int(QueueFlag.CONNTRACK)
-        if _CT_GLUE is not None:
-            if _CT_GLUE and want:
-                self._configure(flags_mask=ct, flags=ct)
-            return _CT_GLUE
-        try:
-            self._configure(flags_mask=ct, flags=ct)
-        except NetlinkError as e:
-            if e.errno != errno.EOPNOTSUPP:
-                raise
-            _CT_GLUE = False
-            return False
-        _CT_GLUE = True
-        if not want:
-            self._configure(flags_mask=ct, flags=0)
-        return True
-
-    @property
-    def ct_glue(self) -> bool:
-        """True when the kernel attaches conntrack information to queued
-        packets and applies connmark verdicts itself
-        (CONFIG_NETFILTER_NETLINK_GLUE_CT); False when nfbind does both over
-        ctnetlink instead."""
-        return self._ct_glue
-
-    def _apply_connmarks(self) -> None:
-        """Set the connection marks asked for with accept(connmark=...) once
-        their verdicts were sent (the connection is confirmed by then)."""
-        todo, self._connmarks = self._connmarks, []
-        first: Optional[BaseException] = None
-        for pid, payload, mark in todo:
-            rc, _ = self._ct_request(payload, True, mark)
-            if rc < 0 and first is None:
-                first = error_from_errno(
-                    -rc, "setting the connection mark of packet %d (its verdict was given)" % pid,
-                    hint="the packet's connection is not tracked: add a rule that uses "
-                    "conntrack in this namespace (e.g. -m conntrack --ctstate NEW,ESTABLISHED)"
-                    if rc == -errno.ENOENT else None)
-        if first is not None:
-            raise first
 
     # -- receive and dispatch ------------------------------------------------------
 
@@ -589,11 +344,11 @@ class NfQueue(Channel):
 
     def _dispatch(self, handler: Callable[[Packet], Any], b: Batch, n: int) -> int:
         recs = b.recs
-        vbuf = array("q", [_V_DEFERRED]) * n
+        vbuf = array("q", [V_DEFERRED]) * n
         pending = self._pending
         older = 1 if pending else 0
         floor = self._floor
-        plain = _PLAIN
+        plain = PLAIN
         new = object.__new__
         error: Optional[BaseException] = None
         self._cur_batch = b
@@ -604,35 +359,35 @@ class NfQueue(Channel):
         try:
             for i in range(n):
                 o = i * NF
-                pid = recs[o + _F_ID]
+                pid = recs[o + F_ID]
                 if pid <= floor:
-                    vbuf[i] = _V_DONE
+                    vbuf[i] = V_DONE
                     continue
                 p = new(Packet)
                 p._b = b
                 p._o = o
                 p.id = pid
-                p._state = _OPEN
+                p._state = OPEN
                 try:
                     v = handler(p)
                 except Exception as e:
                     self._handler_errors += 1
                     if error is None:
                         error = e
-                    if p._state == _OPEN:
-                        p._state = _DONE
+                    if p._state == OPEN:
+                        p._state = DONE
                         vbuf[i] = int(self.on_error)
                     continue
                 if v is None:
-                    if p._state == _OPEN:
+                    if p._state == OPEN:
                         pending[pid] = p
-                elif p._state == _OPEN and v in plain:
-                    p._state = _DONE
+                elif p._state == OPEN and v in plain:
+                    p._state = DONE
                     vbuf[i] = v
                 else:
                     self._handler_errors += 1
-                    if p._state == _OPEN:
-                        p._state = _DONE
+                    if p._state == OPEN:
+                        p._state = DONE
                         vbuf[i] = int(self.on_error)
                         if error is None:
                             error = ValueError(
@@ -648,12 +403,12 @@ class NfQueue(Channel):
             # KeyboardInterrupt and the like: the packet being handled gets
             # on_error; the rest of the batch waits for the next run().
             error = e
-            cur = recs[i * NF + _F_ID]
-            if vbuf[i] == _V_DEFERRED and cur not in pending:
+            cur = recs[i * NF + F_ID]
+            if vbuf[i] == V_DEFERRED and cur not in pending:
                 vbuf[i] = int(self.on_error)
             for j in range(i + 1, n):
                 o = j * NF
-                pid = recs[o + _F_ID]
+                pid = recs[o + F_ID]
                 if pid > floor:
                     p = Packet(b, o, pid)
                     pending[pid] = p
@@ -662,7 +417,7 @@ class NfQueue(Channel):
             self._dispatch_thread = None
             self._cur_batch = None
             self._cur_vbuf = None
-            last = recs[(n - 1) * NF + _F_ID]
+            last = recs[(n - 1) * NF + F_ID]
             if last > self._max_id:
                 self._max_id = last
             rc = lib.nfb_q_put_verdicts(self._c, ffi.from_buffer("int64_t[]", vbuf), n, older)
@@ -687,162 +442,28 @@ class NfQueue(Channel):
         todo, self._backlog = self._backlog, []
         error = None
         for k, p in enumerate(todo):
-            if p._state != _OPEN:
+            if p._state != OPEN:
                 continue
             try:
                 v = handler(p)
                 if v is not None:
-                    if p._state == _OPEN:
+                    if p._state == OPEN:
                         self._verdict(p, self._check_plain("handler result", v), None, None, None)
                     else:
                         raise VerdictError("packet %d already has its verdict" % p.id)
             except Exception as e:
                 self._handler_errors += 1
-                if p._state == _OPEN:
+                if p._state == OPEN:
                     self._verdict(p, int(self.on_error), None, None, None)
                 error = error or e
             except BaseException:
                 self._backlog = todo[k + 1:] + self._backlog
-                if p._state == _OPEN:
+                if p._state == OPEN:
                     self._verdict(p, int(self.on_error), None, None, None)
                 raise
         if error is not None:
             raise error
         return len(todo)
-
-    # -- verdicts -------------------------------------------------------------------
-
-    def _verdict(self, p: Packet, v: int, mark: Optional[int], connmark: Optional[int],
-                 payload: Any) -> None:
-        vflags = 0
-        m = cm = 0
-        data = None
-        if mark is not None:
-            m = _check_mark("mark", mark)
-            vflags |= _VF_MARK
-        if connmark is not None:
-            cm = _check_mark("connmark", connmark)
-            vflags |= _VF_CONNMARK
-            if not self._ct_glue and not p.payload_len:
-                raise ValueError(
-                    "connmark needs the packet's headers: use copy_mode=CopyMode.PACKET "
-                    "with copy_range >= 60")
-        if payload is not None:
-            data = _payload_bytes(payload)
-            vflags |= _VF_PAYLOAD
-            if p.csum_notready:
-                # the kernel takes a new payload's checksums as final
-                # (CHECKSUM_NONE), but this packet's were left to the device
-                buf = bytearray(data)
-                if core.nfb_l4_csum_fill(ffi.from_buffer(buf), len(buf)):
-                    data = bytes(buf)
-        # the C calls below take these as they are: no Python call may stand
-        # between marking the packet settled and queueing its verdict, since a
-        # KeyboardInterrupt (raised only at calls and loops) falling there
-        # would leave the packet with no verdict at all
-        dptr = data if data is not None else ffi.NULL
-        dlen = len(data) if data is not None else 0
-        if p._state != _OPEN:
-            if p._state == _CLOSED:
-                raise VerdictError(
-                    "packet %d: its queue was closed and it got the default verdict "
-                    "(%s)" % (p.id, Verdict(self.default_verdict).name))
-            raise VerdictError("packet %d already has its verdict; each packet gets "
-                               "exactly one" % p.id)
-        if self._closed:
-            raise VerdictError("queue %d is closed" % self.queue_num)
-        if (self._dispatch_thread == threading.get_ident() and p._b is self._cur_batch
-                and self._cur_vbuf is not None):
-            # inside the handler: travels with the batch
-            i = p._o // NF
-            p._state = _DONE
-            self._pending.pop(p.id, None)
-            if not vflags:
-                self._cur_vbuf[i] = v
-                return
-            self._flush_before(i)  # keep the kernel's reinjection in call order
-            self._cur_vbuf[i] = _V_DONE
-            rc = lib.nfb_q_put_verdict(self._c, p.id, v, vflags, m, cm, dptr, dlen)
-            if rc >= 0 and connmark is not None and not self._ct_glue:
-                self._connmarks.append((p.id, p.payload, cm))
-        else:
-            with self._send_lock:
-                if self._closed:
-                    raise VerdictError("queue %d is closed" % self.queue_num)
-                if p._state != _OPEN:
-                    raise VerdictError("packet %d already has its verdict" % p.id)
-                p._state = _DONE
-                rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, p.id, v, vflags, m, cm,
-                                            dptr, dlen)
-                self._pending.pop(p.id, None)
-            if rc >= 0 and connmark is not None and not self._ct_glue:
-                self._connmarks.append((p.id, p.payload, cm))
-                self._apply_connmarks()
-        if rc < 0:
-            raise error_from_errno(-rc, "sending the verdict of packet %d" % p.id)
-
-    def _flush_before(self, i: int) -> None:
-        """Buffer the plain verdicts already given to packets 0..i-1 of the
-        current batch, so that a verdict with a mark or payload does not
-        overtake them."""
-        vbuf = self._cur_vbuf
-        assert vbuf is not None
-        if i == 0:
-            return
-        rc = lib.nfb_q_put_verdicts(self._c, ffi.from_buffer("int64_t[]", vbuf), i,
-                                    self._cur_older)
-        if rc < 0:
-            raise error_from_errno(-rc, "sending verdicts to queue %d" % self.queue_num)
-        for k in range(i):
-            if vbuf[k] >= 0:
-                vbuf[k] = _V_DONE
-
-    def verdict_batch(self, up_to_id: int, verdict: Union[Verdict, int] = Verdict.ACCEPT,
-                      mark: Optional[int] = None) -> int:
-        """Give ``verdict`` to every waiting packet with id <= ``up_to_id``.
-
-        One message (the kernel's NFQNL_MSG_VERDICT_BATCH) covers them all.
-        Packets not received yet are left to the handler, whatever their id.
-        Returns how many received packets it settled.
-        """
-        self._check_open()
-        up_to_id = check_int("up_to_id", up_to_id, 0, _U32_MAX)
-        v = self._check_plain("verdict", verdict)
-        vflags = lib.NFB_VF_BATCH
-        m = 0
-        if mark is not None:
-            m = _check_mark("mark", mark)
-            vflags |= _VF_MARK
-        settled = 0
-        with self._lock, self._send_lock:
-            # the kernel settles the ids up to up_to_id it holds, comparing
-            # them modulo 2**32: an id beyond the last one received would leave
-            # later packets to the kernel's batch (or, 2**31 ahead, settle
-            # none) while they are taken as settled here, so stop at that one
-            top = self._max_id
-            if self._cur_batch is not None and self._cur_vbuf is not None:
-                top = max(top, self._cur_batch.recs[(len(self._cur_vbuf) - 1) * NF + _F_ID])
-            up_to_id = min(up_to_id, top)
-            for pid in [pid for pid in self._pending if pid <= up_to_id]:
-                self._pending.pop(pid)._state = _DONE
-                settled += 1
-            marked = 0
-            if self._cur_vbuf is not None and self._cur_batch is not None:
-                recs = self._cur_batch.recs
-                for i in range(len(self._cur_vbuf)):
-                    if self._cur_vbuf[i] == _V_DEFERRED and recs[i * NF + _F_ID] <= up_to_id:
-                        self._cur_vbuf[i] = _V_DONE
-                        marked += 1
-            self._floor = max(self._floor, up_to_id)
-            rc = lib.nfb_q_flush(self._c)
-            # with no waiting packet up to the id the kernel holds none either:
-            # it would answer ENOENT (a refused verdict)
-            if rc >= 0 and (settled or marked):
-                rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, up_to_id, v, vflags,
-                                            m, 0, ffi.NULL, 0)
-        if rc < 0:
-            raise error_from_errno(-rc, "sending a batch verdict to queue %d" % self.queue_num)
-        return settled
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -896,12 +517,12 @@ class NfQueue(Channel):
                     if n == 0:  # error replies only: read on
                         continue
                     recs = memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I")
-                    last = recs[(n - 1) * NF + _F_ID]
+                    last = recs[(n - 1) * NF + F_ID]
                     self._npackets += n
                     if last > self._max_id:
                         self._max_id = last
                 for p in self._pending.values():
-                    p._state = _CLOSED
+                    p._state = CLOSED
                 self._pending.clear()
                 self._backlog.clear()
                 lib.nfb_q_flush(c)
