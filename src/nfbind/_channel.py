@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
-import select
 import socket
 import threading
 import time
@@ -22,6 +20,7 @@ from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional
 
 from ._core import ffi, lib
 from . import netns as _netns
+from ._wake import WakePipe
 from .errors import ClosedError, NetlinkError, Overrun, error_from_errno
 
 __all__ = ["Channel", "OverrunWarning", "ON_OVERRUN"]
@@ -180,6 +179,8 @@ class Channel:
     #: packets read from the socket but not yet handed to a handler (a list
     #: or a deque, the subclass's choice)
     _backlog: Any
+    #: what stop() writes to, and every loop waits on beside the socket
+    _wake: WakePipe
 
     def _init_channel(
         self,
@@ -201,12 +202,11 @@ class Channel:
         self._ifnames: dict = {}
         self._lock = threading.RLock()
         self._ct_lock = threading.RLock()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = WakePipe()
         try:
             self._sock = _open_netlink(netns, rcvbuf, no_enobufs)
         except BaseException:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._wake.close()
             raise
         self._fd = self._sock.fileno()
         self._closed = False
@@ -216,8 +216,7 @@ class Channel:
         self._closed = True
         if self._sock is not None:
             self._sock.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wake.close()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -410,10 +409,7 @@ class Channel:
         Safe from any thread and from a signal handler.
         """
         self._stop_requested = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # closed or full: the flag is enough
-            pass
+        self._wake.wake()
 
     def _push_back(self, items: Any) -> None:
         """Packets read but not handed out yet (an iterator was left): the
@@ -430,17 +426,7 @@ class Channel:
         it came, or the next one to start."""
         if not self._closed:
             self._stop_requested = False
-            self._clear_wake()
-
-    def _clear_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except OSError:
-            pass
-
-    def _poll(self, poller: "select.poll", timeout: Optional[float]) -> None:
-        poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+            self._wake.clear()
 
     def run(self, handler: Callable[[Any], Any], *, timeout: Optional[float] = None) -> None:
         """Call ``handler(packet)`` for every packet until ``stop()``.
@@ -456,9 +442,7 @@ class Channel:
         self._check_open()
         if not callable(handler):
             raise TypeError("handler must be callable, not %s" % type(handler).__name__)
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        waiter = self._wake.waiter([self._fd])
         try:
             idle_since = time.monotonic()
             while not self._stop_requested and not self._closed:
@@ -474,9 +458,9 @@ class Channel:
                     left = timeout - (time.monotonic() - idle_since)
                     if left <= 0:
                         break
-                    self._poll(poller, min(left, 3600.0))
+                    waiter.wait(min(left, 3600.0))
                 else:
-                    self._poll(poller, None)
+                    waiter.wait()
         except KeyboardInterrupt:
             return
         finally:
@@ -486,9 +470,7 @@ class Channel:
         """Packets one by one, for ``for pkt in channel``."""
         self._check_open()
         buf: Deque[Any] = deque()
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        waiter = self._wake.waiter([self._fd])
         try:
             while True:
                 while buf:
@@ -498,7 +480,7 @@ class Channel:
                 if not self.drain(buf.append):
                     if self._stop_requested or self._closed:
                         return
-                    self._poll(poller, None)
+                    waiter.wait()
         finally:
             self._push_back(buf)
             self._consume_stop()
@@ -512,8 +494,9 @@ class Channel:
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         buf: Deque[Any] = deque()
-        loop.add_reader(self._fd, ready.set)
-        loop.add_reader(self._wake_r, ready.set)
+        fds = (self._fd, self._wake.r)  # close() forgets them: remove these readers
+        for fd in fds:
+            loop.add_reader(fd, ready.set)
         try:
             while True:
                 while buf:
@@ -525,11 +508,11 @@ class Channel:
                     if self._stop_requested or self._closed:
                         return
                     await ready.wait()
-                    self._clear_wake()
+                    self._wake.clear()
         finally:
             self._push_back(buf)
             self._consume_stop()
-            for fd in (self._fd, self._wake_r):
+            for fd in fds:
                 try:
                     loop.remove_reader(fd)
                 except (OSError, ValueError, KeyError):
@@ -551,11 +534,7 @@ class Channel:
                 self._closed = True
                 if self._sock is not None:
                     self._sock.close()
-                for fd in (self._wake_r, self._wake_w):
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+                self._wake.close()
 
     def __enter__(self):
         self._check_open()

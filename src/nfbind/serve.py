@@ -39,7 +39,6 @@ import errno
 import inspect
 import logging
 import os
-import select
 import signal
 import sys
 import threading
@@ -49,6 +48,7 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ._channel import ON_OVERRUN, check_choice, check_int
+from ._wake import WakePipe
 from .errors import NetlinkError, NfbindError, Overrun
 from .queue import NfQueue
 
@@ -245,15 +245,12 @@ def _worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], A
                  old_mask: Any) -> int:
     """The body of a worker process; returns its exit code."""
     stopping = False
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    wake = WakePipe()
 
     def on_term(signum: int, frame: Any) -> None:
         nonlocal stopping
         stopping = True
-        try:
-            os.write(wake_w, b"x")
-        except OSError:
-            pass
+        wake.wake()
 
     # Ctrl-C goes to the whole process group: the parent stops us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -280,17 +277,13 @@ def _worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], A
     fatal: Optional[str] = None
     errors = 0
     by_fd = {q.fileno(): q for q in qs}
-    poller = select.poll()
-    for fd in by_fd:
-        poller.register(fd, select.POLLIN)
-    poller.register(stop_r, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
+    waiter = wake.waiter([*by_fd, stop_r])  # SIGTERM wakes it
     mono = time.monotonic
     try:
         while not stopping:
-            for fd, _ in poller.poll():
+            for fd in waiter.wait():
                 q = by_fd.get(fd)
-                if q is None:  # the parent closed the stop pipe (or is gone), or SIGTERM
+                if q is None:  # the parent closed the stop pipe (or is gone)
                     stopping = True
                     break
                 before = q.stats.handler_errors
@@ -327,6 +320,7 @@ def _worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], A
                 q.close()
             except Exception as e:  # keep closing the others
                 log.warning("%s: closing queue %d: %s", name, q.queue_num, e)
+        wake.close()
     try:
         if fatal is not None:
             log.error("%s", fatal)
@@ -413,17 +407,15 @@ class _Server:
         self.stop_timeout = stop_timeout
         self.stopping = False
         self.stop_requested = False
-        self.wake_r = self.wake_w = self.stop_r = self.stop_w = -1
+        self.wake = WakePipe()  # SIGINT/SIGTERM end the current wait
+        self.stop_r = self.stop_w = -1
         self._old_handlers: Dict[int, Any] = {}
 
     # -- signals and wake-ups -----------------------------------------------------
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
-        try:
-            os.write(self.wake_w, b"x")
-        except OSError:
-            pass
+        self.wake.wake()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -495,11 +487,11 @@ class _Server:
         slot.bind_deadline = time.monotonic() + self.bind_timeout
 
     def _close_parent_fds_in_child(self) -> None:
-        for fd in (self.stop_w, self.wake_r, self.wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(self.stop_w)
+        except OSError:
+            pass
+        self.wake.close()
         for other in self.slots:  # (the other workers' pipes are closed at exit)
             if other.pidfd >= 0:
                 try:
@@ -556,31 +548,17 @@ class _Server:
 
     def _pump(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for messages, exits and wake-ups."""
-        poller = select.poll()
         fds: Dict[int, Tuple[_Slot, str]] = {}
-        poller.register(self.wake_r, select.POLLIN)
         for slot in self.slots:
             if slot.alive:
                 if slot.conn is not None:
                     fds[slot.conn.fileno()] = (slot, "conn")
-                    poller.register(slot.conn.fileno(), select.POLLIN)
                 if slot.pidfd >= 0:
                     fds[slot.pidfd] = (slot, "exit")
-                    poller.register(slot.pidfd, select.POLLIN)
-        if self.slots and not fds:
-            time.sleep(min(timeout, 0.05))
-            events = []
-        else:
-            events = poller.poll(max(0, int(timeout * 1000)))
+        if self.slots and not fds:  # nothing tells of an exit: look again soon
+            timeout = min(timeout, 0.05)
         exited = []
-        for fd, _ in events:
-            if fd == self.wake_r:
-                try:
-                    while os.read(self.wake_r, 512):
-                        pass
-                except OSError:
-                    pass
-                continue
+        for fd in self.wake.waiter(fds).wait(timeout):
             slot, kind = fds[fd]
             if kind == "conn":
                 self._read(slot)
@@ -658,7 +636,6 @@ class _Server:
         return end is not None and time.monotonic() >= end
 
     def run(self) -> ServeResult:
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
         self._install_signals()
         try:
@@ -670,7 +647,8 @@ class _Server:
                 self._shutdown()
         finally:
             self._restore_signals()
-            for fd in (self.wake_r, self.wake_w, self.stop_r, self.stop_w):
+            self.wake.close()
+            for fd in (self.stop_r, self.stop_w):
                 if fd >= 0:
                     try:
                         os.close(fd)

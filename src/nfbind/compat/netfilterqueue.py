@@ -69,12 +69,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import socket
 import threading
 import warnings
 from typing import Any, Callable, List, Optional
 
+from .._wake import WakePipe
 from ..enums import Verdict
 from ..errors import NetlinkError
 from ..queue import NfQueue, Packet as _NfPacket
@@ -317,21 +317,23 @@ class NetfilterQueue:
         else:
             self._nsfd = _thread_netns()
             self._netns = self._nsfd
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = WakePipe()  # unbind() ends run()'s wait
 
     def __del__(self) -> None:
         try:
             self.unbind()
         except Exception:
             pass
-        for name in ("_wake_r", "_wake_w", "_nsfd"):
-            fd = getattr(self, name, None)
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-                setattr(self, name, None)
+        wake = getattr(self, "_wake", None)
+        if wake is not None:
+            wake.close()
+        fd = getattr(self, "_nsfd", None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            self._nsfd = None
 
     # -- binding ----------------------------------------------------------------
 
@@ -382,10 +384,7 @@ class NetfilterQueue:
             self._stash = []
         if q is not None:
             q.close()
-            try:
-                os.write(self._wake_w, b"x")
-            except (OSError, TypeError):
-                pass
+            self._wake.wake()
 
     def get_fd(self) -> int:
         """The descriptor of the queue's netlink socket (for select/poll, or
@@ -429,21 +428,14 @@ class NetfilterQueue:
         is waiting now and return; otherwise run until the queue is unbound
         or an exception (from the callback, or KeyboardInterrupt) comes out."""
         q = self._bound("run")
-        poller = select.poll()
-        poller.register(q.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        waiter = self._wake.waiter([q.fileno()])
         while self._q is q and not q.closed:
             self._handle_stash(q)
             if self._fill(q):
                 continue
             if not block or self._q is not q:
                 return
-            poller.poll()
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except OSError:
-                pass
+            waiter.wait()
 
     def run_socket(self, s: socket.socket) -> None:
         """Like ``run()``, but wait with ``s.recv`` (``s`` wraps ``get_fd()``,
