@@ -404,7 +404,7 @@ def test_serve_validates_before_forking(monkeypatch, queues, workers, timeout, d
         n = len(list(queues))
         valid = workers is None or is_int(workers, 1, n)
     valid = valid and (timeout is None or _valid_seconds(timeout))
-    monkeypatch.setattr(nfserve, "_Server", _NoFork)
+    monkeypatch.setattr(nfserve, "Server", _NoFork)
     out = check_outcome(valid, nfbind.serve, lambda pkt: None, queues, workers,
                         timeout=timeout, **kw)
     if valid:
