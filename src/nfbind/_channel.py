@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional, Set, Tuple
 
 from ._core import ffi, lib
 from . import netns as _netns
@@ -181,6 +181,8 @@ class Channel:
     _backlog: Any
     #: what stop() writes to, and every loop waits on beside the socket
     _wake: WakePipe
+    #: one per ``async for`` in progress: sets its event on its event loop
+    _async_wakers: Set[Callable[[], None]]
 
     def _init_channel(
         self,
@@ -203,6 +205,7 @@ class Channel:
         self._lock = threading.RLock()
         self._ct_lock = threading.RLock()
         self._wake = WakePipe()
+        self._async_wakers = set()
         try:
             self._sock = _open_netlink(netns, rcvbuf, no_enobufs)
         except BaseException:
@@ -497,6 +500,14 @@ class Channel:
         fds = (self._fd, self._wake.r)  # close() forgets them: remove these readers
         for fd in fds:
             loop.add_reader(fd, ready.set)
+
+        def waker() -> None:
+            try:
+                loop.call_soon_threadsafe(ready.set)
+            except RuntimeError:  # that event loop is closed
+                pass
+
+        self._async_wakers.add(waker)
         try:
             while True:
                 while buf:
@@ -510,6 +521,7 @@ class Channel:
                     await ready.wait()
                     self._wake.clear()
         finally:
+            self._async_wakers.discard(waker)
             self._push_back(buf)
             self._consume_stop()
             for fd in fds:
@@ -535,6 +547,10 @@ class Channel:
                 if self._sock is not None:
                     self._sock.close()
                 self._wake.close()
+                # an async for sees no wake-up on a pipe closed before its
+                # event loop looked: tell it on that loop
+                for waker in list(self._async_wakers):
+                    waker()
 
     def __enter__(self):
         self._check_open()
