@@ -17,7 +17,7 @@ import pytest
 
 import nfbind
 from nfbind import errors, netns
-from nfbind._channel import check_choice, check_int
+from nfbind._netlink import check_choice, check_int, iter_attrs
 from nfbind._core import ffi
 from nfbind._nfqueue import lib
 from nfbind.enums import CtStatus, TcpState, Verdict
@@ -33,7 +33,7 @@ from nfbind.errors import (
     check_neg,
     error_from_errno,
 )
-from nfbind.packet import CtSummary, Vlan, iter_attrs, parse_ct
+from nfbind.packet import CtSummary, Vlan, parse_ct
 from nfbind._queue_verdicts import _payload_bytes
 from nfbind.queue import MAX_PAYLOAD
 

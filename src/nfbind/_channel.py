@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional, Set, Tuple
 
 from ._core import ffi, lib
+from ._netlink import check_choice, check_int, open_netfilter_socket, set_rcvbuf
 from . import netns as _netns
 from ._wake import WakePipe
 from .errors import ClosedError, NetlinkError, Overrun, error_from_errno
@@ -35,22 +36,6 @@ class OverrunWarning(RuntimeWarning):
     """Issued once per object when the kernel first drops messages (ENOBUFS)."""
 
 
-def open_netfilter_socket(netns: _netns.NetNS) -> socket.socket:
-    """A NETLINK_NETFILTER socket (close-on-exec) opened and bound in ``netns``."""
-    def opener() -> socket.socket:
-        s = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, lib.NETLINK_NETFILTER
-        )
-        try:
-            s.bind((0, 0))
-        except BaseException:
-            s.close()
-            raise
-        return s
-
-    return _netns.call_in(netns, opener)
-
-
 def _open_netlink(netns: _netns.NetNS, rcvbuf: int, no_enobufs: bool) -> socket.socket:
     sock = open_netfilter_socket(netns)
     try:
@@ -61,40 +46,6 @@ def _open_netlink(netns: _netns.NetNS, rcvbuf: int, no_enobufs: bool) -> socket.
         sock.close()
         raise
     return sock
-
-
-def set_rcvbuf(sock: socket.socket, size: int) -> int:
-    """Set the receive buffer; above rmem_max this needs CAP_NET_ADMIN.
-
-    Returns the size the kernel granted (it doubles the request internally).
-    """
-    try:
-        sock.setsockopt(lib.SOL_SOCKET, lib.SO_RCVBUFFORCE, size)
-    except PermissionError:
-        sock.setsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF, size)
-    return sock.getsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF)
-
-
-def check_choice(name: str, value: Any, choices: tuple) -> Any:
-    if value not in choices:
-        raise ValueError("%s must be one of %s, got %r" % (name, ", ".join(map(repr, choices)), value))
-    return value
-
-
-def check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    """Validate an integer argument before it reaches C."""
-    if isinstance(value, bool):  # operator.index(True) would pass it as 1
-        raise TypeError("%s must be an int, not bool" % name)
-    if not isinstance(value, int):
-        try:
-            import operator
-
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError("%s must be an int, not %s" % (name, type(value).__name__)) from None
-    if not lo <= value <= hi:
-        raise ValueError("%s must be in %d..%d, got %d" % (name, lo, hi, value))
-    return int(value)
 
 
 def c_counter(field: str, doc: str, *, key: Optional[str] = None, rx: bool = True) -> property:

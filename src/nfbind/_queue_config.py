@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 from typing import Any, Optional, Union
 
-from ._channel import Channel, check_int, config_error
+from ._channel import Channel, config_error
+from ._netlink import check_int
 from ._core import lib as core
 from ._nfqueue import ffi, lib
 from ._queue_verdicts import MAX_PAYLOAD

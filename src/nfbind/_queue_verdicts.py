@@ -16,7 +16,8 @@ import threading
 from array import array
 from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
 
-from ._channel import Channel, check_int
+from ._channel import Channel
+from ._netlink import check_int
 from ._core import lib as core
 from ._nfqueue import ffi, lib
 from .enums import Verdict

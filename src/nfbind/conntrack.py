@@ -83,7 +83,8 @@ try:
     from ._conntrack import ffi, lib
 except ImportError as e:  # the conntrack channel was not built on this machine
     raise missing("conntrack", "nfbind.conntrack") from e
-from ._channel import Channel, check_int, open_netfilter_socket
+from ._channel import Channel
+from ._netlink import check_int, iter_attrs, open_netfilter_socket
 from . import netns as _netns
 from .enums import CtEvent, CtStatus, ExpectFlag, Family, IPProto, SctpState, TcpState
 from .errors import ClosedError, NetlinkError, PermissionDenied, error_from_errno
@@ -1083,35 +1084,24 @@ def flow_from_ct_attrs(data: Union[bytes, bytearray, memoryview], off: int, leng
 
 # -- pure-Python attribute parsing (expectations, statistics) -------------------------------
 
-_NLA = struct.Struct("=HH")
 _NLMSG = struct.Struct("=IHHII")
-_NLA_TYPE_MASK = core.NLA_TYPE_MASK
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
-
-
-def _attrs(data: bytes, off: int, end: int) -> Iterator[_t.Tuple[int, int, int]]:
-    while off + 4 <= end:
-        nla_len, nla_type = _NLA.unpack_from(data, off)
-        if nla_len < 4 or off + nla_len > end:
-            return
-        yield nla_type & _NLA_TYPE_MASK, off + 4, nla_len - 4
-        off += (nla_len + 3) & ~3
 
 
 def _py_tuple(data: bytes, off: int, end: int) -> Tuple:
     src = dst = None
     proto = 0
     vals: Dict[int, int] = {}
-    for t, o, n in _attrs(data, off, end):
+    for t, o, n in iter_attrs(data, off, end):
         if t == core.CTA_TUPLE_IP:
-            for t2, o2, n2 in _attrs(data, o, o + n):
+            for t2, o2, n2 in iter_attrs(data, o, o + n):
                 if t2 in (core.CTA_IP_V4_SRC, core.CTA_IP_V6_SRC) and n2 in (4, 16):
                     src = _IPS[data[o2:o2 + n2]]
                 elif t2 in (core.CTA_IP_V4_DST, core.CTA_IP_V6_DST) and n2 in (4, 16):
                     dst = _IPS[data[o2:o2 + n2]]
         elif t == core.CTA_TUPLE_PROTO:
-            for t2, o2, n2 in _attrs(data, o, o + n):
+            for t2, o2, n2 in iter_attrs(data, o, o + n):
                 if t2 == core.CTA_PROTO_NUM and n2 >= 1:
                     proto = data[o2]
                 elif n2 >= 2 and t2 in (core.CTA_PROTO_SRC_PORT, core.CTA_PROTO_DST_PORT,
@@ -1137,7 +1127,7 @@ def _cstr(data: bytes, o: int, n: int) -> str:
 def _parse_expect(msg: bytes) -> Expectation:
     end = _NLMSG.unpack_from(msg, 0)[0]
     kw: Dict[str, Any] = {}
-    for t, o, n in _attrs(msg, 20, end):
+    for t, o, n in iter_attrs(msg, 20, end):
         if t == core.CTA_EXPECT_MASTER:
             kw["master"] = _py_tuple(msg, o, o + n)
         elif t == core.CTA_EXPECT_TUPLE:
@@ -1989,7 +1979,7 @@ class Conntrack:
         entries, limit = 0, None
         for m in msgs:
             end = _NLMSG.unpack_from(m, 0)[0]
-            for t, o, n in _attrs(m, 20, end):
+            for t, o, n in iter_attrs(m, 20, end):
                 if t == core.CTA_STATS_GLOBAL_ENTRIES and n >= 4:
                     entries = _BE32.unpack_from(m, o)[0]
                 elif t == core.CTA_STATS_GLOBAL_MAX_ENTRIES and n >= 4:
@@ -2017,7 +2007,7 @@ class Conntrack:
             end = _NLMSG.unpack_from(m, 0)[0]
             cpu = _BE16.unpack_from(m, 18)[0]
             kw: Dict[str, int] = {}
-            for t, o, n in _attrs(m, 20, end):
+            for t, o, n in iter_attrs(m, 20, end):
                 name = names.get(t)
                 if name is not None and n >= 4:
                     kw[name] = _BE32.unpack_from(m, o)[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from ._channel import Channel, ChannelStats, c_counter, check_int, config_error
+from ._channel import Channel, ChannelStats, c_counter, config_error
 from ._channels import missing
 from ._core import lib as core
 
@@ -30,6 +30,7 @@ except ImportError as e:  # the NFLOG channel was not built on this machine
 from . import netns as _netns
 from .enums import CopyMode, Family
 from .errors import NetlinkError, error_from_errno
+from ._netlink import check_int
 from .packet import NF, Batch, PacketBase, blob, field
 
 __all__ = ["NfLog", "LogPacket", "LogStats"]

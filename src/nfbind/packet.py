@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional
 
 from ._core import ffi, lib
 from .enums import ArpHook, CtInfo, CtStatus, Family, Hook, TcpState
@@ -22,8 +22,6 @@ _F_ATTRS = lib.NFB_F_ATTRS
 
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
-_NLA = struct.Struct("=HH")
-_NLA_TYPE_MASK = lib.NLA_TYPE_MASK
 
 # Record indices and presence bits as module globals: a cffi ``lib.X`` lookup
 # costs more than the memoryview read it would guard.
@@ -110,17 +108,6 @@ class CtSummary:
     timeout: Optional[int]
     use: Optional[int]
     proto: Optional[int]
-
-
-def iter_attrs(data: bytes, off: int, end: int) -> Iterator[Tuple[int, int, int]]:
-    """Yield ``(type, payload_offset, payload_len)`` for the netlink attributes
-    in ``data[off:end]``; stops at a malformed one."""
-    while off + 4 <= end:
-        nla_len, nla_type = _NLA.unpack_from(data, off)
-        if nla_len < 4 or off + nla_len > end:
-            return
-        yield nla_type & _NLA_TYPE_MASK, off + 4, nla_len - 4
-        off += (nla_len + 3) & ~3
 
 
 def parse_ct(data: bytes, off: int, length: int) -> CtSummary:

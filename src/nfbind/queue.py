@@ -26,7 +26,7 @@ import threading
 from array import array
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from ._channel import Channel, ChannelStats, c_counter, check_int
+from ._channel import Channel, ChannelStats, c_counter
 from ._channels import missing
 from ._core import lib as core
 
@@ -40,6 +40,7 @@ from ._queue_verdicts import (CLOSED, DONE, F_ID, MAX_PAYLOAD, OPEN, PLAIN, V_DE
                               QueueVerdicts)
 from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, error_from_errno
+from ._netlink import check_int
 from .packet import NF, Batch, PacketBase, blob, field
 
 __all__ = ["NfQueue", "Packet", "QueueStats", "MAX_PAYLOAD"]

@@ -43,7 +43,8 @@ import inspect
 import os
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from ._channel import ON_OVERRUN, check_choice, check_int
+from ._channel import ON_OVERRUN
+from ._netlink import check_choice, check_int
 from ._serve_results import ServeResult, WorkerError, WorkerStats
 from ._serve_supervisor import Server
 from .queue import NfQueue
