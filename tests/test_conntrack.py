@@ -536,14 +536,17 @@ def test_flow_from_ct_attrs_equals_the_dumped_flow(ns, traffic):
     answer: parse one with flow_from_ct_attrs (test_core.py cross-checks the
     parser with libnetfilter_conntrack's nfct_payload_parse)."""
     from nfbind._conntrack import lib
+    from nfbind.conntrack._pool import Pool
+    from nfbind.conntrack._wire import flow_spec
 
     ct_ns(ns, v6=False)
     traffic.tcp(8080)
     with Conntrack(netns=ns.name) as ct:
         (f,) = list(ct.dump())
-        spec = ct._spec(f.orig, 0)
-        (msg,) = ct._transact(
-            lambda h: lib.nfb_ct_build(h.buf, lib.IPCTNL_MSG_CT_GET, lib.NLM_F_ACK, spec),
+    spec = flow_spec(f.orig, 0)
+    with Pool(ns.name, 5000) as pool:
+        (msg,) = pool.transact(
+            lambda buf: lib.nfb_ct_build(buf, lib.IPCTNL_MSG_CT_GET, lib.NLM_F_ACK, spec),
             "get", mode=lib.NFB_M_RAW, want=True)
     data = b"\0" * 7 + msg  # at an odd offset, as inside a packet message
     g = flow_from_ct_attrs(data, 7 + 20, len(msg) - 20, socket.AF_INET)
@@ -629,7 +632,7 @@ def test_a_large_dump_received_ahead_on_a_second_thread(ns, monkeypatch):
     abandoned dump stops the thread, and the socket pool stays usable."""
     import threading
 
-    from nfbind import conntrack as ctmod
+    from nfbind.conntrack import _pool as ctmod
 
     ct_ns(ns, v6=False)
     monkeypatch.setattr(ctmod, "_BATCH", 16)    # 400 flows: 25+ batches

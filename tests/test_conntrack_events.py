@@ -121,6 +121,12 @@ def test_events_match_conntrack_e(ns):
     assert destroyed.timestamps is not None and destroyed.timestamps.stop is not None
     assert stream.stats.events == 6 and stream.stats.delivered == 6
     assert stream.closed
+    # the channels' counters, read from what the stream kept at close
+    stats = stream.stats
+    assert list(stats.as_dict()) == ["events", "delivered", "filtered", "overruns", "recv_calls"]
+    assert stats.packets == stats.events == 6 and stats.filtered == 0 and stats.overruns == 0
+    assert stats.recv_calls >= 1 and stats.handler_errors == 0
+    assert repr(stats).startswith("EventStats(events=6, delivered=6")
 
 
 def test_drain_returns_the_events_it_dispatched(ns):
@@ -303,6 +309,22 @@ def test_overrun_is_counted_then_resync(ns):
         ct.create(Flow(Tuple("10.0.0.9", "10.0.0.2", "udp", 1, 7), timeout=60))
         (ev,) = collect(stream, 1)
         assert str(ev.flow.orig.src) == "10.0.0.9"
+
+
+def test_resync_without_a_conntrack_object(ns):
+    """resync() dumps through the sockets of the Conntrack that made the
+    stream, and through sockets of its own for a stream made directly or
+    once that Conntrack is closed; the stream's filter applies either way."""
+    ct_ns(ns, v6=False)
+    with Conntrack(netns=ns.name) as ct:
+        _burst(ct, 5)
+        with EventStream(CtEvent.NEW, EventFilter(sport=range(2, 4)), netns=ns.name) as alone:
+            assert sorted(f.orig.sport for f in alone.resync()) == [2, 3]
+        stream = ct.events(CtEvent.NEW)
+    with stream:
+        assert ct.closed
+        assert sorted(f.orig.sport for f in stream.resync(family="ipv4")) == [1, 2, 3, 4, 5]
+        assert stream.resync(family="ipv6") == []
 
 
 def test_overrun_raises_when_asked(ns):

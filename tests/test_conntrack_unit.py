@@ -14,10 +14,13 @@ import ipaddress
 import socket
 import struct
 import sys
+from typing import Optional
 
 import pytest
 
 from nfbind import conntrack as C
+from nfbind.conntrack import _records as R
+from nfbind.conntrack import labels as L
 from nfbind._conntrack import ffi, lib
 from nfbind.conntrack import (
     Conntrack,
@@ -49,6 +52,50 @@ def test_not_found_is_a_netlink_error_and_a_lookup_error():
 def test_module_all_names_exist():
     for name in C.__all__:
         assert hasattr(C, name), name
+
+
+# -- frozen slotted records on every Python ------------------------------------------------------
+
+
+def test_record_is_a_frozen_slotted_dataclass_on_any_python():
+    """model.record gives Python 3.9 what dataclass(frozen=True, slots=True)
+    gives 3.10+: slots and no __dict__, frozen (also against new names),
+    equal and hashable by fields, picklable, copyable, replace()-able."""
+    import copy
+    import pickle
+
+    from nfbind.conntrack.model import record
+
+    @record
+    class Pair:
+        """Two values."""
+
+        a: int
+        b: Optional[int] = None
+
+        def total(self) -> int:
+            return self.a + (self.b or 0)
+
+    p = Pair(1, 2)
+    assert Pair.__slots__ == ("a", "b") and not hasattr(p, "__dict__")
+    assert Pair.__doc__ == "Two values." and Pair.__qualname__.endswith("Pair")
+    assert [f.name for f in dataclasses.fields(Pair)] == ["a", "b"]
+    assert Pair(3).b is None and p.total() == 3 and repr(p).endswith("Pair(a=1, b=2)")
+    assert p == Pair(1, 2) and p != Pair(1, 3) and hash(p) == hash(Pair(1, 2))
+    for attempt in (lambda: setattr(p, "a", 5), lambda: setattr(p, "c", 5),
+                    lambda: delattr(p, "a")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            attempt()
+    assert (p.a, p.b) == (1, 2)
+    assert dataclasses.replace(p, b=7) == Pair(1, 7)
+    assert copy.copy(p) == p and copy.deepcopy(p) == p
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert pickle.loads(pickle.dumps(Flow(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2),
+                                              mark=proto), proto)).mark == proto
+    # the public records are made by it
+    for cls in (Tuple, Flow, Counters, Timestamps, Nat, Expectation):
+        assert "__dict__" not in dir(cls) and cls.__slots__ == tuple(
+            f.name for f in dataclasses.fields(cls)), cls
 
 
 # -- Tuple ----------------------------------------------------------------------------------
@@ -156,10 +203,10 @@ def test_counters_timestamps_nat_expectation():
 
 def test_label_bits_round_trip():
     for bits in (set(), {0}, {31, 32}, {63, 64, 65}, {127}, set(range(128))):
-        raw = C._labels_bytes(bits)
-        assert len(raw) == 16 and C._labels_from_bytes(raw) == bits
+        raw = L.labels_bytes(bits)
+        assert len(raw) == 16 and L.labels_from_bytes(raw) == bits
     # the layout libnetfilter_conntrack uses: bit i in native uint32 word i // 32
-    assert struct.unpack("=4I", C._labels_bytes({33})) == (0, 2, 0, 0)
+    assert struct.unpack("=4I", L.labels_bytes({33})) == (0, 2, 0, 0)
 
 
 def test_labelmap(tmp_path):
@@ -211,7 +258,7 @@ def be32(v: int) -> bytes:
 
 
 def full_attrs() -> bytes:
-    labels = C._labels_bytes({2, 100})
+    labels = L.labels_bytes({2, 100})
     return b"".join([
         tuple_attrs(lib.CTA_TUPLE_ORIG, "10.0.0.1", "10.0.0.2", 6, 1234, 80),
         tuple_attrs(lib.CTA_TUPLE_REPLY, "10.0.0.9", "10.0.0.1", 6, 8080, 1234),
@@ -321,7 +368,7 @@ def test_record_layout_matches_the_c_struct(v6):
                                               "icmp_type", "icmp_code", "proto", "has")]
     names += ["attrs", "status", "timeout", "mark", "secmark", "use", "id", "zone", "family",
               "state"]
-    vals = (C._CORE6 if v6 else C._CORE4)(raw, 0)
+    vals = (R._CORE6 if v6 else R._CORE4)(raw, 0)
     assert len(vals) == len(names)
     for name, v in zip(names, vals):
         c = _field(rec, name)
@@ -333,10 +380,10 @@ def test_record_layout_matches_the_c_struct(v6):
     assert vals[names.index("orig.sport")] == (5 if v6 else 1234)
     rare = ["o_packets", "o_bytes", "r_packets", "r_bytes", "ts_start", "ts_stop",
             "secctx_off", "secctx_len", "labels", "helper"]
-    for name, v in zip(rare, C._RARE_UNPACK(raw, 0)):
+    for name, v in zip(rare, R._RARE_UNPACK(raw, 0)):
         c = _field(rec, name)
         assert (bytes(ffi.buffer(c)) == v) if isinstance(v, bytes) else (c == v), name
-    assert raw[C._FAM_OFF] == (socket.AF_INET6 if v6 else socket.AF_INET)
+    assert raw[R._FAM_OFF] == (socket.AF_INET6 if v6 else socket.AF_INET)
 
 
 # -- event filters --------------------------------------------------------------------------------

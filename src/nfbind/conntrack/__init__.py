@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The connection tracking table: list, watch, create, update and delete flows.
+
+A new network namespace tracks connections only once a rule uses conntrack,
+e.g. ``iptables -A INPUT -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT``::
+
+    from nfbind import Conntrack, CtEvent
+
+    with Conntrack() as ct:
+        for flow in ct.dump(family=socket.AF_INET, mark=0x10, mark_mask=0xF0):
+            print(flow.proto.name, flow.orig.src, flow.orig.dport, flow.state)
+        ct.update(flow, mark=7, labels_add={3})
+        for event in ct.events(CtEvent.NEW | CtEvent.DESTROY):
+            print(event.type.name, event.flow)
+
+Where filtering happens
+-----------------------
+In the kernel:
+
+* ``dump(family=)``: the nfgenmsg family (NFCT_FILTER_DUMP_L3NUM);
+* ``dump(mark=, mark_mask=)``: CTA_MARK/CTA_MARK_MASK (NFCT_FILTER_DUMP_MARK);
+* ``dump(status=, status_mask=)``: CTA_STATUS/CTA_STATUS_MASK
+  (NFCT_FILTER_DUMP_STATUS);
+* ``flush(family=, mark=, status=)``: the same filter on IPCTNL_MSG_CT_DELETE;
+* ``EventFilter`` protocol, addresses and mark: a BPF program built by
+  ``nfct_filter_*`` (addresses only where that program is right: see
+  :class:`EventFilter`).
+
+In userspace:
+
+* ``dump(zone=)``: libnetfilter_conntrack 1.0.9 cannot send a zone filter;
+* every filter on the dying and unconfirmed tables: the kernel ignores them;
+* ``EventFilter`` ports: ``nfct_filter`` has no port match.
+
+Every kernel-side filter is checked again in userspace (a few integer
+compares per flow), so results are right even on a kernel that ignores one.
+
+Updates send only the tuple, the zone and what changes, never attributes
+read back from the kernel (``conntrack -U`` resends what it read, which the
+kernel refuses for some flows, e.g. with EOPNOTSUPP).
+
+Resynchronising after an overrun
+--------------------------------
+When the event socket's buffer overflows the kernel drops events (ENOBUFS):
+``stream.stats.overruns`` counts it and ``stream.needs_resync`` turns True.
+Call ``stream.resync()``: it discards the events still queued (they are
+older than what follows), dumps the table and returns the flows matching the
+stream's filter; keep iterating the stream for what happens afterwards.
+
+The package: ``model`` (the value types), ``_records`` (the decoder of the
+kernel's records), ``_wire`` (requests), ``labels``, ``_pool`` (request
+sockets, dumps), ``table`` (Conntrack) and ``events`` (EventStream).
+"""
+from __future__ import annotations
+
+from ._records import flow_from_ct_attrs
+from .events import EventFilter, EventStats, EventStream
+from .labels import LABEL_HINT, MAX_LABEL, LabelMap
+from .model import (
+    Counters,
+    CpuStats,
+    CtStats,
+    Endpoint,
+    Event,
+    Expectation,
+    Flow,
+    Nat,
+    NotFound,
+    Timestamps,
+    Tuple,
+    parse_proto,
+)
+from .table import Conntrack
+
+__all__ = [
+    "Conntrack",
+    "Flow",
+    "Tuple",
+    "Counters",
+    "Timestamps",
+    "Nat",
+    "Endpoint",
+    "Event",
+    "EventFilter",
+    "EventStream",
+    "EventStats",
+    "Expectation",
+    "CtStats",
+    "CpuStats",
+    "LabelMap",
+    "NotFound",
+    "parse_proto",
+    "flow_from_ct_attrs",
+    "LABEL_HINT",
+    "MAX_LABEL",
+]
