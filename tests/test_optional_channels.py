@@ -42,7 +42,7 @@ CHANNELS: Dict[str, tuple] = {
                 ["libnetfilter-queue-dev", "libnetfilter_queue-devel"]),
     "nflog": ("nfbind._nflog", ["NfLog", "LogPacket"],
               ["libnetfilter-log-dev", "libnetfilter_log-devel"]),
-    "conntrack": ("nfbind._conntrack", ["Conntrack", "Flow", "CtEvent"],
+    "conntrack": ("nfbind._conntrack", ["Conntrack", "EventStream", "CtEvent"],
                   ["libnetfilter-conntrack-dev", "libnetfilter_conntrack-devel"]),
 }
 
@@ -86,13 +86,22 @@ for name in sys.argv[4].split(","):
         out["errors"][name] = str(e)
     else:
         out["errors"][name] = None
-for mod in ("nfbind.queue", "nfbind.log", "nfbind.conntrack"):
+for mod in ("nfbind.queue", "nfbind.log", "nfbind.conntrack.table"):
     try:
         __import__(mod)
     except ImportError as e:
         out["imports"][mod] = str(e)
     else:
         out["imports"][mod] = None
+# the conntrack value types need only the core
+from nfbind.conntrack import Flow, Tuple
+out["flow_type"] = type(Flow(Tuple("10.0.0.1", "10.0.0.2", "udp", 1, 2))).__name__
+try:
+    from nfbind.conntrack import Conntrack
+except ImportError as e:
+    out["imports"]["nfbind.conntrack.Conntrack"] = str(e)
+else:
+    out["imports"]["nfbind.conntrack.Conntrack"] = None
 
 
 def wait(obj, handler, until, limit=5.0):
@@ -191,18 +200,20 @@ def _check(out: dict, missing: Sequence[str]) -> None:
             msg = out["errors"][name]
             assert msg is not None, "nfbind.%s did not raise ImportError" % name
             assert "nfbind." + name in msg and all(pkg in msg for pkg in pkgs), msg
-        mod = {"nfqueue": "nfbind.queue", "nflog": "nfbind.log",
-               "conntrack": "nfbind.conntrack"}[ch]
-        assert out["imports"][mod] is not None and pkgs[0] in out["imports"][mod]
+        mods = {"nfqueue": ["nfbind.queue"], "nflog": ["nfbind.log"],
+                "conntrack": ["nfbind.conntrack.table", "nfbind.conntrack.Conntrack"]}[ch]
+        for mod in mods:
+            assert out["imports"][mod] is not None and pkgs[0] in out["imports"][mod], mod
+    assert out["flow_type"] == "Flow"
     if "nfqueue" in present:
         q = out["nfqueue"]
         assert [s["payload"] for s in q["seen"]] == ["queued-1", "queued-2"]
         assert q["arrived"] == ["queued-1", "queued-2"]
-        # the second packet's connection, looked up over ctnetlink and decoded:
-        # a Flow with the conntrack channel, the core's CtSummary without
+        # the second packet's connection, looked up over ctnetlink and decoded
+        # by the core: a Flow, with or without the conntrack channel
         second = q["seen"][1]
         assert second["ct_proto"] == 17
-        assert second["ct_type"] == ("Flow" if "conntrack" in present else "CtSummary")
+        assert second["ct_type"] == "Flow"
     if "nflog" in present:
         assert out["nflog"] == ["logged"]
     if "conntrack" in present:

@@ -33,7 +33,9 @@ from nfbind.errors import (
     check_neg,
     error_from_errno,
 )
-from nfbind.packet import CtSummary, Vlan, parse_ct
+from nfbind.conntrack import Flow
+from nfbind.conntrack._records import ct_flow
+from nfbind.packet import CtSummary, Vlan
 from nfbind._queue_verdicts import _payload_bytes
 from nfbind.queue import MAX_PAYLOAD
 
@@ -348,7 +350,9 @@ def test_iter_attrs_never_loops_on_garbage():
             assert 0 <= o and o + n <= len(data)
 
 
-def test_parse_ct_on_crafted_attributes():
+def test_packet_ct_decodes_crafted_attributes_to_a_flow():
+    """NFQA_CT/NFULA_CT attributes decode to a Flow with the core alone (the
+    decoder behind pkt.ct), at an odd offset inside the batch's bytes."""
     be32 = lambda v: struct.pack(">I", v)  # noqa: E731
     proto = _nla(0x8000 | lib.CTA_TUPLE_PROTO, _nla(lib.CTA_PROTO_NUM, b"\x06"))
     tcp = _nla(0x8000 | lib.CTA_PROTOINFO_TCP,
@@ -358,19 +362,31 @@ def test_parse_ct_on_crafted_attributes():
             + _nla(lib.CTA_STATUS, be32(status)) + _nla(lib.CTA_TIMEOUT, be32(431999))
             + _nla(lib.CTA_USE, be32(1)) + _nla(lib.CTA_ZONE, struct.pack(">H", 7))
             + _nla(0x8000 | lib.CTA_TUPLE_ORIG, proto) + _nla(0x8000 | lib.CTA_PROTOINFO, tcp))
-    ct = parse_ct(b"pad" + data, 3, len(data))
-    assert ct == CtSummary(id=0xDEADBEEF, mark=0x2A, status=CtStatus(status),
-                           state=TcpState.ESTABLISHED, zone=7, timeout=431999, use=1, proto=6)
+    ct = ct_flow(b"pad" + data, 3, len(data), lib.NFPROTO_IPV4)
+    assert type(ct) is Flow
+    assert (ct.id, ct.mark, ct.status, ct.state, ct.zone, ct.timeout, ct.use, ct.proto) == (
+        0xDEADBEEF, 0x2A, CtStatus(status), TcpState.ESTABLISHED, 7, 431999, 1, 6)
     assert CtStatus.ASSURED in ct.status
 
 
-def test_parse_ct_tolerates_short_and_truncated_attributes():
-    data = _nla(lib.CTA_MARK, b"\x01") + _nla(lib.CTA_ID, b"\0\0\0\x09") + struct.pack(
+def test_packet_ct_tolerates_short_and_truncated_attributes():
+    orig = _nla(0x8000 | lib.CTA_TUPLE_ORIG,
+                _nla(0x8000 | lib.CTA_TUPLE_PROTO, _nla(lib.CTA_PROTO_NUM, b"\x11")))
+    data = orig + _nla(lib.CTA_MARK, b"\x01") + _nla(lib.CTA_ID, b"\0\0\0\x09") + struct.pack(
         "=HH", 64, lib.CTA_STATUS)
-    ct = parse_ct(data, 0, len(data))
+    ct = ct_flow(data, 0, len(data), lib.NFPROTO_IPV4)
     assert ct.mark == 0          # too short to be a u32: ignored
     assert ct.id == 9
-    assert ct.status == CtStatus(0) and ct.state is None and ct.proto is None
+    assert ct.status == CtStatus(0) and ct.state is None and ct.proto == 17
+    # without an original tuple (a message cut short) there is no flow
+    assert ct_flow(data, len(orig), len(data) - len(orig), lib.NFPROTO_IPV4) is None
+
+
+def test_ct_summary_stays_importable():
+    # no longer produced (pkt.ct is a Flow everywhere), still public
+    s = CtSummary(id=1, mark=2, status=CtStatus(0), state=None, zone=0, timeout=None, use=None,
+                  proto=17)
+    assert nfbind.CtSummary is CtSummary and s.proto == 17
 
 
 # -- verdict payloads -----------------------------------------------------------------------

@@ -12,6 +12,8 @@ Exceptions are in :mod:`nfbind.errors`, enumerations in :mod:`nfbind.enums`.
 Each channel is optional: nfbind builds the ones whose C library is
 installed.  On a machine without, say, libnetfilter_log, ``import nfbind``
 works and ``nfbind.NfLog`` raises ImportError naming the package to install.
+The conntrack value types (:class:`Flow`, :class:`Tuple` ...) need only the
+core: ``pkt.ct`` is a Flow on every install.
 """
 from typing import Any, Dict, List
 
@@ -40,6 +42,19 @@ from .errors import (
     VerdictError,
 )
 from ._channel import OverrunWarning
+from .conntrack import (
+    Counters,
+    CpuStats,
+    CtStats,
+    Endpoint,
+    Event,
+    Expectation,
+    Flow,
+    Nat,
+    NotFound,
+    Timestamps,
+    Tuple,
+)
 from .packet import CtSummary, Vlan
 from .privileges import drop_privileges
 
@@ -49,11 +64,7 @@ __version__ = "0.1.0"
 _CHANNEL_NAMES: Dict[str, List[str]] = {
     "nfqueue": ["NfQueue", "Packet", "QueueStats", "serve"],
     "nflog": ["NfLog", "LogPacket", "LogStats"],
-    "conntrack": [
-        "Conntrack", "Flow", "Tuple", "Event", "EventFilter", "EventStream", "EventStats",
-        "Expectation", "Counters", "Timestamps", "Nat", "Endpoint", "CtStats", "CpuStats",
-        "LabelMap", "NotFound", "CtEvent",
-    ],
+    "conntrack": ["Conntrack", "EventFilter", "EventStream", "EventStats", "LabelMap", "CtEvent"],
 }
 
 if _channels.available("nfqueue"):
@@ -62,24 +73,7 @@ if _channels.available("nfqueue"):
 if _channels.available("nflog"):
     from .log import LogPacket, LogStats, NfLog
 if _channels.available("conntrack"):
-    from .conntrack import (
-        Conntrack,
-        Counters,
-        CpuStats,
-        CtStats,
-        Endpoint,
-        Event,
-        EventFilter,
-        EventStats,
-        EventStream,
-        Expectation,
-        Flow,
-        LabelMap,
-        Nat,
-        NotFound,
-        Timestamps,
-        Tuple,
-    )
+    from .conntrack import Conntrack, EventFilter, EventStats, EventStream, LabelMap
     from .enums import CtEvent
 
 #: public name -> the channel it needs, for the channels not installed here
@@ -114,6 +108,17 @@ __all__ = [
     "ExpectFlag",
     "CtSummary",
     "Vlan",
+    "Flow",
+    "Tuple",
+    "Event",
+    "Expectation",
+    "Counters",
+    "Timestamps",
+    "Nat",
+    "Endpoint",
+    "CtStats",
+    "CpuStats",
+    "NotFound",
     "NfbindError",
     "NetlinkError",
     "PermissionDenied",

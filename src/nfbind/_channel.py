@@ -18,7 +18,7 @@ import warnings
 from collections import deque
 from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional, Set, Tuple
 
-from ._core import ffi, lib
+from ._core import lib
 from ._netlink import check_choice, check_int, open_netfilter_socket, set_rcvbuf
 from . import netns as _netns
 from ._wake import WakePipe
@@ -124,9 +124,6 @@ class Channel:
 
     _sock: Optional[socket.socket] = None
     _closed = True
-    #: look conntrack information up over ctnetlink (the kernel can't attach it)
-    _ct_fallback = False
-    _ctsock: Optional[socket.socket] = None
     #: packets read from the socket but not yet handed to a handler (a list
     #: or a deque, the subclass's choice)
     _backlog: Any
@@ -154,7 +151,6 @@ class Channel:
         self._warned_overrun = False
         self._ifnames: dict = {}
         self._lock = threading.RLock()
-        self._ct_lock = threading.RLock()
         self._wake = WakePipe()
         self._async_wakers = set()
         try:
@@ -282,43 +278,6 @@ class Channel:
     def refresh_ifnames(self) -> None:
         """Forget cached interface names (after interfaces were renamed)."""
         self._ifnames.clear()
-
-    # -- conntrack over ctnetlink -------------------------------------------
-
-    def _ct_request(self, payload: bytes, set_mark: bool, mark: int) -> tuple:
-        """Look up (or re-mark) the connection of an L3 packet over ctnetlink,
-        on a socket of the channel's namespace opened on first use.
-        Returns ``(rc, attrs)``: -errno or 0, and the CTA_* attributes."""
-        with self._ct_lock:
-            self._check_open()
-            if self._ctsock is None:
-                self._ctsock = open_netfilter_socket(self._netns)
-            out = ffi.new("char[]", 4096) if not set_mark else ffi.NULL
-            out_len = ffi.new("uint32_t *")
-            rc = lib.nfb_ct_by_packet(self._ctsock.fileno(), payload, len(payload), 0,
-                                      1 if set_mark else 0, mark, out,
-                                      0 if set_mark else 4096, out_len)
-            data = ffi.buffer(out, out_len[0])[:] if not set_mark and rc >= 0 else b""
-        return rc, data
-
-    def _ct_lookup(self, payload: bytes) -> Any:
-        """The connection of an L3 packet (a Flow), or None when the kernel
-        tracks none (yet)."""
-        from .packet import ct_from_attrs
-
-        rc, data = self._ct_request(payload, False, 0)
-        if rc < 0:
-            if rc in (-errno.ENOENT, -errno.EPROTONOSUPPORT, -errno.EINVAL):
-                return None
-            raise error_from_errno(-rc, "looking up the connection of a packet")
-        family = lib.NFPROTO_IPV6 if payload[0] >> 4 == 6 else lib.NFPROTO_IPV4
-        return ct_from_attrs(data, 0, len(data), family)
-
-    def _close_ct(self) -> None:
-        with self._ct_lock:
-            if self._ctsock is not None:
-                self._ctsock.close()
-                self._ctsock = None
 
     # -- loops ------------------------------------------------------------
 

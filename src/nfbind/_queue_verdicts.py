@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import threading
 from array import array
-from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple, Union
 
 from ._channel import Channel
 from ._netlink import check_int
@@ -23,6 +23,9 @@ from ._nfqueue import ffi, lib
 from .enums import Verdict
 from .errors import VerdictError, error_from_errno
 from .packet import NF, Batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .conntrack._lookup import CtLookup
 
 #: the largest payload a verdict can carry (an NFQA_PAYLOAD attribute's limit)
 MAX_PAYLOAD: int = lib.NFB_MAX_PAYLOAD
@@ -109,6 +112,7 @@ class QueueVerdicts(Channel):
     _dispatch_thread: Optional[int]
     _send_lock: Any
     _connmarks: List[Tuple[int, bytes, int]]
+    _ctnl: "CtLookup"
 
     @staticmethod
     def _check_plain(name: str, v: Any) -> Verdict:
@@ -255,7 +259,7 @@ class QueueVerdicts(Channel):
         todo, self._connmarks = self._connmarks, []
         first: Optional[BaseException] = None
         for pid, payload, mark in todo:
-            rc, _ = self._ct_request(payload, True, mark)
+            rc = self._ctnl.set_mark(payload, mark)
             if rc < 0 and first is None:
                 first = error_from_errno(
                     -rc, "setting the connection mark of packet %d (its verdict was given)" % pid,

@@ -31,6 +31,7 @@ from . import netns as _netns
 from .enums import CopyMode, Family
 from .errors import NetlinkError, error_from_errno
 from ._netlink import check_int
+from .conntrack._lookup import CtLookup
 from .packet import NF, Batch, PacketBase, blob, field
 
 __all__ = ["NfLog", "LogPacket", "LogStats"]
@@ -243,6 +244,8 @@ class NfLog(Channel):
         self._backlog: List[LogPacket] = []
         self._final: Dict[str, int] = {}
         self._ct_glue = False
+        self._ct_fallback = False
+        self._ctnl = CtLookup(netns, "NfLog")   # conntrack without the kernel's glue
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
                            no_enobufs=no_enobufs, rcvbuf_max=rcvbuf_max)
         try:
@@ -412,7 +415,7 @@ class NfLog(Channel):
             lib.nfb_log_config(c, ffi.new("uint16_t[]", list(self.groups)), len(self.groups),
                                cfg, 500, ffi.new("int *"), ffi.new("int *"))
         finally:
-            self._close_ct()
+            self._ctnl.close()
             self._final = {
                 "overruns": int(c.rx.overruns), "filtered": int(c.filtered),
                 "recv_calls": int(c.rx.recv_calls), "truncated_msgs": int(c.rx.truncated_msgs),

@@ -8,20 +8,17 @@ is read on first access, so a handler that looks at two fields pays for two.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
-from ._core import ffi, lib
+from ._core import lib
+from .conntrack._records import ct_flow
 from .enums import ArpHook, CtInfo, CtStatus, Family, Hook, TcpState
 
 __all__ = ["PacketBase", "Vlan", "CtSummary", "scapy_payload"]
 
 NF = lib.NFB_F_COUNT
 _F_ATTRS = lib.NFB_F_ATTRS
-
-_U32 = struct.Struct(">I")
-_U16 = struct.Struct(">H")
 
 # Record indices and presence bits as module globals: a cffi ``lib.X`` lookup
 # costs more than the memoryview read it would guard.
@@ -53,14 +50,6 @@ _HOOKS = {int(h): h for h in Hook}
 _ARP_HOOKS = {int(h): h for h in ArpHook}
 _FAMILIES = {int(f): f for f in Family}
 _CTINFOS = {int(c): c for c in CtInfo}
-_TCP_STATES = {int(t): t for t in TcpState}
-_CT_A_ORIG = lib.NFB_CT_A_ORIG
-_CT_A_STATE = lib.NFB_CT_A_STATE
-_CT_A_ID = lib.NFB_CT_A_ID
-_CT_A_TIMEOUT = lib.NFB_CT_A_TIMEOUT
-_CT_A_USE = lib.NFB_CT_A_USE
-_T_PROTO = lib.NFB_T_PROTO
-_IPPROTO_TCP = lib.IPPROTO_TCP
 
 
 class Batch:
@@ -94,10 +83,13 @@ class Vlan(NamedTuple):
 
 @dataclass(frozen=True)
 class CtSummary:
-    """What the kernel says about a packet's connection (``pkt.ct``).
+    """A summary of a connection: id, mark, status, TCP state, zone,
+    timeout, use count and protocol.
 
-    Sent when the queue or log group has the ``conntrack`` flag.  ``state``
-    is the TCP state, None for other protocols.
+    nfbind no longer makes these: ``pkt.ct`` is a full conntrack
+    :class:`~nfbind.Flow` on every install (it is decoded by the core, which
+    every install has), and a Flow has each of these attributes under the
+    same name.  The class stays importable for code that names it.
     """
 
     id: Optional[int]
@@ -108,44 +100,6 @@ class CtSummary:
     timeout: Optional[int]
     use: Optional[int]
     proto: Optional[int]
-
-
-def parse_ct(data: bytes, off: int, length: int) -> CtSummary:
-    """Parse the nested CTA_* attributes of NFQA_CT / NFULA_CT (the core's C
-    parser, the one dumps and events use) into a :class:`CtSummary`."""
-    r = ffi.new("struct nfb_ct_rec *")
-    lib.nfb_ct_parse_attrs(ffi.from_buffer(data)[off:off + length], length, 0, r)
-    a = r.attrs
-    proto = r.orig.proto if a & _CT_A_ORIG and r.orig.has & _T_PROTO else None
-    state = None
-    if a & _CT_A_STATE and proto == _IPPROTO_TCP:
-        state = _TCP_STATES.get(r.state, r.state)
-    return CtSummary(
-        r.id if a & _CT_A_ID else None,
-        r.mark,
-        CtStatus(r.status),
-        state,
-        r.zone,
-        r.timeout if a & _CT_A_TIMEOUT else None,
-        r.use if a & _CT_A_USE else None,
-        proto,
-    )
-
-
-def ct_from_attrs(data: bytes, off: int, length: int, family: int) -> Any:
-    """A packet's connection from the nested CTA_* attributes the kernel
-    sends (NFQA_CT, NFULA_CT, or a ctnetlink answer): a full conntrack
-    :class:`~nfbind.Flow` when the conntrack module is installed, else a
-    :class:`CtSummary` (the same id, mark, status, state, zone, timeout, use
-    and proto attributes)."""
-    try:
-        from .conntrack import flow_from_ct_attrs
-    except ImportError:  # pragma: no cover - depends on the machine
-        return parse_ct(data, off, length)
-    try:
-        return flow_from_ct_attrs(data, off, length, family)
-    except ValueError:  # no original tuple: keep what is there
-        return parse_ct(data, off, length)
 
 
 def field(index: int, bit: int, doc: str) -> property:
@@ -361,7 +315,10 @@ class PacketBase:
         then cached), which finds confirmed connections only: a packet seen
         before its connection was confirmed (the first packet of a
         connection at PREROUTING/FORWARD/OUTPUT) then has ``ct`` None, and
-        ``ct_info`` is always None.
+        ``ct_info`` is always None.  Both ways work without the conntrack
+        channel (libnetfilter_conntrack): the core decodes the flow.  None
+        too when the kernel's conntrack attributes hold no original tuple
+        (a message cut short).
         """
         try:
             return self._ct
@@ -370,11 +327,11 @@ class PacketBase:
         r = self._b.recs
         o = self._o
         ct: Any = None
+        ch = self._b.ch
         if r[o + _F_ATTRS] & _A_CT:
-            ct = ct_from_attrs(self._b.data, r[o + _F_CT_OFF], r[o + _F_CT_LEN],
-                               r[o + _F_FAMILY])
-        elif self._b.ch._ct_fallback and r[o + _F_ATTRS] & _A_PAYLOAD:
-            ct = self._b.ch._ct_lookup(self.payload)
+            ct = ct_flow(self._b.data, r[o + _F_CT_OFF], r[o + _F_CT_LEN], r[o + _F_FAMILY])
+        elif ch._ct_fallback and r[o + _F_ATTRS] & _A_PAYLOAD:
+            ct = ch._ctnl.flow(self.payload)
         self._ct = ct
         return ct
 

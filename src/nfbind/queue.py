@@ -41,6 +41,7 @@ from ._queue_verdicts import (CLOSED, DONE, F_ID, MAX_PAYLOAD, OPEN, PLAIN, V_DE
 from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, error_from_errno
 from ._netlink import check_int
+from .conntrack._lookup import CtLookup
 from .packet import NF, Batch, PacketBase, blob, field
 
 __all__ = ["NfQueue", "Packet", "QueueStats", "MAX_PAYLOAD"]
@@ -277,6 +278,7 @@ class NfQueue(QueueConfig, QueueVerdicts):
         self._final: Dict[str, int] = {}
         self._ct_glue = False
         self._ct_fallback = False
+        self._ctnl = CtLookup(netns, "NfQueue")   # conntrack without the kernel's glue
         self._seen_async = 0
         self._connmarks = []
 
@@ -537,7 +539,7 @@ class NfQueue(QueueConfig, QueueVerdicts):
             cfg.max_len = -1
             lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
         finally:
-            self._close_ct()
+            self._ctnl.close()
             self._final = {
                 "overruns": int(c.rx.overruns), "verdict_errors": int(c.rx.async_errors),
                 "batch_verdicts": int(c.batch_verdicts), "recv_calls": int(c.rx.recv_calls),

@@ -47,15 +47,27 @@ Call ``stream.resync()``: it discards the events still queued (they are
 older than what follows), dumps the table and returns the flows matching the
 stream's filter; keep iterating the stream for what happens afterwards.
 
+Without the conntrack channel
+-----------------------------
+The value types (:class:`Flow`, :class:`Tuple` ...) and
+:func:`flow_from_ct_attrs` need only nfbind's core, so ``pkt.ct`` is a Flow
+on every install.  :class:`Conntrack`, :class:`EventStream`,
+:class:`EventFilter`, :class:`EventStats` and :class:`LabelMap` need
+libnetfilter_conntrack: on a machine where nfbind was built without it,
+touching them raises ImportError naming the package to install.
+
 The package: ``model`` (the value types), ``_records`` (the decoder of the
 kernel's records), ``_wire`` (requests), ``labels``, ``_pool`` (request
-sockets, dumps), ``table`` (Conntrack) and ``events`` (EventStream).
+sockets, dumps), ``table`` (Conntrack), ``events`` (EventStream) and
+``_lookup`` (``pkt.ct`` over ctnetlink for NfQueue and NfLog).
 """
 from __future__ import annotations
 
+from typing import Any, List
+
+from .. import _channels
 from ._records import flow_from_ct_attrs
-from .events import EventFilter, EventStats, EventStream
-from .labels import LABEL_HINT, MAX_LABEL, LabelMap
+from .labels import LABEL_HINT, MAX_LABEL
 from .model import (
     Counters,
     CpuStats,
@@ -70,10 +82,27 @@ from .model import (
     Tuple,
     parse_proto,
 )
-from .table import Conntrack
+
+#: the names that need the conntrack channel (libnetfilter_conntrack)
+_CHANNEL_NAMES: List[str] = ["Conntrack", "EventStream", "EventFilter", "EventStats", "LabelMap"]
+
+if _channels.available("conntrack"):
+    from .events import EventFilter, EventStats, EventStream
+    from .labels import LabelMap
+    from .table import Conntrack
+
+    _MISSING: List[str] = []
+else:
+    _MISSING = _CHANNEL_NAMES
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MISSING:
+        raise _channels.missing("conntrack", "nfbind.conntrack." + name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
 
 __all__ = [
-    "Conntrack",
     "Flow",
     "Tuple",
     "Counters",
@@ -81,16 +110,13 @@ __all__ = [
     "Nat",
     "Endpoint",
     "Event",
-    "EventFilter",
-    "EventStream",
-    "EventStats",
     "Expectation",
     "CtStats",
     "CpuStats",
-    "LabelMap",
     "NotFound",
     "parse_proto",
     "flow_from_ct_attrs",
     "LABEL_HINT",
     "MAX_LABEL",
 ]
+__all__ += [name for name in _CHANNEL_NAMES if name not in _MISSING]
