@@ -15,8 +15,6 @@ channel-specific ones from the channel's own module.
 """
 from __future__ import annotations
 
-from typing import Any
-
 try:
     from . import _nfcore
 except ImportError as e:  # pragma: no cover - depends on the install
@@ -26,9 +24,10 @@ except ImportError as e:  # pragma: no cover - depends on the install
         "(Fedora) with pkg-config and a C compiler, then install nfbind again" % e
     ) from e
 
-#: the cffi FFI of nfbind._nfcore (types: ``ffi.new("struct nfb_ct_rec *")``)
-ffi: Any = _nfcore.ffi
+#: the cffi FFI of nfbind._nfcore (types: ``ffi.new("struct nfb_ct_rec *")``);
+#: its static type, and lib's, are in _nfcore.pyi (generated from cdef/core.h)
+ffi = _nfcore.ffi
 #: its compiled library: constants and the core's C functions
-lib: Any = _nfcore.lib
+lib = _nfcore.lib
 
 __all__ = ["ffi", "lib"]
