@@ -15,7 +15,7 @@ works and ``nfbind.NfLog`` raises ImportError naming the package to install.
 The conntrack value types (:class:`Flow`, :class:`Tuple` ...) need only the
 core: ``pkt.ct`` is a Flow on every install.
 """
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from . import _channels
 from .enums import (
@@ -68,13 +68,16 @@ _CHANNEL_NAMES: Dict[str, List[str]] = {
 }
 
 if _channels.available("nfqueue"):
-    from .queue import NfQueue, Packet, QueueStats
-    from .serve import serve
+    # (``import X as X``: names re-exported, for type checkers)
+    from .queue import NfQueue as NfQueue, Packet as Packet, QueueStats as QueueStats
+    from .serve import serve as serve
 if _channels.available("nflog"):
-    from .log import LogPacket, LogStats, NfLog
+    from .log import LogPacket as LogPacket, LogStats as LogStats, NfLog as NfLog
 if _channels.available("conntrack"):
-    from .conntrack import Conntrack, EventFilter, EventStats, EventStream, LabelMap
-    from .enums import CtEvent
+    from .conntrack import Conntrack as Conntrack, EventFilter as EventFilter
+    from .conntrack import EventStats as EventStats, EventStream as EventStream
+    from .conntrack import LabelMap as LabelMap
+    from .enums import CtEvent as CtEvent
 
 #: public name -> the channel it needs, for the channels not installed here
 _MISSING: Dict[str, str] = {
@@ -85,11 +88,14 @@ _MISSING: Dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    channel = _MISSING.get(name)
-    if channel is not None:
-        raise _channels.missing(channel, "nfbind." + name)
-    raise AttributeError("module 'nfbind' has no attribute %r" % name)
+# Hidden from type checkers: for them a module __getattr__ would type every
+# misspelt name as its return value instead of reporting it.
+if not TYPE_CHECKING:
+    def __getattr__(name: str) -> Any:
+        channel = _MISSING.get(name)
+        if channel is not None:
+            raise _channels.missing(channel, "nfbind." + name)
+        raise AttributeError("module 'nfbind' has no attribute %r" % name)
 
 
 __all__ = [

@@ -16,7 +16,8 @@ import threading
 import time
 import warnings
 from collections import deque
-from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterator, Optional, Set, Tuple
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Generic, Iterator,
+                    List, Optional, Set, Tuple, TypeVar, Union)
 
 from ._core import lib
 from ._netlink import check_choice, check_int, open_netfilter_socket, set_rcvbuf
@@ -24,7 +25,24 @@ from . import netns as _netns
 from ._wake import WakePipe
 from .errors import ClosedError, NetlinkError, Overrun, error_from_errno
 
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from ._nfcore import struct_nfb_rx
+
+    class _ChannelState(Protocol):
+        """A channel's C state: NfQueue's ``struct nfb_q``, NfLog's
+        ``struct nfb_log``, EventStream's ``struct nfb_ct``."""
+
+        @property
+        def rx(self) -> struct_nfb_rx: ...
+
 __all__ = ["Channel", "OverrunWarning", "ON_OVERRUN"]
+
+#: what a channel hands its handlers: Packet, LogPacket or Event
+P = TypeVar("P")
+_S = TypeVar("_S", bound="_ChannelState")
+_Self = TypeVar("_Self", bound="Channel[Any]")
 
 ON_OVERRUN = ("count", "raise")
 
@@ -58,7 +76,7 @@ def c_counter(field: str, doc: str, *, key: Optional[str] = None, rx: bool = Tru
         c = self._ch._c
         if c is None:
             return self._ch._final.get(key, 0)
-        return int(getattr(c.rx if rx else c, field))
+        return int(getattr(c.rx if rx else c, field))  # a field named at run time
 
     get.__doc__ = doc
     return property(get)
@@ -72,7 +90,7 @@ class ChannelStats:
     #: the counters as_dict() and repr() show, in order
     _NAMES: Tuple[str, ...] = ("packets", "overruns", "handler_errors", "recv_calls")
 
-    def __init__(self, ch: Any) -> None:
+    def __init__(self, ch: "Channel[Any]") -> None:
         self._ch = ch
 
     @property
@@ -114,19 +132,26 @@ def config_error(err: int, what: str, *, binding: bool, flags: bool,
     return error_from_errno(err, what)
 
 
-class Channel:
+class Channel(Generic[P]):
     """Base of NfQueue and NfLog: a netlink socket with loops on top.
 
     Subclasses implement ``_drain_once(handler) -> int`` (non-blocking: read one
     batch, dispatch it, return the number of packets, or -1 when a batch was
-    read but nothing in it was dispatched) and ``_close_channel()``.
+    read but nothing in it was dispatched) and ``_close_channel()``.  ``P`` is
+    what they hand the handlers (Packet, LogPacket, Event).
     """
 
     _sock: Optional[socket.socket] = None
     _closed = True
+    #: the subclass's C state; None once closed
+    _c: Optional[_ChannelState]
+    #: its counters as they were when it closed (ChannelStats reads them then)
+    _final: Dict[str, int]
+    _npackets: int
+    _handler_errors: int
     #: packets read from the socket but not yet handed to a handler (a list
     #: or a deque, the subclass's choice)
-    _backlog: Any
+    _backlog: Union[List[P], Deque[P]]
     #: what stop() writes to, and every loop waits on beside the socket
     _wake: WakePipe
     #: one per ``async for`` in progress: sets its event on its event loop
@@ -149,7 +174,7 @@ class Channel:
         self._stop_requested = False
         self._more = True
         self._warned_overrun = False
-        self._ifnames: dict = {}
+        self._ifnames: Dict[int, Optional[str]] = {}
         self._lock = threading.RLock()
         self._wake = WakePipe()
         self._async_wakers = set()
@@ -188,7 +213,8 @@ class Channel:
         """The socket's receive buffer size in bytes, as the kernel reports it."""
         self._check_open()
         assert self._sock is not None
-        return self._sock.getsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF)
+        rcvbuf: int = self._sock.getsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF)
+        return rcvbuf
 
     def set_rcvbuf(self, size: int) -> int:
         """Resize the receive buffer; returns the size granted.  It is also
@@ -237,7 +263,7 @@ class Channel:
         self._rcvbuf_req = size
         return True
 
-    def _recv_batch(self, recv: Callable[[Any], int], c: Any) -> int:
+    def _recv_batch(self, recv: Callable[[_S], int], c: _S) -> int:
         """One receive by the C helper ``recv`` into ``c.rx``, never blocking.
 
         An overrun gets the ENOBUFS policy (counted, or raised) and the read
@@ -281,13 +307,13 @@ class Channel:
 
     # -- loops ------------------------------------------------------------
 
-    def _drain_once(self, handler: Callable[[Any], Any]) -> int:  # pragma: no cover
+    def _drain_once(self, handler: Callable[[P], Any]) -> int:  # pragma: no cover
         raise NotImplementedError
 
     def _close_channel(self) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def drain(self, handler: Callable[[Any], Any], *, max_batches: int = _MAX_BATCHES_PER_WAKE) -> int:
+    def drain(self, handler: Callable[[P], Any], *, max_batches: int = _MAX_BATCHES_PER_WAKE) -> int:
         """Dispatch every packet readable now to ``handler``; never blocks.
 
         Returns the number of packets dispatched (0: nothing was waiting).  For
@@ -314,6 +340,7 @@ class Channel:
 
     def _short_read(self) -> bool:
         """Whether the last receive found the socket drained."""
+        assert self._c is not None  # drain() checked that the channel is open
         return bool(self._c.rx.short_read)
 
     def stop(self) -> None:
@@ -324,7 +351,7 @@ class Channel:
         self._stop_requested = True
         self._wake.wake()
 
-    def _push_back(self, items: Any) -> None:
+    def _push_back(self, items: Deque[P]) -> None:
         """Packets read but not handed out yet (an iterator was left): the
         next loop hands them out first."""
         if not items or self._closed:
@@ -341,7 +368,7 @@ class Channel:
             self._stop_requested = False
             self._wake.clear()
 
-    def run(self, handler: Callable[[Any], Any], *, timeout: Optional[float] = None) -> None:
+    def run(self, handler: Callable[[P], Any], *, timeout: Optional[float] = None) -> None:
         """Call ``handler(packet)`` for every packet until ``stop()``.
 
         Returns after ``stop()`` (from the handler, another thread or a signal
@@ -379,10 +406,10 @@ class Channel:
         finally:
             self._consume_stop()
 
-    def _collect(self) -> Iterator[Any]:
+    def _collect(self) -> Iterator[P]:
         """Packets one by one, for ``for pkt in channel``."""
         self._check_open()
-        buf: Deque[Any] = deque()
+        buf: Deque[P] = deque()
         waiter = self._wake.waiter([self._fd])
         try:
             while True:
@@ -398,15 +425,15 @@ class Channel:
             self._push_back(buf)
             self._consume_stop()
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[P]:
         return self._collect()
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
+    async def __aiter__(self) -> AsyncIterator[P]:
         """``async for pkt in channel`` on the running asyncio loop."""
         self._check_open()
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
-        buf: Deque[Any] = deque()
+        buf: Deque[P] = deque()
         fds = (self._fd, self._wake.r)  # close() forgets them: remove these readers
         for fd in fds:
             loop.add_reader(fd, ready.set)
@@ -462,7 +489,7 @@ class Channel:
                 for waker in list(self._async_wakers):
                     waker()
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         self._check_open()
         return self
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import operator
 import socket
 import struct
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, Tuple, TypeVar
 
 from . import netns as _netns
 from ._core import lib
 
 __all__ = ["open_netfilter_socket", "set_rcvbuf", "check_int", "check_choice", "iter_attrs"]
 
+_T = TypeVar("_T")
 _NLA = struct.Struct("=HH")
 _NLA_TYPE_MASK = lib.NLA_TYPE_MASK
 
@@ -56,11 +57,11 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
     return sock.getsockopt(lib.SOL_SOCKET, lib.SO_RCVBUF)
 
 
-def check_choice(name: str, value: Any, choices: tuple) -> Any:
-    """``value`` if it is one of ``choices``; else ValueError naming ``name``."""
+def check_choice(name: str, value: object, choices: Tuple[_T, ...]) -> _T:
+    """The one of ``choices`` that ``value`` equals; else ValueError naming ``name``."""
     if value not in choices:
         raise ValueError("%s must be one of %s, got %r" % (name, ", ".join(map(repr, choices)), value))
-    return value
+    return choices[choices.index(value)]
 
 
 def check_int(name: str, value: Any, lo: int, hi: int) -> int:

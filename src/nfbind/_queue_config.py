@@ -10,15 +10,18 @@ constructor checks its arguments with the helpers here and binds through
 from __future__ import annotations
 
 import errno
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
-from ._channel import Channel, config_error
+from ._channel import Channel, P, config_error
 from ._netlink import check_int
 from ._core import lib as core
 from ._nfqueue import ffi, lib
 from ._queue_verdicts import MAX_PAYLOAD
 from .enums import CopyMode, QueueFlag
 from .errors import NetlinkError, check_neg
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._nfqueue import struct_nfb_q
 
 #: every flag nfbind sets on a queue
 ALL_FLAGS = int(
@@ -43,7 +46,7 @@ def gso_safe(copy_mode: int, copy_range: int) -> bool:
     return copy_mode != CopyMode.PACKET or copy_range >= MAX_PAYLOAD
 
 
-def flag_bits(optional: bool, **values: Optional[bool]) -> tuple:
+def flag_bits(optional: bool, **values: Optional[bool]) -> Tuple[int, int]:
     """``(mask, flags)`` for the queue flags given as keywords; with
     ``optional`` a None leaves its flag out of the mask (unchanged)."""
     mask = flags = 0
@@ -61,11 +64,11 @@ def flag_bits(optional: bool, **values: Optional[bool]) -> tuple:
     return mask, flags
 
 
-class QueueConfig(Channel):
+class QueueConfig(Channel[P]):
     """The configuration of :class:`nfbind.NfQueue`."""
 
     queue_num: int
-    _c: Any
+    _c: Optional[struct_nfb_q]
     _copy_mode: CopyMode
     _copy_range: int
     _max_len: int
@@ -74,7 +77,7 @@ class QueueConfig(Channel):
     _ct_glue: bool
     _ct_fallback: bool
 
-    def _slots(self) -> tuple:
+    def _slots(self) -> Tuple[int, int]:
         size = 8192
         if self._copy_mode == CopyMode.PACKET:
             size += min(self._copy_range, MAX_PAYLOAD)
@@ -93,6 +96,7 @@ class QueueConfig(Channel):
         cfg.flags = flags
         step = ffi.new("int *")
         with self._lock:
+            assert self._c is not None  # set before the first configuration
             rc = lib.nfb_q_config(self._c, cfg, 2000, step)
         if rc >= 0:
             return
@@ -143,6 +147,7 @@ class QueueConfig(Channel):
             new = self._slots()
             if new != old:
                 with self._lock:
+                    assert self._c is not None
                     check_neg(lib.nfb_q_resize(self._c, new[0], new[1]), "resizing buffers")
         kmask, kflags = mask, flags
         if conntrack is not None and not self._ct_glue:

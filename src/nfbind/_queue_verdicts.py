@@ -16,7 +16,7 @@ import threading
 from array import array
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple, Union
 
-from ._channel import Channel
+from ._channel import Channel, P
 from ._netlink import check_int
 from ._core import lib as core
 from ._nfqueue import ffi, lib
@@ -25,7 +25,9 @@ from .errors import VerdictError, error_from_errno
 from .packet import NF, Batch
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._nfqueue import struct_nfb_q
     from .conntrack._lookup import CtLookup
+    from .packet import PacketSource
 
 #: the largest payload a verdict can carry (an NFQA_PAYLOAD attribute's limit)
 MAX_PAYLOAD: int = lib.NFB_MAX_PAYLOAD
@@ -83,8 +85,10 @@ class QueuedPacket(Protocol):
 
     id: int
     _state: int
-    _b: Batch
     _o: int
+
+    @property
+    def _b(self) -> Batch[PacketSource]: ...
 
     @property
     def payload(self) -> bytes: ...
@@ -96,18 +100,18 @@ class QueuedPacket(Protocol):
     def csum_notready(self) -> bool: ...
 
 
-class QueueVerdicts(Channel):
+class QueueVerdicts(Channel[P]):
     """The verdict machinery of :class:`nfbind.NfQueue`."""
 
     queue_num: int
     default_verdict: Verdict
-    _c: Any
+    _c: Optional[struct_nfb_q]
     _ct_glue: bool
     _pending: Dict[int, QueuedPacket]
     _floor: int
     _max_id: int
-    _cur_batch: Optional[Batch]
-    _cur_vbuf: Optional[array]
+    _cur_batch: Optional[Batch[PacketSource]]
+    _cur_vbuf: Optional[array[int]]
     _cur_older: int
     _dispatch_thread: Optional[int]
     _send_lock: Any
@@ -171,6 +175,7 @@ class QueueVerdicts(Channel):
                 return
             self._flush_before(i)  # keep the kernel's reinjection in call order
             self._cur_vbuf[i] = V_DONE
+            assert self._c is not None  # a batch is being dispatched: open
             rc = lib.nfb_q_put_verdict(self._c, p.id, v, vflags, m, cm, dptr, dlen)
             if rc >= 0 and connmark is not None and not self._ct_glue:
                 self._connmarks.append((p.id, p.payload, cm))
@@ -198,6 +203,7 @@ class QueueVerdicts(Channel):
         assert vbuf is not None
         if i == 0:
             return
+        assert self._c is not None  # a batch is being dispatched: open
         rc = lib.nfb_q_put_verdicts(self._c, ffi.from_buffer("int64_t[]", vbuf), i,
                                     self._cur_older)
         if rc < 0:
@@ -243,6 +249,7 @@ class QueueVerdicts(Channel):
                         self._cur_vbuf[i] = V_DONE
                         marked += 1
             self._floor = max(self._floor, up_to_id)
+            assert self._c is not None
             rc = lib.nfb_q_flush(self._c)
             # with no waiting packet up to the id the kernel holds none either:
             # it would answer ENOENT (a refused verdict)

@@ -59,7 +59,7 @@ class _Slot:
         self.reported = False
         self.bind_deadline = 0.0
         self.respawn_at: Optional[float] = None
-        self.fail: Optional[tuple] = None
+        self.fail: Optional[Tuple[int, Optional[BaseException], str, str]] = None
         self.fatal: Optional[str] = None
         self.status: Optional[int] = None
         self.handled_death = True

@@ -30,7 +30,7 @@ _LOG_FIRST = 10
 EXIT_OK, EXIT_BIND, EXIT_FATAL, EXIT_CRASH = 0, 1, 2, 70
 
 
-def _send(conn: Connection, msg: tuple) -> None:
+def _send(conn: Connection, msg: Tuple[object, ...]) -> None:
     try:
         conn.send(msg)
     except Exception:  # an unpicklable exception object: send its text

@@ -10,7 +10,7 @@ package to install).
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _channels
 from ._core import lib
@@ -31,209 +31,182 @@ __all__ = [
 ]
 
 
-def _enum(cls, name: str, members: dict, doc: str):
-    e = cls(name, members, module=__name__)
-    e.__doc__ = doc
-    return e
-
-
-Verdict = _enum(
-    enum.IntEnum,
-    "Verdict",
-    {
-        "DROP": lib.NF_DROP,
-        "ACCEPT": lib.NF_ACCEPT,
-        "QUEUE": lib.NF_QUEUE,
-        "REPEAT": lib.NF_REPEAT,
-        "STOP": lib.NF_STOP,
-    },
+class Verdict(enum.IntEnum):
     """A packet's fate.
 
     ``ACCEPT`` and ``DROP`` are final.  ``REPEAT`` sends the packet through
     the same hook again, from the start of its rules.  ``STOP`` accepts without
     running later hooks.  ``QUEUE`` needs a queue number: use
-    ``pkt.queue(num)`` rather than returning it.""",
-)
+    ``pkt.queue(num)`` rather than returning it.
+    """
 
-CopyMode = _enum(
-    enum.IntEnum,
-    "CopyMode",
-    {"NONE": lib.NFQNL_COPY_NONE, "META": lib.NFQNL_COPY_META, "PACKET": lib.NFQNL_COPY_PACKET},
-    "How much of each packet the kernel copies: nothing, metadata only, or "
-    "metadata and up to ``copy_range`` bytes of the packet.",
-)
-
-Hook = _enum(
-    enum.IntEnum,
-    "Hook",
-    {
-        "PRE_ROUTING": lib.NF_INET_PRE_ROUTING,
-        "LOCAL_IN": lib.NF_INET_LOCAL_IN,
-        "FORWARD": lib.NF_INET_FORWARD,
-        "LOCAL_OUT": lib.NF_INET_LOCAL_OUT,
-        "POST_ROUTING": lib.NF_INET_POST_ROUTING,
-    },
-    "The netfilter hook a packet was seen at (INPUT is LOCAL_IN, OUTPUT is LOCAL_OUT).",
-)
-
-ArpHook = _enum(
-    enum.IntEnum,
-    "ArpHook",
-    {"IN": lib.NF_ARP_IN, "OUT": lib.NF_ARP_OUT, "FORWARD": lib.NF_ARP_FORWARD},
-    "The hook of an ARP-family packet (arptables numbers its hooks apart).",
-)
-
-Family = _enum(
-    enum.IntEnum,
-    "Family",
-    {
-        "UNSPEC": lib.NFPROTO_UNSPEC,
-        "INET": lib.NFPROTO_INET,
-        "IPV4": lib.NFPROTO_IPV4,
-        "ARP": lib.NFPROTO_ARP,
-        "NETDEV": lib.NFPROTO_NETDEV,
-        "BRIDGE": lib.NFPROTO_BRIDGE,
-        "IPV6": lib.NFPROTO_IPV6,
-    },
-    "Netfilter protocol family (NFPROTO_*); IPV4 and IPV6 equal AF_INET and AF_INET6.",
-)
-
-CtInfo = _enum(
-    enum.IntEnum,
-    "CtInfo",
-    {
-        "ESTABLISHED": lib.IP_CT_ESTABLISHED,
-        "RELATED": lib.IP_CT_RELATED,
-        "NEW": lib.IP_CT_NEW,
-        "ESTABLISHED_REPLY": lib.IP_CT_ESTABLISHED_REPLY,
-        "RELATED_REPLY": lib.IP_CT_RELATED_REPLY,
-    },
-    "How a packet relates to its connection (the kernel's enum ip_conntrack_info).",
-)
-
-CtStatus = _enum(
-    enum.IntFlag,
-    "CtStatus",
-    {
-        "EXPECTED": lib.IPS_EXPECTED,
-        "SEEN_REPLY": lib.IPS_SEEN_REPLY,
-        "ASSURED": lib.IPS_ASSURED,
-        "CONFIRMED": lib.IPS_CONFIRMED,
-        "SRC_NAT": lib.IPS_SRC_NAT,
-        "DST_NAT": lib.IPS_DST_NAT,
-        "SEQ_ADJUST": lib.IPS_SEQ_ADJUST,
-        "SRC_NAT_DONE": lib.IPS_SRC_NAT_DONE,
-        "DST_NAT_DONE": lib.IPS_DST_NAT_DONE,
-        "DYING": lib.IPS_DYING,
-        "FIXED_TIMEOUT": lib.IPS_FIXED_TIMEOUT,
-        "TEMPLATE": lib.IPS_TEMPLATE,
-        "UNTRACKED": lib.IPS_UNTRACKED,
-        "HELPER": lib.IPS_HELPER,
-        "OFFLOAD": lib.IPS_OFFLOAD,
-        "HW_OFFLOAD": lib.IPS_HW_OFFLOAD,
-    },
-    "Conntrack status bits: ``CtStatus.ASSURED in flow.status``.",
-)
-
-TcpState = _enum(
-    enum.IntEnum,
-    "TcpState",
-    {
-        "NONE": lib.TCP_CONNTRACK_NONE,
-        "SYN_SENT": lib.TCP_CONNTRACK_SYN_SENT,
-        "SYN_RECV": lib.TCP_CONNTRACK_SYN_RECV,
-        "ESTABLISHED": lib.TCP_CONNTRACK_ESTABLISHED,
-        "FIN_WAIT": lib.TCP_CONNTRACK_FIN_WAIT,
-        "CLOSE_WAIT": lib.TCP_CONNTRACK_CLOSE_WAIT,
-        "LAST_ACK": lib.TCP_CONNTRACK_LAST_ACK,
-        "TIME_WAIT": lib.TCP_CONNTRACK_TIME_WAIT,
-        "CLOSE": lib.TCP_CONNTRACK_CLOSE,
-        "SYN_SENT2": lib.TCP_CONNTRACK_SYN_SENT2,
-    },
-    "Conntrack's TCP state machine.",
-)
-
-QueueFlag = _enum(
-    enum.IntFlag,
-    "QueueFlag",
-    {
-        "FAIL_OPEN": lib.NFQA_CFG_F_FAIL_OPEN,
-        "CONNTRACK": lib.NFQA_CFG_F_CONNTRACK,
-        "GSO": lib.NFQA_CFG_F_GSO,
-        "UID_GID": lib.NFQA_CFG_F_UID_GID,
-        "SECCTX": lib.NFQA_CFG_F_SECCTX,
-    },
-    "NFQUEUE configuration flags (``NfQueue(fail_open=..., gso=...)``).",
-)
+    DROP = lib.NF_DROP
+    ACCEPT = lib.NF_ACCEPT
+    QUEUE = lib.NF_QUEUE
+    REPEAT = lib.NF_REPEAT
+    STOP = lib.NF_STOP
 
 
-IPProto = _enum(
-    enum.IntEnum,
-    "IPProto",
-    {
-        "ICMP": lib.IPPROTO_ICMP,
-        "TCP": lib.IPPROTO_TCP,
-        "UDP": lib.IPPROTO_UDP,
-        "DCCP": lib.IPPROTO_DCCP,
-        "GRE": lib.IPPROTO_GRE,
-        "ICMPV6": lib.IPPROTO_ICMPV6,
-        "SCTP": lib.IPPROTO_SCTP,
-        "UDPLITE": lib.IPPROTO_UDPLITE,
-    },
-    "Layer-4 protocols conntrack tracks by name (``flow.proto``); other "
-    "protocol numbers stay plain ints.",
-)
+class CopyMode(enum.IntEnum):
+    """How much of each packet the kernel copies: nothing, metadata only, or
+    metadata and up to ``copy_range`` bytes of the packet.
+    """
 
-SctpState = _enum(
-    enum.IntEnum,
-    "SctpState",
-    {
-        "NONE": lib.SCTP_CONNTRACK_NONE,
-        "CLOSED": lib.SCTP_CONNTRACK_CLOSED,
-        "COOKIE_WAIT": lib.SCTP_CONNTRACK_COOKIE_WAIT,
-        "COOKIE_ECHOED": lib.SCTP_CONNTRACK_COOKIE_ECHOED,
-        "ESTABLISHED": lib.SCTP_CONNTRACK_ESTABLISHED,
-        "SHUTDOWN_SENT": lib.SCTP_CONNTRACK_SHUTDOWN_SENT,
-        "SHUTDOWN_RECD": lib.SCTP_CONNTRACK_SHUTDOWN_RECD,
-        "SHUTDOWN_ACK_SENT": lib.SCTP_CONNTRACK_SHUTDOWN_ACK_SENT,
-        "HEARTBEAT_SENT": lib.SCTP_CONNTRACK_HEARTBEAT_SENT,
-    },
-    "Conntrack's SCTP state machine (``flow.state`` of SCTP flows).",
-)
+    NONE = lib.NFQNL_COPY_NONE
+    META = lib.NFQNL_COPY_META
+    PACKET = lib.NFQNL_COPY_PACKET
 
-ExpectFlag = _enum(
-    enum.IntFlag,
-    "ExpectFlag",
-    {
-        "PERMANENT": lib.NF_CT_EXPECT_PERMANENT,
-        "INACTIVE": lib.NF_CT_EXPECT_INACTIVE,
-        "USERSPACE": lib.NF_CT_EXPECT_USERSPACE,
-    },
-    "Flags of a conntrack expectation.",
-)
+
+class Hook(enum.IntEnum):
+    """The netfilter hook a packet was seen at (INPUT is LOCAL_IN, OUTPUT is
+    LOCAL_OUT).
+    """
+
+    PRE_ROUTING = lib.NF_INET_PRE_ROUTING
+    LOCAL_IN = lib.NF_INET_LOCAL_IN
+    FORWARD = lib.NF_INET_FORWARD
+    LOCAL_OUT = lib.NF_INET_LOCAL_OUT
+    POST_ROUTING = lib.NF_INET_POST_ROUTING
+
+
+class ArpHook(enum.IntEnum):
+    """The hook of an ARP-family packet (arptables numbers its hooks apart)."""
+
+    IN = lib.NF_ARP_IN
+    OUT = lib.NF_ARP_OUT
+    FORWARD = lib.NF_ARP_FORWARD
+
+
+class Family(enum.IntEnum):
+    """Netfilter protocol family (NFPROTO_*); IPV4 and IPV6 equal AF_INET and
+    AF_INET6.
+    """
+
+    UNSPEC = lib.NFPROTO_UNSPEC
+    INET = lib.NFPROTO_INET
+    IPV4 = lib.NFPROTO_IPV4
+    ARP = lib.NFPROTO_ARP
+    NETDEV = lib.NFPROTO_NETDEV
+    BRIDGE = lib.NFPROTO_BRIDGE
+    IPV6 = lib.NFPROTO_IPV6
+
+
+class CtInfo(enum.IntEnum):
+    """How a packet relates to its connection (the kernel's enum ip_conntrack_info)."""
+
+    ESTABLISHED = lib.IP_CT_ESTABLISHED
+    RELATED = lib.IP_CT_RELATED
+    NEW = lib.IP_CT_NEW
+    ESTABLISHED_REPLY = lib.IP_CT_ESTABLISHED_REPLY
+    RELATED_REPLY = lib.IP_CT_RELATED_REPLY
+
+
+class CtStatus(enum.IntFlag):
+    """Conntrack status bits: ``CtStatus.ASSURED in flow.status``."""
+
+    EXPECTED = lib.IPS_EXPECTED
+    SEEN_REPLY = lib.IPS_SEEN_REPLY
+    ASSURED = lib.IPS_ASSURED
+    CONFIRMED = lib.IPS_CONFIRMED
+    SRC_NAT = lib.IPS_SRC_NAT
+    DST_NAT = lib.IPS_DST_NAT
+    SEQ_ADJUST = lib.IPS_SEQ_ADJUST
+    SRC_NAT_DONE = lib.IPS_SRC_NAT_DONE
+    DST_NAT_DONE = lib.IPS_DST_NAT_DONE
+    DYING = lib.IPS_DYING
+    FIXED_TIMEOUT = lib.IPS_FIXED_TIMEOUT
+    TEMPLATE = lib.IPS_TEMPLATE
+    UNTRACKED = lib.IPS_UNTRACKED
+    HELPER = lib.IPS_HELPER
+    OFFLOAD = lib.IPS_OFFLOAD
+    HW_OFFLOAD = lib.IPS_HW_OFFLOAD
+
+
+class TcpState(enum.IntEnum):
+    """Conntrack's TCP state machine."""
+
+    NONE = lib.TCP_CONNTRACK_NONE
+    SYN_SENT = lib.TCP_CONNTRACK_SYN_SENT
+    SYN_RECV = lib.TCP_CONNTRACK_SYN_RECV
+    ESTABLISHED = lib.TCP_CONNTRACK_ESTABLISHED
+    FIN_WAIT = lib.TCP_CONNTRACK_FIN_WAIT
+    CLOSE_WAIT = lib.TCP_CONNTRACK_CLOSE_WAIT
+    LAST_ACK = lib.TCP_CONNTRACK_LAST_ACK
+    TIME_WAIT = lib.TCP_CONNTRACK_TIME_WAIT
+    CLOSE = lib.TCP_CONNTRACK_CLOSE
+    SYN_SENT2 = lib.TCP_CONNTRACK_SYN_SENT2
+
+
+class QueueFlag(enum.IntFlag):
+    """NFQUEUE configuration flags (``NfQueue(fail_open=..., gso=...)``)."""
+
+    FAIL_OPEN = lib.NFQA_CFG_F_FAIL_OPEN
+    CONNTRACK = lib.NFQA_CFG_F_CONNTRACK
+    GSO = lib.NFQA_CFG_F_GSO
+    UID_GID = lib.NFQA_CFG_F_UID_GID
+    SECCTX = lib.NFQA_CFG_F_SECCTX
+
+
+class IPProto(enum.IntEnum):
+    """Layer-4 protocols conntrack tracks by name (``flow.proto``); other
+    protocol numbers stay plain ints.
+    """
+
+    ICMP = lib.IPPROTO_ICMP
+    TCP = lib.IPPROTO_TCP
+    UDP = lib.IPPROTO_UDP
+    DCCP = lib.IPPROTO_DCCP
+    GRE = lib.IPPROTO_GRE
+    ICMPV6 = lib.IPPROTO_ICMPV6
+    SCTP = lib.IPPROTO_SCTP
+    UDPLITE = lib.IPPROTO_UDPLITE
+
+
+class SctpState(enum.IntEnum):
+    """Conntrack's SCTP state machine (``flow.state`` of SCTP flows)."""
+
+    NONE = lib.SCTP_CONNTRACK_NONE
+    CLOSED = lib.SCTP_CONNTRACK_CLOSED
+    COOKIE_WAIT = lib.SCTP_CONNTRACK_COOKIE_WAIT
+    COOKIE_ECHOED = lib.SCTP_CONNTRACK_COOKIE_ECHOED
+    ESTABLISHED = lib.SCTP_CONNTRACK_ESTABLISHED
+    SHUTDOWN_SENT = lib.SCTP_CONNTRACK_SHUTDOWN_SENT
+    SHUTDOWN_RECD = lib.SCTP_CONNTRACK_SHUTDOWN_RECD
+    SHUTDOWN_ACK_SENT = lib.SCTP_CONNTRACK_SHUTDOWN_ACK_SENT
+    HEARTBEAT_SENT = lib.SCTP_CONNTRACK_HEARTBEAT_SENT
+
+
+class ExpectFlag(enum.IntFlag):
+    """Flags of a conntrack expectation."""
+
+    PERMANENT = lib.NF_CT_EXPECT_PERMANENT
+    INACTIVE = lib.NF_CT_EXPECT_INACTIVE
+    USERSPACE = lib.NF_CT_EXPECT_USERSPACE
 
 
 # -- conntrack events: libnetfilter_conntrack's NFCT_T_* values, from
 #    nfbind._conntrack; absent when the conntrack channel was not built ---------
 
-try:
+if _channels.available("conntrack"):
     from ._conntrack import lib as _ct
-except ImportError:  # pragma: no cover - depends on the install
-    _ct = None
 
-if _ct is not None:
-    CtEvent = _enum(
-        enum.IntFlag,
-        "CtEvent",
-        {"NEW": _ct.NFCT_T_NEW, "UPDATE": _ct.NFCT_T_UPDATE, "DESTROY": _ct.NFCT_T_DESTROY,
-         "ALL": _ct.NFCT_T_ALL},
-        "Conntrack event types (libnetfilter_conntrack's NFCT_T_*): "
-        "``ct.events(CtEvent.NEW | CtEvent.DESTROY)``; ``ALL`` is all three.",
-    )
+    class CtEvent(enum.IntFlag):
+        """Conntrack event types (libnetfilter_conntrack's NFCT_T_*):
+        ``ct.events(CtEvent.NEW | CtEvent.DESTROY)``; ``ALL`` is all three.
+        """
+
+        NEW = _ct.NFCT_T_NEW
+        UPDATE = _ct.NFCT_T_UPDATE
+        DESTROY = _ct.NFCT_T_DESTROY
+        ALL = _ct.NFCT_T_ALL
+
     __all__ += ["CtEvent"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CtEvent":
-        raise _channels.missing("conntrack", "nfbind.enums.CtEvent")
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+# Hidden from type checkers: for them a module __getattr__ would type every
+# misspelt name as its return value instead of reporting it.
+if not TYPE_CHECKING:
+    def __getattr__(name: str) -> Any:
+        if name == "CtEvent":
+            raise _channels.missing("conntrack", "nfbind.enums.CtEvent")
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))

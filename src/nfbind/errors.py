@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from ._core import ffi, lib
 
@@ -68,7 +68,7 @@ class NetlinkError(NfbindError, OSError):
     def __str__(self) -> str:
         return str(self.strerror)
 
-    def __reduce__(self):  # pragma: no cover - pickling support
+    def __reduce__(self) -> Tuple[type, Tuple[Optional[int], str, Optional[str]]]:  # pragma: no cover
         return (type(self), (self.errno, self.op, self.hint))
 
 

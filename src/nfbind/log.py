@@ -17,7 +17,7 @@ Logging never holds packets: they go on whatever the handler does.  One
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._channel import Channel, ChannelStats, c_counter, config_error
 from ._channels import missing
@@ -28,6 +28,9 @@ try:
 except ImportError as e:  # the NFLOG channel was not built on this machine
     raise missing("nflog", "nfbind.log") from e
 from . import netns as _netns
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._nflog import struct_nfb_log
 from .enums import CopyMode, Family
 from .errors import NetlinkError, error_from_errno
 from ._netlink import check_int
@@ -69,7 +72,9 @@ class LogPacket(PacketBase):
 
     __slots__ = ()
 
-    def __init__(self, b: Batch, o: int) -> None:
+    _b: Batch[NfLog]
+
+    def __init__(self, b: Batch[NfLog], o: int) -> None:
         self._b = b
         self._o = o
 
@@ -117,6 +122,7 @@ class LogStats(ChannelStats):
     """Counters of one NfLog (read live)."""
 
     __slots__ = ()
+    _ch: NfLog
     _NAMES = ("packets", "overruns", "handler_errors", "filtered", "recv_calls",
               "truncated_msgs")
 
@@ -146,7 +152,7 @@ def _groups(groups: Union[int, Iterable[int]]) -> Tuple[int, ...]:
     return out
 
 
-class NfLog(Channel):
+class NfLog(Channel[LogPacket]):
     """A netlink socket bound to one or more NFLOG groups.
 
     Args:
@@ -200,7 +206,7 @@ class NfLog(Channel):
         on_overrun: str = "count",
         no_enobufs: bool = False,
     ) -> None:
-        self._c: Any = None
+        self._c: Optional[struct_nfb_log] = None
         self.groups = _groups(groups)
         if family is not None:
             check_int("family", family, 0, 255)
@@ -301,6 +307,7 @@ class NfLog(Channel):
         fg = ffi.new("int *")
         step = ffi.new("int *")
         with self._lock:
+            assert self._c is not None  # set before the first configuration
             rc = lib.nfb_log_config(self._c, garr, len(groups), cfg, 2000, fg, step)
         if rc >= 0:
             return
@@ -345,16 +352,17 @@ class NfLog(Channel):
             if self._backlog:
                 todo, self._backlog = self._backlog, []
                 return self._dispatch_list(handler, todo)
-            n = self._recv_batch(lib.nfb_log_recv, self._c)
+            c = self._c
+            assert c is not None  # open: checked above, under the lock
+            n = self._recv_batch(lib.nfb_log_recv, c)
             if n <= 0:
                 return 0
-            c = self._c
             b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
                       memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"), self)
             self._npackets += n
             return self._dispatch(handler, b, n)
 
-    def _dispatch(self, handler: Callable[[LogPacket], Any], b: Batch, n: int) -> int:
+    def _dispatch(self, handler: Callable[[LogPacket], Any], b: Batch[NfLog], n: int) -> int:
         """Hand each packet of a fresh batch to the handler; the hot loop."""
         error: Optional[BaseException] = None
         new = object.__new__

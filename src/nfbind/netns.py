@@ -19,7 +19,7 @@ import errno
 import os
 import socket as _socket
 import threading
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, List, Optional, TypeVar, Union
 
 from ._core import ffi, lib
 from .errors import PermissionDenied, NetlinkError
@@ -76,8 +76,8 @@ def call_in(netns: NetNS, fn: Callable[..., T], *args: Any) -> T:
     target = resolve(netns)
     if target is None:
         return fn(*args)
-    result: list = []
-    error: list = []
+    result: List[T] = []
+    error: List[BaseException] = []
 
     def runner() -> None:
         try:

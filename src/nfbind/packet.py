@@ -9,13 +9,33 @@ is read on first access, so a handler that looks at two fields pays for two.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Generic, NamedTuple, Optional, TypeVar
 
 from ._core import lib
 from .conntrack._records import ct_flow
 from .enums import ArpHook, CtInfo, CtStatus, Family, Hook, TcpState
 
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from scapy.packet import Packet as ScapyPacket
+
+    from .conntrack._lookup import CtLookup
+    from .conntrack.model import Flow
+
+    class PacketSource(Protocol):
+        """What a packet reads from its channel (NfQueue, NfLog)."""
+
+        @property
+        def _ct_fallback(self) -> bool: ...
+        @property
+        def _ctnl(self) -> CtLookup: ...
+        def _ifname(self, index: Optional[int]) -> Optional[str]: ...
+
 __all__ = ["PacketBase", "Vlan", "CtSummary", "scapy_payload"]
+
+#: the channel a batch came from
+C = TypeVar("C", bound="PacketSource", covariant=True)
 
 NF = lib.NFB_F_COUNT
 _F_ATTRS = lib.NFB_F_ATTRS
@@ -52,13 +72,13 @@ _FAMILIES = {int(f): f for f in Family}
 _CTINFOS = {int(c): c for c in CtInfo}
 
 
-class Batch:
+class Batch(Generic[C]):
     """One receive batch: the raw messages, the parsed records, and the
     channel they came from."""
 
     __slots__ = ("data", "recs", "ch")
 
-    def __init__(self, data: bytes, recs: memoryview, ch: Any) -> None:
+    def __init__(self, data: bytes, recs: memoryview, ch: C) -> None:
         self.data = data
         self.recs = recs
         self.ch = ch
@@ -143,7 +163,8 @@ def _name(index: int, bit: int, doc: str) -> property:
     return property(get)
 
 
-def scapy_payload(payload: bytes, family: int, hw_protocol: Optional[int] = None) -> Any:
+def scapy_payload(payload: bytes, family: int,
+                  hw_protocol: Optional[int] = None) -> ScapyPacket:
     """Decode an L3 packet with scapy: IPv6 for AF_INET6, IP for AF_INET."""
     try:
         from scapy.layers.inet import IP
@@ -173,9 +194,9 @@ class PacketBase:
 
     __slots__ = ("_b", "_o", "_ct")
 
-    _b: Batch
+    _b: Batch[PacketSource]
     _o: int
-    _ct: Any
+    _ct: Optional[Flow]
 
     # -- header ---------------------------------------------------------------
 
@@ -305,7 +326,7 @@ class PacketBase:
         return None
 
     @property
-    def ct(self) -> Any:
+    def ct(self) -> Optional[Flow]:
         """The packet's connection: a conntrack :class:`~nfbind.Flow` (id,
         mark, status, TCP state, tuples, zone, labels ...), or None.
 
@@ -326,7 +347,7 @@ class PacketBase:
             pass
         r = self._b.recs
         o = self._o
-        ct: Any = None
+        ct: Optional[Flow] = None
         ch = self._b.ch
         if r[o + _F_ATTRS] & _A_CT:
             ct = ct_flow(self._b.data, r[o + _F_CT_OFF], r[o + _F_CT_LEN], r[o + _F_FAMILY])
@@ -335,7 +356,7 @@ class PacketBase:
         self._ct = ct
         return ct
 
-    def scapy(self) -> Any:
+    def scapy(self) -> ScapyPacket:
         """The payload decoded by scapy: ``IP`` or ``IPv6`` by family.
 
         Raises ImportError naming the extra to install when scapy is missing.

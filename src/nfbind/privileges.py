@@ -329,10 +329,10 @@ def _verify(uid: int, gid: int, groups: List[int], keep: int, bounding: int, who
         if got != want:
             problems.append("%s is %s, not %s" % (key, _describe(got), _describe(want)))
     for key, want in (("Uid", uid), ("Gid", gid)):
-        got = [int(v) for v in st.get(key, [])]
-        if got != [want] * 4:
+        ids = [int(v) for v in st.get(key, [])]
+        if ids != [want] * 4:
             problems.append("%s (real, effective, saved, filesystem) is %s, not %d"
-                            % (key, got, want))
+                            % (key, ids, want))
     have = {int(v) for v in st.get("Groups", [])}
     if not have <= set(groups):
         problems.append("supplementary groups are %s, not within %s" % (sorted(have), groups))

@@ -24,7 +24,7 @@ import errno
 import os
 import threading
 from array import array
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from ._channel import Channel, ChannelStats, c_counter
 from ._channels import missing
@@ -44,6 +44,9 @@ from ._netlink import check_int
 from .conntrack._lookup import CtLookup
 from .packet import NF, Batch, PacketBase, blob, field
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ._nfqueue import struct_nfb_q
+
 __all__ = ["NfQueue", "Packet", "QueueStats", "MAX_PAYLOAD"]
 
 _U32_MAX = 0xFFFFFFFF
@@ -53,6 +56,7 @@ class QueueStats(ChannelStats):
     """Counters of one NfQueue (read live)."""
 
     __slots__ = ()
+    _ch: NfQueue
     _NAMES = ("packets", "overruns", "verdict_errors", "handler_errors",
               "batch_verdicts", "recv_calls", "send_calls", "pending")
 
@@ -81,8 +85,10 @@ class Packet(PacketBase):
     __slots__ = ("id", "_state")
 
     id: int
+    _state: int
+    _b: Batch[NfQueue]
 
-    def __init__(self, b: Batch, o: int, pid: int) -> None:
+    def __init__(self, b: Batch[NfQueue], o: int, pid: int) -> None:
         self._b = b
         self._o = o
         self.id = pid
@@ -176,7 +182,7 @@ class Packet(PacketBase):
             self.id, self._repr_fields(), "" if self._state == OPEN else " (verdict given)")
 
 
-class NfQueue(QueueConfig, QueueVerdicts):
+class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
     """A netlink socket bound to one NFQUEUE queue.
 
     Args:
@@ -238,7 +244,7 @@ class NfQueue(QueueConfig, QueueVerdicts):
         on_overrun: str = "count",
         no_enobufs: bool = False,
     ) -> None:
-        self._c: Any = None
+        self._c: Optional[struct_nfb_q] = None
         self.queue_num = check_int("queue_num", queue_num, 0, 0xFFFF)
         copy_mode = check_int("copy_mode", copy_mode, 0, 255)
         if copy_mode not in {int(m) for m in CopyMode}:
@@ -335,6 +341,7 @@ class NfQueue(QueueConfig, QueueVerdicts):
             if self._backlog:
                 return self._run_backlog(handler)
             c = self._c
+            assert c is not None  # open: checked above, under the lock
             n = self._recv_batch(lib.nfb_q_recv, c)
             if c.rx.async_errors != self._seen_async:
                 self._warn_async(c)
@@ -345,7 +352,7 @@ class NfQueue(QueueConfig, QueueVerdicts):
             self._npackets += n
             return self._dispatch(handler, b, n)
 
-    def _dispatch(self, handler: Callable[[Packet], Any], b: Batch, n: int) -> int:
+    def _dispatch(self, handler: Callable[[Packet], Any], b: Batch[NfQueue], n: int) -> int:
         recs = b.recs
         vbuf = array("q", [V_DEFERRED]) * n
         pending = self._pending
@@ -423,9 +430,11 @@ class NfQueue(QueueConfig, QueueVerdicts):
             last = recs[(n - 1) * NF + F_ID]
             if last > self._max_id:
                 self._max_id = last
-            rc = lib.nfb_q_put_verdicts(self._c, ffi.from_buffer("int64_t[]", vbuf), n, older)
+            c = self._c
+            assert c is not None  # close() waits for the dispatch (_close_pending)
+            rc = lib.nfb_q_put_verdicts(c, ffi.from_buffer("int64_t[]", vbuf), n, older)
             if rc >= 0:
-                rc = lib.nfb_q_flush(self._c)
+                rc = lib.nfb_q_flush(c)
             if self._connmarks:
                 try:
                     self._apply_connmarks()
