@@ -63,7 +63,7 @@ sockets, dumps), ``table`` (Conntrack), ``events`` (EventStream) and
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import TYPE_CHECKING, Any, List
 
 from .. import _channels
 from ._records import flow_from_ct_attrs
@@ -87,19 +87,24 @@ from .model import (
 _CHANNEL_NAMES: List[str] = ["Conntrack", "EventStream", "EventFilter", "EventStats", "LabelMap"]
 
 if _channels.available("conntrack"):
-    from .events import EventFilter, EventStats, EventStream
-    from .labels import LabelMap
-    from .table import Conntrack
+    # (``import X as X``: names re-exported, for type checkers)
+    from .events import EventFilter as EventFilter, EventStats as EventStats
+    from .events import EventStream as EventStream
+    from .labels import LabelMap as LabelMap
+    from .table import Conntrack as Conntrack
 
     _MISSING: List[str] = []
 else:
     _MISSING = _CHANNEL_NAMES
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MISSING:
-        raise _channels.missing("conntrack", "nfbind.conntrack." + name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+# Hidden from type checkers: for them a module __getattr__ would type every
+# misspelt name as its return value instead of reporting it.
+if not TYPE_CHECKING:
+    def __getattr__(name: str) -> Any:
+        if name in _MISSING:
+            raise _channels.missing("conntrack", "nfbind.conntrack." + name)
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 __all__ = [

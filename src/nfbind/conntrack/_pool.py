@@ -22,7 +22,7 @@ import os
 import queue as _queue
 import threading
 import time as _time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 from .._channels import missing
 
@@ -37,6 +37,10 @@ from ..errors import ClosedError, NetlinkError, PermissionDenied, error_from_err
 from ._records import NLMSG, REC_SIZE, build_flows
 from ._wire import TABLES, dump_filter
 from .model import Flow, NotFound
+
+#: one batch of a dump, for build_flows: the records, their count, the
+#: messages' bytes (for secctx) and how many of the records are IPv6 flows
+RecordBatch = Tuple[bytes, int, bytes, int]
 
 __all__ = ["Pool"]
 
@@ -106,7 +110,7 @@ class _Batches:
         self.thread: Optional[threading.Thread] = None
         self.halt = False
 
-    def _take(self) -> tuple:
+    def _take(self) -> RecordBatch:
         """Receive one batch; a copy of the records (the C buffer is reused)."""
         c = self.h.c
         n = self.pool.recv(self.h, lib.NFB_M_RECORDS, _BATCH, self.op)
@@ -122,7 +126,7 @@ class _Batches:
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             q.put(e)
 
-    def next(self) -> Optional[tuple]:
+    def next(self) -> Optional[RecordBatch]:
         if self.q is None:
             if self.h.c.done:
                 return None
@@ -133,7 +137,7 @@ class _Batches:
                                                daemon=True)
                 self.thread.start()
             return batch
-        item = self.q.get()
+        item: Union[RecordBatch, BaseException, None] = self.q.get()
         if isinstance(item, BaseException):
             self.q = _Done
             raise item

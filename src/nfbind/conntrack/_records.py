@@ -29,7 +29,7 @@ import ipaddress
 import struct
 import sys
 import typing as _t
-from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Union
 
 from .._core import ffi, lib as core
 from .._netlink import check_int, iter_attrs
@@ -55,11 +55,16 @@ from .model import (
 __all__ = ["REC_SIZE", "build_flows", "event_codes", "ct_flow", "flow_from_ct_attrs",
            "parse_expect", "parse_cpu_stats", "parse_global_stats", "NLMSG"]
 
+#: a batch of ``struct nfb_ct_rec`` records, copied out of C
+Records = Union[bytes, memoryview]
+#: a record field for _layout: its path in the C struct, struct code, width
+_Field = _t.Tuple[_t.Tuple[str, ...], str, int]
+
 
 # -- speed: building frozen records without their constructors ---------------------------
 
 
-def _twin(cls: type) -> type:
+def _twin(cls: type) -> Callable[..., Any]:
     """A mutable class with the same slots as the frozen record ``cls``.
 
     **speed:** flows from the kernel need no validation, and a frozen
@@ -98,7 +103,7 @@ _FAM_OFF = ffi.offsetof(_REC, "family")
 _EVENT_OFF = ffi.offsetof(_REC, "event")
 
 
-def _layout(fields: _t.Sequence[_t.Tuple[_t.Tuple[str, ...], str, int]], base: str,
+def _layout(fields: _t.Sequence[_Field], base: str,
             size: int) -> struct.Struct:
     """A struct format for the named fields of C type ``base`` (offsets from
     the compiler), padding the rest.
@@ -124,7 +129,7 @@ def _layout(fields: _t.Sequence[_t.Tuple[_t.Tuple[str, ...], str, int]], base: s
     return s
 
 
-def _tuple_fields(prefix: _t.Tuple[str, ...], v6: bool) -> list:
+def _tuple_fields(prefix: _t.Tuple[str, ...], v6: bool) -> List[_Field]:
     # speed: IPv4 addresses as one native u32 (an int key for the address
     # cache: no bytes object per address); IPv6 addresses as 16 bytes
     a, w = ("16s", 16) if v6 else ("I", 4)
@@ -192,13 +197,13 @@ _SCTP = int(IPProto.SCTP)
 # names: each is made once and shared (they are immutable).
 
 
-class _IPCache(dict):
+class _IPCache(Dict[Union[int, bytes], IPAddress]):
     """Raw address -> ipaddress object: a native u32 for IPv4, 16 bytes for IPv6."""
 
-    def __missing__(self, raw: Any) -> IPAddress:
+    def __missing__(self, raw: Union[int, bytes]) -> IPAddress:
         if len(self) > 200000:
             self.clear()
-        if type(raw) is int:
+        if isinstance(raw, int):
             a: IPAddress = ipaddress.IPv4Address(raw.to_bytes(4, sys.byteorder))
         elif len(raw) == 4:
             a = ipaddress.IPv4Address(raw)
@@ -208,14 +213,14 @@ class _IPCache(dict):
         return a
 
 
-class _StatusCache(dict):
+class _StatusCache(Dict[int, CtStatus]):
     def __missing__(self, v: int) -> CtStatus:
         s = CtStatus(v)
         self[v] = s
         return s
 
 
-class _LabelCache(dict):
+class _LabelCache(Dict[bytes, FrozenSet[int]]):
     def __missing__(self, raw: bytes) -> FrozenSet[int]:
         if len(self) > 4096:
             self.clear()
@@ -224,7 +229,7 @@ class _LabelCache(dict):
         return s
 
 
-class _StrCache(dict):
+class _StrCache(Dict[bytes, str]):
     def __missing__(self, raw: bytes) -> str:
         s = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         self[raw] = s
@@ -242,11 +247,11 @@ _LABELS[bytes(16)] = _NO_LABELS
 # -- records -> flows ---------------------------------------------------------------------------
 
 
-def _master_tuple(recs: Any, off: int, v6: bool) -> Tuple:
+def _master_tuple(recs: Records, off: int, v6: bool) -> Tuple:
     src, dst, sp, dp, iid, ity, ico, pr, has = (_MASTER6 if v6 else _MASTER4)(recs, off + _MASTER_OFF)
     ips = _IPS
     if has & _T_PORTS:
-        t = _TupleB(ips[src], ips[dst], PROTO[pr], sp, dp, None, None, None)
+        t: Tuple = _TupleB(ips[src], ips[dst], PROTO[pr], sp, dp, None, None, None)
     elif has & _T_ICMP:
         t = _TupleB(ips[src], ips[dst], PROTO[pr], None, None, ity, ico, iid)
     else:
@@ -269,11 +274,13 @@ def _nat_of(status: int, reply: Optional[Tuple]) -> Optional[Nat]:
 _RARE = (_A_COUNTERS | _A_TS_START | _A_LABELS | _A_HELPER | _A_SECCTX | _A_MASTER)
 
 
-def _rare(recs: Any, off: int, attrs: int, v6: bool, data: bytes) -> tuple:
+def _rare(recs: Records, off: int, attrs: int, v6: bool, data: bytes) -> _t.Tuple[
+        Optional[Counters], Optional[Timestamps], FrozenSet[int], Optional[str], Optional[str],
+        Optional[Tuple]]:
     """counters, timestamps, labels, helper, secctx, master of one record."""
     (opk, oby, rpk, rby, tss, tse, sxo, sxl, labels, helper) = _RARE_UNPACK(recs, off)
     if attrs & _A_COUNTERS:
-        ctr = _CountersB(opk, oby, rpk, rby)
+        ctr: Optional[Counters] = _CountersB(opk, oby, rpk, rby)
         ctr.__class__ = Counters
     else:
         ctr = None
@@ -287,7 +294,7 @@ def _rare(recs: Any, off: int, attrs: int, v6: bool, data: bytes) -> tuple:
     )
 
 
-def _rows(recs: Any, n: int, nv6: Optional[int]) -> Iterable[tuple]:
+def _rows(recs: Records, n: int, nv6: Optional[int]) -> Iterable[_t.Tuple[Any, ...]]:
     """The core fields of each record: one ``iter_unpack`` over a batch of
     one IP version (the common case), else one ``unpack_from`` per record."""
     size = n * REC_SIZE
@@ -304,7 +311,7 @@ _PLAIN_WANT = _A_REPLY | _A_TIMEOUT | _A_USE | _A_ID
 _PLAIN_MASK = _PLAIN_WANT | _RARE
 
 
-def build_flows(recs: Any, n: int, data: bytes, out: List[Flow],
+def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
                 nv6: Optional[int] = None) -> None:
     """Append a Flow for each of the ``n`` records in ``recs`` to ``out``.
 
@@ -416,7 +423,7 @@ def build_flows(recs: Any, n: int, data: bytes, out: List[Flow],
             _gc.enable()
 
 
-def event_codes(recs: Any, n: int) -> List[int]:
+def event_codes(recs: Records, n: int) -> List[int]:
     """The event type byte of each of the ``n`` records (libnetfilter_conntrack's
     NFCT_T_NEW/UPDATE/DESTROY, 0 for none)."""
     return [recs[i * REC_SIZE + _EVENT_OFF] for i in range(n)]
@@ -498,12 +505,13 @@ def parse_tuple(data: bytes, off: int, end: int) -> Tuple:
     if src is None or dst is None:
         raise ValueError("a conntrack tuple without addresses")
     g = vals.get
-    t = _TupleB(src, dst, PROTO[proto], g(core.CTA_PROTO_SRC_PORT), g(core.CTA_PROTO_DST_PORT),
-                g(core.CTA_PROTO_ICMP_TYPE, g(core.CTA_PROTO_ICMPV6_TYPE)),
-                g(core.CTA_PROTO_ICMP_CODE, g(core.CTA_PROTO_ICMPV6_CODE)),
-                g(core.CTA_PROTO_ICMP_ID, g(core.CTA_PROTO_ICMPV6_ID)))
-    t.__class__ = Tuple
-    return t
+    tup: Tuple = _TupleB(
+        src, dst, PROTO[proto], g(core.CTA_PROTO_SRC_PORT), g(core.CTA_PROTO_DST_PORT),
+        g(core.CTA_PROTO_ICMP_TYPE, g(core.CTA_PROTO_ICMPV6_TYPE)),
+        g(core.CTA_PROTO_ICMP_CODE, g(core.CTA_PROTO_ICMPV6_CODE)),
+        g(core.CTA_PROTO_ICMP_ID, g(core.CTA_PROTO_ICMPV6_ID)))
+    tup.__class__ = Tuple
+    return tup
 
 
 def _cstr(data: bytes, o: int, n: int) -> str:

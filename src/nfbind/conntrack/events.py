@@ -29,6 +29,11 @@ from .._core import lib as core
 from .._netlink import check_int
 from .. import netns as _netns
 from ..enums import CtEvent
+
+if _t.TYPE_CHECKING:  # pragma: no cover
+    from .._conntrack import struct_nfb_ct
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 from ..errors import PermissionDenied, error_from_errno
 from ._pool import Pool
 from ._records import REC_SIZE, build_flows, event_codes
@@ -44,7 +49,7 @@ _RESYNC_TIMEOUT_MS = 5000
 # -- filters ---------------------------------------------------------------------------------
 
 
-def _items(name: str, value: Any) -> list:
+def _items(name: str, value: Any) -> List[Any]:
     """The values of a filter condition given as a collection (not text or bytes)."""
     try:
         if isinstance(value, (str, bytes, bytearray, memoryview)):
@@ -72,13 +77,13 @@ def _ports(name: str, value: Any) -> _t.Tuple[_t.Tuple[int, int], ...]:
     return tuple(out)
 
 
-def _networks(name: str, value: Any) -> tuple:
+def _networks(name: str, value: Any) -> _t.Tuple[IPNetwork, ...]:
     if value is None:
         return ()
     if isinstance(value, (str, bytes, int, ipaddress.IPv4Address, ipaddress.IPv6Address,
                           ipaddress.IPv4Network, ipaddress.IPv6Network)):
         value = (value,)
-    out = []
+    out: List[IPNetwork] = []
     for v in _items(name, value):
         if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
             out.append(v)
@@ -222,6 +227,7 @@ class EventStats(ChannelStats):
     as ``events``, and ``handler_errors``, as on every channel)."""
 
     __slots__ = ()
+    _ch: EventStream
 
     _NAMES = ("events", "delivered", "filtered", "overruns", "recv_calls")
 
@@ -250,7 +256,7 @@ _EVENT = {int(e): e for e in (CtEvent.NEW, CtEvent.UPDATE, CtEvent.DESTROY)}
 _NO_EVENT = CtEvent(0)
 
 
-class EventStream(Channel):
+class EventStream(Channel[Event]):
     """Conntrack events: ``for event in stream``, ``async for``, ``run(handler)``.
 
     Made by :meth:`Conntrack.events`, or directly with the same keywords
@@ -272,7 +278,7 @@ class EventStream(Channel):
         on_overrun: str = "count",
         no_enobufs: bool = False,
     ) -> None:
-        self._c: Any = None
+        self._c: Optional[struct_nfb_ct] = None
         t = check_int("types", types, 0, U32_MAX)
         if not t or t & ~int(CtEvent.ALL):
             raise ValueError("types must be CtEvent flags (NEW, UPDATE, DESTROY), got %r" % (types,))
@@ -339,6 +345,7 @@ class EventStream(Channel):
     def _events(self, n: int) -> List[Event]:
         """The ``n`` events of the current batch."""
         c = self._c
+        assert c is not None  # called by _drain_once on an open stream
         recs = memoryview(ffi.buffer(c.recs, n * REC_SIZE))
         flows: List[Flow] = []
         build_flows(recs, n, ffi.buffer(c.data, c.data_len)[:] if c.data_len else b"",
@@ -355,7 +362,9 @@ class EventStream(Channel):
             if self._backlog:
                 todo, self._backlog = self._backlog, []
             else:
-                n = self._recv_batch(lib.nfb_ct_recv_events, self._c)
+                c = self._c
+                assert c is not None  # open: checked above, under the lock
+                n = self._recv_batch(lib.nfb_ct_recv_events, c)
                 if n == 0:
                     return 0
                 events = self._events(n)
@@ -404,9 +413,11 @@ class EventStream(Channel):
         self._check_open()
         fam = check_family("family", family)
         with self._lock:
+            c = self._c
+            assert c is not None  # checked open above
             self._backlog.clear()
             while True:
-                n = lib.nfb_ct_recv_events(self._c)
+                n = lib.nfb_ct_recv_events(c)
                 if n == 0:
                     break
                 if n < 0 and n != -errno.ENOBUFS:

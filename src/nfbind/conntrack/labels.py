@@ -19,7 +19,8 @@ from .._netlink import check_int
 try:
     from .._conntrack import ffi as _ffi, lib as _lib
 except ImportError:  # the conntrack channel was not built: LabelMap() says so
-    _ffi = _lib = None
+    # (typed as the module's: only LabelMap() reads them, after checking for None)
+    _ffi = _lib = None  # type: ignore[assignment]
 
 __all__ = ["LabelMap", "MAX_LABEL", "LABEL_HINT", "label_bits", "labels_bytes",
            "labels_from_bytes"]

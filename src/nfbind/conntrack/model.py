@@ -16,7 +16,7 @@ import dataclasses
 import ipaddress
 import socket
 import typing as _t
-from typing import Any, Callable, Dict, FrozenSet, NamedTuple, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, TypeVar, Union
 
 from .._core import lib as core
 from .._netlink import check_int
@@ -68,11 +68,20 @@ _FAMILY_NAMES = {"ipv4": AF_INET, "inet": AF_INET, "ip": AF_INET,
 _osa = object.__setattr__
 
 _C = TypeVar("_C", bound=type)
+_F = TypeVar("_F")
+
+if _t.TYPE_CHECKING:  # pragma: no cover
+    # For type checkers, ``@record`` is what it makes: a frozen dataclass (PEP 681).
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**kwargs: Any) -> Callable[[_F], _F]:
+        return lambda f: f
 
 
 # -- frozen, slotted records on every Python ------------------------------------------------
 
 
+@dataclass_transform(frozen_default=True)
 def record(cls: _C) -> _C:
     """``@dataclass(frozen=True, slots=True)`` for Python 3.9 as well.
 
@@ -85,7 +94,7 @@ def record(cls: _C) -> _C:
     were made for) and ``__getstate__``/``__setstate__``, so that pickle
     and copy can restore a frozen slotted object.
     """
-    dc = dataclasses.dataclass(frozen=True)(cls)
+    dc: type = dataclasses.dataclass(frozen=True)(cls)
     names = tuple(f.name for f in dataclasses.fields(dc))
     ns = dict(dc.__dict__)
     for name in names:  # class attributes holding defaults would clash with the slots
@@ -100,10 +109,10 @@ def record(cls: _C) -> _C:
     def __delattr__(self: Any, name: str) -> None:
         raise dataclasses.FrozenInstanceError("cannot delete field %r" % name)
 
-    def __getstate__(self: Any) -> list:
+    def __getstate__(self: Any) -> List[Any]:
         return [getattr(self, n) for n in names]
 
-    def __setstate__(self: Any, state: list) -> None:
+    def __setstate__(self: Any, state: List[Any]) -> None:
         for n, v in zip(names, state):
             _osa(self, n, v)
 
@@ -111,7 +120,7 @@ def record(cls: _C) -> _C:
     ns["__delattr__"] = __delattr__
     ns["__getstate__"] = __getstate__
     ns["__setstate__"] = __setstate__
-    new = type(dc)(dc.__name__, dc.__bases__, ns)
+    new: type = type(dc)(dc.__name__, dc.__bases__, ns)
     new.__qualname__ = dc.__qualname__
     return _t.cast(_C, new)
 
@@ -495,6 +504,7 @@ class Flow:
         (:meth:`Timestamps.as_dict`) and ``nat`` (:meth:`Nat.as_dict`).
         """
         st = int(self.status)
+        assert self.family is not None  # set by __post_init__, and by the decoder
         d: Dict[str, Any] = {
             "family": Family(self.family).name.lower(),
             "proto": getattr(self.proto, "name", str(self.proto)).lower(),
