@@ -2,12 +2,13 @@
 #
 #   make demo    NFLOG, NFQUEUE and conntrack in a throw-away network namespace (root)
 #   make test    the whole test suite, unit and integration (root)
+#   make typecheck  mypy --strict over src/nfbind, for Python 3.9 and later
 #   make bench   the throughput benchmarks, nfbind beside C references (root)
 #   make soak    the fault and load suite at full size (root; tens of minutes)
 #   make fuzz    the C attribute parsers under libFuzzer and AddressSanitizer, time-bounded
 #   make docs    the Sphinx site in docs/_build/html, warnings as errors
 #   make deps    the Debian packages nfbind builds and tests against
-#   make venv    .venv with nfbind installed in editable mode, extras test+scapy
+#   make venv    .venv with nfbind installed in editable mode, extras test+scapy+dev
 #   make clean   remove .venv and every build product
 #
 # On a fresh Debian 12 machine, `make demo` and `make test` install what they need.
@@ -28,7 +29,7 @@ APT_PACKAGES := libnetfilter-log-dev libnetfilter-queue-dev libnetfilter-conntra
 # Everything the compiled modules are built from: a change here rebuilds them.
 BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c)
 
-.PHONY: all deps venv test soak fuzz demo bench docs clean need-root
+.PHONY: all deps venv test typecheck soak fuzz demo bench docs clean need-root
 
 all: test
 
@@ -74,7 +75,7 @@ $(VPY): | deps
 # dependency check, so an edited cdef/*.h or cdef/*.c always ends up in the .so files
 # even when setuptools thinks the extension is up to date.
 $(STAMP): $(VPY) $(BUILD_INPUTS) | deps
-	$(VPY) -m pip install -q -e '.[test,scapy]'
+	$(VPY) -m pip install -q -e '.[test,scapy,dev]'
 	$(VPY) build_ffi.py
 	@touch $@
 
@@ -84,6 +85,12 @@ TEST_TIMEOUT ?= 1800
 
 test: need-root deps venv
 	timeout --signal=INT --kill-after=30 $(TEST_TIMEOUT) $(VPY) -m pytest -q tests
+
+# The static types: [tool.mypy] in pyproject.toml (strict, Python 3.9, src/nfbind).
+# The compiled modules' stubs (src/nfbind/_nf*.pyi) come from cdef/*.h:
+# python tools/stubgen.py rewrites them, tests/test_stubs.py checks them.
+typecheck: venv
+	$(VPY) -m mypy
 
 # The fault and load suite (tests marked 'fault') at full size: a million packets,
 # 100,000 conntrack flows, 10,000 open/close cycles of each class.
@@ -112,7 +119,7 @@ docs: venv
 	$(VPY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .hypothesis benchmarks/bin
+	rm -rf $(VENV) build dist .pytest_cache .hypothesis .mypy_cache benchmarks/bin
 	rm -rf src/*.egg-info
 	rm -f src/nfbind/_nfcore.c src/nfbind/_nfqueue.c src/nfbind/_nflog.c src/nfbind/_conntrack.c
 	rm -f src/nfbind/_*.so src/nfbind/_*.o
