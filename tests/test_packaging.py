@@ -75,7 +75,7 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
 
     # The sdist must carry everything a build needs: the C declarations and code,
     # the build script and the module table it reads, the licence, the README (it
-    # is the long description) and py.typed.
+    # is the long description), py.typed and the compiled modules' stubs.
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for need in (
@@ -83,6 +83,7 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
         "cdef/core.h", "cdef/core.c", "cdef/nfqueue.h", "cdef/nfqueue.c", "cdef/nflog.h",
         "cdef/nflog.c", "cdef/conntrack.h", "cdef/conntrack.c", "src/nfbind/__init__.py",
         "src/nfbind/_channels.py", "src/nfbind/_core.py", "src/nfbind/py.typed",
+        "src/nfbind/_nfcore.pyi", "src/nfbind/_cdata.pyi",
     ):
         assert need in names, "%s missing from %s" % (need, sdist.name)
 
@@ -108,6 +109,8 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
     assert venv.resolve() in pkg_dir_p.parents, "imported %s, not the venv's copy" % pkg_dir
     assert ROOT not in pkg_dir_p.parents
     assert (pkg_dir_p / "py.typed").is_file(), "py.typed not installed in %s" % pkg_dir
+    for stub in ("_cdata.pyi", "_nfcore.pyi", "_nfqueue.pyi", "_nflog.pyi", "_conntrack.pyi"):
+        assert (pkg_dir_p / stub).is_file(), "%s not installed in %s" % (stub, pkg_dir)
     assert Path(ext_file).resolve().parent == pkg_dir_p
     assert Path(ext_file).name == "_nfcore.abi3.so"
 
