@@ -20,11 +20,12 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.stamp-install
 GOAL    := $(or $(MAKECMDGOALS),all)
 
-# Debian packages: C libraries and headers, the tools the tests cross-check against,
-# and a compiler. python3-venv is added below only when `python3 -m venv` cannot work.
+# Debian packages: C libraries and headers, the tools the tests cross-check against
+# (nfdump: the nfcapd IPFIX collector and the nfdump reader the flow tests use), and a
+# compiler. python3-venv is added below only when `python3 -m venv` cannot work.
 APT_PACKAGES := libnetfilter-log-dev libnetfilter-queue-dev libnetfilter-conntrack-dev \
                 libnfnetlink-dev libmnl-dev iptables conntrack tcpdump iproute2 nftables \
-                pkg-config gcc python3 libcap2-bin
+                pkg-config gcc python3 libcap2-bin nfdump
 
 # Everything the compiled modules are built from: a change here rebuilds them.
 BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c)
