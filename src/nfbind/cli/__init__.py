@@ -13,6 +13,7 @@ and read or change the conntrack table.
     nfbind ct list -p tcp --dport 22      # flows, as an aligned table (--json for scripts)
     nfbind ct update -s 10.0.0.2 --set-mark 7
     nfbind ct events                      # live NEW/UPDATE/DESTROY events
+    nfbind ct events --flows --sqlite f.db  # a record per ended flow (also --json, --ipfix)
     nfbind demo                           # everything, in a throw-away namespace
 
 Every command takes ``--netns NAME`` to work in another network namespace.
@@ -29,6 +30,7 @@ import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import NfbindError
+from ._flows import add_flow_options
 from ._output import CliError
 from .ct import cmd_ct
 from .log import cmd_log
@@ -285,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which events (default all)")
     p.add_argument("--count", "-c", type=_count, metavar="N", help="exit after N events")
     common(p, "one JSON object per event")
+    add_flow_options(p)
     p.set_defaults(verb="events")
 
     p = ctsub.add_parser("stats", help="table size, limit and per-CPU counters")

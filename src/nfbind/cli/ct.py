@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 from ..enums import TcpState
 from ._output import ICMP_PROTOS, PORT_PROTOS, CliError, Interrupt, Live, Output, Rate, clock
 from ._output import dumps, flow_table, table
+from ._flows import ct_flows, flow_options_used
 
 if TYPE_CHECKING:
     from ..conntrack import Conntrack, Event, Flow, Tuple
@@ -248,6 +249,10 @@ def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
     if a.mark is not None:
         kw["mark"], kw["mark_mask"] = a.mark
     flt = EventFilter(**kw) if kw else None
+    if a.flows or flow_options_used(a):
+        if not a.flows:
+            raise CliError("%s: only with --flows" % ", ".join(flow_options_used(a)), 2)
+        return ct_flows(a, flt)
     out = Output(live=True)
     n = {"n": 0}
     stream = ct.events(types, filter=flt)
