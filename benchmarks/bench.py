@@ -72,6 +72,9 @@ ROWS = [
     ("nfqueue", "memory", "bench_nfqueue.py", ["--scenario", "memory"]),
     ("nflog", "memory", "bench_nflog.py", ["--scenario", "memory"]),
     ("nfqueue", "scale-out", "bench_serve.py", []),
+    ("flows", "json", "bench_flows.py", ["--output", "json"]),
+    ("flows", "sqlite", "bench_flows.py", ["--output", "sqlite"]),
+    ("flows", "ipfix", "bench_flows.py", ["--output", "ipfix"]),
 ]
 
 # --quick: packets (flows) per row, one round
@@ -82,6 +85,7 @@ QUICK = {
     ("nflog", "stream"): 20000, ("nflog", "overload"): 30000,
     ("conntrack", "dump"): 5000, ("nfqueue", "memory"): 300000,
     ("nflog", "memory"): 300000,
+    ("flows", "json"): 5000, ("flows", "sqlite"): 5000, ("flows", "ipfix"): 5000,
 }
 SCALE_OUT_LABEL = "scale-out 2 workers vs 1"
 
@@ -198,6 +202,11 @@ def make_row(channel: str, scenario: str, d: dict) -> dict:
         return row
     row.update(packets=d.get("packets"), nfbind_rate=d.get("nfbind_pps_median"),
                c_rate=d.get("c_pps_median"), ratio=d.get("ratio_median"))
+    if channel == "flows":
+        # flow records per second from a churn of N ended flows, beside the
+        # same recorder writing nowhere
+        row.update(unit="flows/s", reference="no output")
+        return row
     if scenario == "memory":
         # the worst run of each consumer (the C one is for comparison only)
         for impl, prefix in (("nfbind", ""), ("c", "c_")):
