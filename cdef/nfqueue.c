@@ -29,6 +29,7 @@ struct nfb_q {
     struct nfb_rx rx;
     uint16_t queue;
     uint64_t batch_verdicts;
+    uint64_t by_verdict[NF_MAX_VERDICT + 1];
     char *sbuf;             /* pending verdict messages */
     size_t slen;
 };
@@ -333,6 +334,8 @@ int nfb_q_put_verdicts(struct nfb_q *q, const int64_t *verdicts, int n,
             blocked = 1;
             continue;
         }
+        q->by_verdict[((uint32_t)v & NF_VERDICT_MASK) <= NF_MAX_VERDICT
+                    ? ((uint32_t)v & NF_VERDICT_MASK) : NF_DROP]++;
         if (blocked) {
             rc = nfb_q_put_verdict(q, id, (uint32_t)v, 0, 0, 0, NULL, 0);
             if (rc < 0)

@@ -34,6 +34,10 @@
 #define NFQA_SKB_GSO ...
 #define NFQA_SKB_CSUM_NOTVERIFIED ...
 
+/* <linux/netfilter.h>: a verdict's own bits, and the highest verdict */
+#define NF_VERDICT_MASK ...
+#define NF_MAX_VERDICT ...
+
 /* The kernel clamps copy_range to this; an NFQA_PAYLOAD carries at most it. */
 #define NFB_MAX_PAYLOAD ...
 
@@ -51,6 +55,9 @@ struct nfb_q {
     struct nfb_rx rx;
     uint16_t queue;
     uint64_t batch_verdicts;
+    /* verdicts given through nfb_q_put_verdicts(), by verdict (NF_DROP ..
+     * NF_STOP; NF_QUEUE whatever the target queue) */
+    uint64_t by_verdict[...];
     ...;
 };
 

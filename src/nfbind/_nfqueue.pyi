@@ -20,6 +20,7 @@ class struct_nfb_q(CStruct):
     rx: struct_nfb_rx
     queue: int
     batch_verdicts: int
+    by_verdict: IntArray
 
 
 class struct_nfb_qcfg(CStruct):
@@ -93,6 +94,8 @@ class _Lib:
     NFQA_SKB_CSUMNOTREADY: Final[int]
     NFQA_SKB_GSO: Final[int]
     NFQA_SKB_CSUM_NOTVERIFIED: Final[int]
+    NF_VERDICT_MASK: Final[int]
+    NF_MAX_VERDICT: Final[int]
     NFB_MAX_PAYLOAD: Final[int]
     NFB_V_DONE: Final[int]
     NFB_V_DEFERRED: Final[int]

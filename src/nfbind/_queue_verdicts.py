@@ -41,6 +41,7 @@ _VF_MARK = lib.NFB_VF_MARK
 _VF_CONNMARK = lib.NFB_VF_CONNMARK
 _VF_PAYLOAD = lib.NFB_VF_PAYLOAD
 F_ID = core.NFB_F_ID
+_VERDICT_MASK = lib.NF_VERDICT_MASK
 #: the verdicts a handler may return (or give with pkt.verdict())
 PLAIN = frozenset(int(v) for v in (Verdict.ACCEPT, Verdict.DROP, Verdict.REPEAT, Verdict.STOP))
 
@@ -117,6 +118,9 @@ class QueueVerdicts(Channel[P]):
     _send_lock: Any
     _connmarks: List[Tuple[int, bytes, int]]
     _ctnl: "CtLookup"
+    #: verdicts counted here, by verdict number (the batch path counts in C)
+    _vc_handler: List[int]
+    _vc_sent: List[int]
 
     @staticmethod
     def _check_plain(name: str, v: Any) -> Verdict:
@@ -177,6 +181,8 @@ class QueueVerdicts(Channel[P]):
             self._cur_vbuf[i] = V_DONE
             assert self._c is not None  # a batch is being dispatched: open
             rc = lib.nfb_q_put_verdict(self._c, p.id, v, vflags, m, cm, dptr, dlen)
+            if rc >= 0:
+                self._vc_handler[v & _VERDICT_MASK] += 1
             if rc >= 0 and connmark is not None and not self._ct_glue:
                 self._connmarks.append((p.id, p.payload, cm))
         else:
@@ -189,6 +195,8 @@ class QueueVerdicts(Channel[P]):
                 rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, p.id, v, vflags, m, cm,
                                             dptr, dlen)
                 self._pending.pop(p.id, None)
+                if rc >= 0:
+                    self._vc_sent[v & _VERDICT_MASK] += 1
             if rc >= 0 and connmark is not None and not self._ct_glue:
                 self._connmarks.append((p.id, p.payload, cm))
                 self._apply_connmarks()
@@ -256,6 +264,8 @@ class QueueVerdicts(Channel[P]):
             if rc >= 0 and (settled or marked):
                 rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, up_to_id, v, vflags,
                                             m, 0, ffi.NULL, 0)
+                if rc >= 0:
+                    self._vc_sent[int(v)] += settled + marked
         if rc < 0:
             raise error_from_errno(-rc, "sending a batch verdict to queue %d" % self.queue_num)
         return settled

@@ -50,6 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["NfQueue", "Packet", "QueueStats", "MAX_PAYLOAD"]
 
 _U32_MAX = 0xFFFFFFFF
+_MAX_VERDICT = lib.NF_MAX_VERDICT
+_VERDICT_MASK = lib.NF_VERDICT_MASK
 
 
 class QueueStats(ChannelStats):
@@ -71,6 +73,22 @@ class QueueStats(ChannelStats):
     def pending(self) -> int:
         """Packets received that still wait for their verdict."""
         return len(self._ch._pending)
+
+    @property
+    def verdicts(self) -> Dict[Verdict, int]:
+        """Verdicts given so far, by verdict (every :class:`Verdict`, zeros
+        included; ``QUEUE`` whatever the target queue): returned by the
+        handler, given by the packet's methods, by :meth:`NfQueue.verdict_batch`
+        and by ``close()``.  A packet the handler failed on counts under
+        ``on_error``'s verdict."""
+        ch = self._ch
+        c = ch._c
+        out = {}
+        for v in Verdict:
+            i = int(v)
+            n = ch._final.get("by_verdict_%d" % i, 0) if c is None else int(c.by_verdict[i])
+            out[v] = n + ch._vc_handler[i] + ch._vc_sent[i]
+        return out
 
 
 class Packet(PacketBase):
@@ -287,6 +305,11 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         self._ctnl = CtLookup(netns, "NfQueue")   # conntrack without the kernel's glue
         self._seen_async = 0
         self._connmarks = []
+        # verdicts counted outside the C batch path (where nfb_q_put_verdicts
+        # counts them), by verdict number: given in the dispatching thread
+        # with a mark or payload, and sent under _send_lock
+        self._vc_handler = [0] * (_MAX_VERDICT + 1)
+        self._vc_sent = [0] * (_MAX_VERDICT + 1)
 
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
                            no_enobufs=no_enobufs, rcvbuf_max=rcvbuf_max)
@@ -520,6 +543,7 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                     cfg.flags_mask = cfg.flags = int(QueueFlag.FAIL_OPEN)
                 lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
                 # read what is already queued to us, so every id is known
+                unread = 0
                 for _ in range(1024):
                     n = lib.nfb_q_recv(c)
                     if n == -errno.ENOBUFS:
@@ -531,8 +555,10 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                     recs = memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I")
                     last = recs[(n - 1) * NF + F_ID]
                     self._npackets += n
+                    unread += n
                     if last > self._max_id:
                         self._max_id = last
+                settled = len(self._pending)
                 for p in self._pending.values():
                     p._state = CLOSED
                 self._pending.clear()
@@ -541,6 +567,7 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                 if self._max_id > max(self._floor, 0):
                     lib.nfb_q_send_verdict(self._fd, self.queue_num, self._max_id, v,
                                            lib.NFB_VF_BATCH, 0, 0, ffi.NULL, 0)
+                    self._vc_sent[v & _VERDICT_MASK] += settled + unread
                 self._closed = True
             cfg = ffi.new("struct nfb_qcfg *")
             cfg.cmd = lib.NFQNL_CFG_CMD_UNBIND
@@ -554,6 +581,8 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                 "batch_verdicts": int(c.batch_verdicts), "recv_calls": int(c.rx.recv_calls),
                 "send_calls": int(c.rx.send_calls),
             }
+            for i in range(_MAX_VERDICT + 1):
+                self._final["by_verdict_%d" % i] = int(c.by_verdict[i])
             self._c = None
 
     def __repr__(self) -> str:
