@@ -224,7 +224,8 @@ class EventFilter:
 class EventStats(ChannelStats):
     """Counters of one EventStream, read live: ``events``, ``delivered``,
     ``filtered``, ``overruns``, ``recv_calls`` (also ``packets``, the same
-    as ``events``, and ``handler_errors``, as on every channel)."""
+    as ``events``, and ``handler_errors``, as on every channel); besides
+    them, ``resyncs`` and ``by_type``."""
 
     __slots__ = ()
     _ch: EventStream
@@ -245,6 +246,16 @@ class EventStats(ChannelStats):
     def filtered(self) -> int:
         """Events the userspace part of the filter dropped."""
         return int(self._ch._nfiltered)
+
+    @property
+    def resyncs(self) -> int:
+        """Calls of :meth:`EventStream.resync` (table dumps after lost events)."""
+        return int(self._ch._nresyncs)
+
+    @property
+    def by_type(self) -> Dict[CtEvent, int]:
+        """Events received from the kernel, by type (NEW, UPDATE, DESTROY)."""
+        return {e: int(n) for e, n in zip(_EVENT.values(), self._ch._by_type.values())}
 
 
 _GROUPS = (
@@ -298,6 +309,9 @@ class EventStream(Channel[Event]):
         self._handler_errors = 0
         self._ndelivered = 0
         self._nfiltered = 0
+        self._nresyncs = 0
+        #: events received, by type code (the keys of _EVENT, in its order)
+        self._by_type: Dict[int, int] = dict.fromkeys(_EVENT, 0)
         self._final: Dict[str, int] = {}
         self.needs_resync = False
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
@@ -351,8 +365,11 @@ class EventStream(Channel[Event]):
         build_flows(recs, n, ffi.buffer(c.data, c.data_len)[:] if c.data_len else b"",
                     flows, c.nv6)
         kinds = _EVENT
-        return [Event(kinds.get(code, _NO_EVENT), f)
-                for code, f in zip(event_codes(recs, n), flows)]
+        codes = event_codes(recs, n)
+        by_type = self._by_type
+        for code in by_type:
+            by_type[code] += codes.count(code)
+        return [Event(kinds.get(code, _NO_EVENT), f) for code, f in zip(codes, flows)]
 
     def _drain_once(self, handler: Callable[[Event], Any]) -> int:
         with self._lock:
@@ -423,6 +440,7 @@ class EventStream(Channel[Event]):
                 if n < 0 and n != -errno.ENOBUFS:
                     raise error_from_errno(-n, "discarding queued conntrack events")
             self.needs_resync = False
+            self._nresyncs += 1
         pool = self._pool
         if pool is not None and not pool.closed:
             flows = list(pool.dump(fam))
