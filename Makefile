@@ -8,7 +8,7 @@
 #   make fuzz    the C attribute parsers under libFuzzer and AddressSanitizer, time-bounded
 #   make docs    the Sphinx site in docs/_build/html, warnings as errors
 #   make deps    the Debian packages nfbind builds and tests against
-#   make venv    .venv with nfbind installed in editable mode, extras test+scapy+dev
+#   make venv    .venv with nfbind installed in editable mode, extras test+scapy+dev+metrics
 #   make clean   remove .venv and every build product
 #
 # On a fresh Debian 12 machine, `make demo` and `make test` install what they need.
@@ -76,7 +76,7 @@ $(VPY): | deps
 # dependency check, so an edited cdef/*.h or cdef/*.c always ends up in the .so files
 # even when setuptools thinks the extension is up to date.
 $(STAMP): $(VPY) $(BUILD_INPUTS) | deps
-	$(VPY) -m pip install -q -e '.[test,scapy,dev]'
+	$(VPY) -m pip install -q -e '.[test,scapy,dev,metrics]'
 	$(VPY) build_ffi.py
 	@touch $@
 
