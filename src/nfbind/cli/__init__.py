@@ -14,6 +14,7 @@ and read or change the conntrack table.
     nfbind ct update -s 10.0.0.2 --set-mark 7
     nfbind ct events                      # live NEW/UPDATE/DESTROY events
     nfbind ct events --flows --sqlite f.db  # a record per ended flow (also --json, --ipfix)
+    nfbind ct exporter                    # Prometheus metrics of the table on 127.0.0.1:9101
     nfbind demo                           # everything, in a throw-away namespace
 
 Every command takes ``--netns NAME`` to work in another network namespace.
@@ -32,6 +33,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 from ..errors import NfbindError
 from ._flows import add_flow_options
 from ._output import CliError
+from ._metrics import add_exporter_parser, add_metrics_option
 from .ct import cmd_ct
 from .log import cmd_log
 from .queue import cmd_queue
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="with --pcap: also print a line per packet")
     p.add_argument("--count", "-c", type=_count, metavar="N", help="exit after N packets")
+    add_metrics_option(p)
     _netns_opt(p)
     p.set_defaults(func=cmd_log)
 
@@ -208,12 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the kernel accepts packets instead of dropping them when the queue is full")
     p.add_argument("--json", action="store_true", help="one JSON object per decision")
     p.add_argument("--count", "-c", type=_count, metavar="N", help="exit after N packets")
+    add_metrics_option(p)
     _netns_opt(p)
     p.set_defaults(func=cmd_queue)
 
     # ct
     pct = sub.add_parser("ct", help="the conntrack table: list, get, create, update, delete, "
-                         "flush, events, stats, count",
+                         "flush, events, stats, count, exporter",
                          description="Read and change the connection tracking table.")
     ctsub = pct.add_subparsers(dest="verb", metavar="VERB")
     pct.set_defaults(func=cmd_ct, ctparser=pct)
@@ -286,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--event", metavar="NEW,UPDATE,DESTROY",
                    help="which events (default all)")
     p.add_argument("--count", "-c", type=_count, metavar="N", help="exit after N events")
+    add_metrics_option(p)
     common(p, "one JSON object per event")
     add_flow_options(p)
     p.set_defaults(verb="events")
@@ -298,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ctsub.add_parser("count", help="the number of flows")
     common(p)
     p.set_defaults(verb="count")
+
+    add_exporter_parser(ctsub, _netns_opt)
 
     sub.add_parser("demo", help="a tour of NFLOG, NFQUEUE and conntrack in a throw-away "
                    "namespace (about 15 s; needs root)", add_help=False)

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from ..enums import TcpState
+from ._metrics import cmd_exporter, endpoint
 from ._output import ICMP_PROTOS, PORT_PROTOS, CliError, Interrupt, Live, Output, Rate, clock
 from ._output import dumps, flow_table, table
 from ._flows import ct_flows, flow_options_used
@@ -168,6 +169,8 @@ def cmd_ct(args: argparse.Namespace) -> int:
                   + ("" if args.family is None and mark is None else " (matching flows)"))
         elif verb == "events":
             return _ct_events(ct, args)
+        elif verb == "exporter":
+            return cmd_exporter(ct, args)
     return 0
 
 
@@ -256,7 +259,7 @@ def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
     out = Output(live=True)
     n = {"n": 0}
     stream = ct.events(types, filter=flt)
-    with stream, Interrupt() as intr:
+    with stream, Interrupt() as intr, endpoint(a.metrics, stream, ct, flows=False):
         intr.arm(stream.stop)
 
         def handle(ev: "Event") -> None:

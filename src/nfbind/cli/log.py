@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from ._metrics import endpoint
 from ._output import CliError, Interrupt, Live, Output, Pcap, Rate, clock, dev, dumps
 from ._output import have_scapy, packet_meta, summary
 
@@ -30,7 +31,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
     log = NfLog(groups, copy_mode=CopyMode.META if args.prefix_only else CopyMode.PACKET,
                 netns=args.netns)
-    with log, Interrupt() as intr:
+    with log, Interrupt() as intr, endpoint(args.metrics, log):
         intr.arm(log.stop)
 
         def handle(pkt: Any) -> None:

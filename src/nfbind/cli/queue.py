@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 from .. import netns
 from ..enums import Verdict
+from ._metrics import endpoint, workers_endpoint
 from ._output import HOOK_NAMES, CliError, Interrupt, Live, Output, Rate, clock, dev, dumps
 from ._output import have_scapy, packet_meta, summary
 
@@ -200,7 +201,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
     decide = _Decider(args, hook, default, hook_error)
     q = NfQueue(args.num, fail_open=args.fail_open, netns=args.netns)
-    with q, Interrupt() as intr:
+    with q, Interrupt() as intr, endpoint(args.metrics, q,
+                                          hook_errors=lambda: {args.num: tally["errors"]}):
         intr.arm(q.stop)
 
         def handle(pkt: Any) -> None:
@@ -290,8 +292,9 @@ def _queue_serve(args: argparse.Namespace, hook: Optional[Callable[[Any], Any]],
                       for pid, qs in sorted(pids.items(), key=lambda kv: kv[1]))),
             file=sys.stderr, flush=True)
 
-    result = serve(handle, queues, workers, fail_open=args.fail_open, netns=args.netns,
-                   ready=ready)
+    with workers_endpoint(args.metrics, args.netns, queues, counts, row, col):
+        result = serve(handle, queues, workers, fail_open=args.fail_open, netns=args.netns,
+                       ready=ready)
     elapsed = time.monotonic() - start
     by_verdict = {n: sum(counts[row[q] + col[n]] for q in queues) for n in _VERDICT_DONE}
     n = sum(by_verdict.values())
