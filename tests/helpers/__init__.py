@@ -9,6 +9,7 @@ fixtures and takes its helpers from here.
 * :mod:`helpers.nflog`     NFLOG rules, /proc rows and receive loops of the NfLog tests
 * :mod:`helpers.conntrack` conntrack-using namespaces and the ``conntrack -L`` parser
 * :mod:`helpers.cheaders`  constants read from the C header text, apart from nfbind
+* :mod:`helpers.scrape`    Prometheus endpoints scraped over HTTP and parsed by prometheus_client
 
 ``fault_consumer.py`` and ``fault_memory_child.py`` are scripts the fault
 tests run as child processes (the latter is imported too); they import
