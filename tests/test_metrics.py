@@ -84,7 +84,7 @@ def test_docs_list_every_metric_with_its_type_and_labels():
 
 
 def test_collector_refuses_what_it_cannot_read():
-    with pytest.raises(TypeError, match="NfQueue, NfLog, EventStream and Conntrack"):
+    with pytest.raises(TypeError, match="NfQueue, NfLog, EventStream, Conntrack and FlowRecorder"):
         Collector(object())
     with pytest.raises(ValueError, match="dump_timeout"):
         Collector(dump_timeout=0)

@@ -286,3 +286,23 @@ def test_exporter_help_names_the_defaults():
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     assert "default 127.0.0.1:9101" in text and "--dump-timeout" in text, text
+
+
+def test_ct_events_flows_metrics(ns):
+    """``ct events --flows --metrics``: the recorder's counts."""
+    ct_ns(ns, v6=False)
+    p, err = start(ns, "ct", "events", "--flows", "--json", "--enable-accounting",
+                   "--metrics", "127.0.0.1:0")
+    url = metrics_url(err)
+    assert scrape(url).value("nfbind_flows_records_total") == 0
+    with Conntrack(netns=ns.name) as ct:
+        tuples = [Tuple("10.0.0.1", "10.0.0.2", "udp", sp, 53) for sp in (1, 2, 3)]
+        for t in tuples:
+            ct.create(Flow(t, timeout=60))
+        for t in tuples:
+            ct.delete(t)
+    s = wait_value(url, "nfbind_flows_records_total", 3)
+    assert s.value("nfbind_flows_events_total") == 3
+    assert s.value("nfbind_flows_overruns_total") == 0
+    stop(p, err)
+    assert p.stdout is not None and len(p.stdout.read().splitlines()) == 3

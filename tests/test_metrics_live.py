@@ -6,6 +6,7 @@ sent, against /proc/net/netfilter/nfnetlink_queue and nfnetlink_log, and
 against ``conntrack -L``, ``conntrack -C`` and ``conntrack -S``."""
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -429,3 +430,31 @@ def test_a_failing_object_does_not_fail_the_scrape(ns):
         assert s.value("nfbind_scrape_errors_total", source="conntrack") == 0
         assert not s.has("nfbind_conntrack_entries")
         assert s.value("nfbind_queue_packets_total", queue="5") == 0
+
+
+def test_flow_recorder(ns):
+    """A FlowRecorder's records, events and losses, scraped while it runs in
+    another thread."""
+    from nfbind.flows import FlowRecorder, JsonLines
+
+    ct_ns(ns, v6=False)
+    out = open(os.devnull, "w")
+    with Conntrack(netns=ns.name) as ct, \
+            FlowRecorder([JsonLines(out)], netns=ns.name, enable_accounting=True) as rec, \
+            serving(Collector(rec)) as url:
+        t = threading.Thread(target=rec.run, daemon=True)
+        t.start()
+        try:
+            tuples = [Tuple("10.0.0.1", "10.0.0.2", "udp", sp, 53) for sp in range(1, 5)]
+            for tup in tuples:
+                ct.create(Flow(tup, timeout=60))
+            for tup in tuples:
+                ct.delete(tup)
+            s = wait_value(url, "nfbind_flows_records_total", 4)
+            assert s.value("nfbind_flows_events_total") == 4
+            assert s.value("nfbind_flows_overruns_total") == 0
+            assert s.value("nfbind_flows_reliable") == (1 if rec.stats.reliable else 0)
+        finally:
+            rec.stop()
+            t.join(10)
+    out.close()

@@ -3,8 +3,9 @@
 
 A :class:`Collector` reads the counters of any mix of
 :class:`~nfbind.NfQueue`, :class:`~nfbind.NfLog`,
-:class:`~nfbind.conntrack.EventStream` and :class:`~nfbind.Conntrack`
-objects, and the kernel's own figures for them, each time Prometheus scrapes::
+:class:`~nfbind.conntrack.EventStream`, :class:`~nfbind.Conntrack` and
+:class:`~nfbind.flows.FlowRecorder` objects, and the kernel's own figures for
+them, each time Prometheus scrapes::
 
     from prometheus_client import REGISTRY, start_http_server
     from nfbind import NfQueue, Verdict
@@ -121,6 +122,14 @@ METRICS: Dict[str, MetricInfo] = {
         (), "Table dumps made by resync() after lost events."),
     "nfbind_conntrack_events_needs_resync": _g(
         (), "1 while events were lost and resync() has not been called since, else 0."),
+    # flow records (nfbind.flows.FlowRecorder)
+    "nfbind_flows_records_total": _c((), "Flow records written to every output of a FlowRecorder."),
+    "nfbind_flows_events_total": _c((), "DESTROY events a FlowRecorder received."),
+    "nfbind_flows_overruns_total": _c(
+        (), "Times the kernel dropped DESTROY events on a FlowRecorder's socket (each stands "
+        "for at least one flow without a record)."),
+    "nfbind_flows_reliable": _g(
+        (), "1 when the kernel was asked to deliver DESTROY events reliably, else 0."),
     # the conntrack table
     "nfbind_conntrack_flows": _g(
         ("family", "proto", "state", "zone"),
@@ -137,8 +146,8 @@ METRICS: Dict[str, MetricInfo] = {
     "nfbind_conntrack_dump_seconds": _g((), "How long this scrape's table dump took."),
     # the collector itself
     "nfbind_scrape_errors_total": _c(
-        ("source",), "Errors while reading an object's figures (source=queue, log, events "
-        "or conntrack); the message is logged on the nfbind.metrics logger."),
+        ("source",), "Errors while reading an object's figures (source=queue, log, events, "
+        "conntrack or flows); the message is logged on the nfbind.metrics logger."),
 }
 
 #: the labels :meth:`Collector.add` may not set (those the metrics carry)
@@ -387,6 +396,20 @@ class _EventSource(_Source):
         out.add("nfbind_conntrack_events_needs_resync", lb, 1 if s.needs_resync else 0)
 
 
+class _FlowRecorderSource(_Source):
+    kind = "flows"
+    names = ("nfbind_flows_records_total", "nfbind_flows_events_total",
+             "nfbind_flows_overruns_total", "nfbind_flows_reliable")
+
+    def collect(self, out: _Scrape) -> None:
+        st = self.obj.stats
+        lb = self.labels()
+        out.add("nfbind_flows_records_total", lb, st.flows)
+        out.add("nfbind_flows_events_total", lb, st.events)
+        out.add("nfbind_flows_overruns_total", lb, st.overruns)
+        out.add("nfbind_flows_reliable", lb, 1 if st.reliable else 0)
+
+
 class _ConntrackSource(_Source):
     kind = "conntrack"
     names = ("nfbind_conntrack_flows", "nfbind_conntrack_entries", "nfbind_conntrack_max",
@@ -478,6 +501,8 @@ def _kinds() -> List[Tuple[type, str]]:
         from .conntrack.table import Conntrack
         kinds.append((EventStream, "events"))
         kinds.append((Conntrack, "conntrack"))
+        from .flows.recorder import FlowRecorder
+        kinds.append((FlowRecorder, "flows"))
     except ImportError:
         pass
     return kinds
@@ -491,7 +516,8 @@ class Collector:
 
     Args:
         *objects: any mix of :class:`~nfbind.NfQueue`, :class:`~nfbind.NfLog`,
-            :class:`~nfbind.conntrack.EventStream` and :class:`~nfbind.Conntrack`.
+            :class:`~nfbind.conntrack.EventStream`, :class:`~nfbind.Conntrack`
+            and :class:`~nfbind.flows.FlowRecorder`.
         flows: dump each Conntrack once per scrape for
             ``nfbind_conntrack_flows`` (False: only its size, limit and
             statistics, which cost one small request each).
@@ -554,12 +580,14 @@ class Collector:
                     src = _LogSource(obj, extra)
                 elif kind == "events":
                     src = _EventSource(obj, extra)
+                elif kind == "flows":
+                    src = _FlowRecorderSource(obj, extra)
                 else:
                     src = _ConntrackSource(obj, extra, self.flows, self.dump_timeout)
                 break
         if src is None:
-            raise TypeError("Collector reads NfQueue, NfLog, EventStream and Conntrack "
-                            "objects, not %s" % type(obj).__name__)
+            raise TypeError("Collector reads NfQueue, NfLog, EventStream, Conntrack and "
+                            "FlowRecorder objects, not %s" % type(obj).__name__)
         with self._lock:
             if any(s.obj is obj for s in self._sources):
                 raise ValueError("%r is in this Collector already" % (obj,))

@@ -10,6 +10,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
+from ._metrics import endpoint
 from ._output import CliError, Interrupt, Live, Output, Rate
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def ct_flows(a: argparse.Namespace, flt: Optional["EventFilter"]) -> int:
         return "nfbind ct events --flows: %d flow%s, %.0f/s, %d overruns" % (
             s.flows, "" if s.flows == 1 else "s", rate(s.flows, dt), s.overruns)
 
-    with rec, Interrupt() as intr:
+    with rec, Interrupt() as intr, endpoint(a.metrics, rec):
         intr.arm(rec.stop)
         with Live(out, status) as live:
             rec.run(count=a.count)
