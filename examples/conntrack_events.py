@@ -43,7 +43,10 @@ def main(argv=None) -> int:
             timer = threading.Timer(args.timeout, events.stop)  # stop() is safe from any thread
             timer.daemon = True
             timer.start()
-        names = ", ".join(t.name for t in CtEvent if t in args.types)
+        # single-bit members only: before Python 3.11, iterating a flag class also
+        # yields the combined ALL
+        names = ", ".join(t.name for t in CtEvent if t.value & (t.value - 1) == 0
+                          and t in args.types)
         print("listening for %s events" % names, flush=True)
         for event in events:  # ends on events.stop() or Ctrl-C
             seen += 1
