@@ -223,7 +223,7 @@ def _case_id(c: Case) -> str:
 
 def _param(c: Case):
     # the methods need an open Conntrack on a namespace's table: root
-    marks = [pytest.mark.integration] if "." in c.target else []
+    marks = [pytest.mark.integration if "." in c.target else pytest.mark.unit]
     return pytest.param(c, id=_case_id(c), marks=marks)
 
 

@@ -39,6 +39,8 @@ from nfbind.conntrack import (
 from nfbind.enums import CtStatus, ExpectFlag, Family, IPProto, SctpState, TcpState
 from nfbind.errors import NetlinkError
 
+pytestmark = pytest.mark.unit
+
 
 # -- errors -----------------------------------------------------------------------------------
 

@@ -308,6 +308,7 @@ def test_parser_agrees_with_libnetfilter_conntrack_on_real_flows(ns, nfct_ref):
     assert _lookup(ns.name, cases[1][1], 0)[0] == -errno.ENOENT
 
 
+@pytest.mark.unit
 def test_protocols_with_ports():
     """TCP, UDP, UDP-Lite, SCTP, DCCP, and GRE (whose keys conntrack keeps in
     the port attributes, as `conntrack -L` shows srckey/dstkey); not ICMP."""
@@ -316,6 +317,7 @@ def test_protocols_with_ports():
     assert have == {tcp, udp, dccp, gre, sctp, udplite}
 
 
+@pytest.mark.unit
 def test_by_packet_rejects_what_is_no_packet():
     """Malformed packets are refused before anything is sent (fd -1 would
     fail any send)."""

@@ -21,6 +21,8 @@ from nfbind import enums
 
 from helpers.cheaders import constants
 
+pytestmark = pytest.mark.unit
+
 #: enum -> (the C prefix of its members' names, the headers defining them)
 SOURCES: Dict[str, Tuple[str, List[str]]] = {
     "Verdict": ("NF_", ["linux/netfilter.h"]),

@@ -39,6 +39,8 @@ from nfbind.packet import CtSummary, Vlan
 from nfbind._queue_verdicts import _payload_bytes
 from nfbind.queue import MAX_PAYLOAD
 
+pytestmark = pytest.mark.unit
+
 
 # -- the exception tree ----------------------------------------------------------
 
