@@ -3,6 +3,8 @@
 #   make demo    NFLOG, NFQUEUE and conntrack in a throw-away network namespace (root)
 #   make test    the whole test suite, unit and integration (root)
 #   make typecheck  mypy --strict over src/nfbind, for Python 3.9 and later
+#   make test-matrix  nfbind from its sdist on every supported Python here (3.9-3.13):
+#                a venv each, the unit tests, one integration test per channel, the demo
 #   make bench   the throughput benchmarks, nfbind beside C references (root)
 #   make soak    the fault and load suite at full size (root; tens of minutes)
 #   make fuzz    the C attribute parsers under libFuzzer and AddressSanitizer, time-bounded
@@ -22,15 +24,17 @@ GOAL    := $(or $(MAKECMDGOALS),all)
 
 # Debian packages: C libraries and headers, the tools the tests cross-check against
 # (nfdump: the nfcapd IPFIX collector and the nfdump reader the flow tests use), and a
-# compiler. python3-venv is added below only when `python3 -m venv` cannot work.
+# compiler (python3-dev: the headers the system Python's build needs, as in make
+# test-matrix). python3-venv is added below only when `python3 -m venv` cannot work,
+# for $(PYTHON) or the system's python3.
 APT_PACKAGES := libnetfilter-log-dev libnetfilter-queue-dev libnetfilter-conntrack-dev \
                 libnfnetlink-dev libmnl-dev iptables conntrack tcpdump iproute2 nftables \
-                pkg-config gcc python3 libcap2-bin nfdump
+                pkg-config gcc python3 python3-dev libcap2-bin nfdump
 
 # Everything the compiled modules are built from: a change here rebuilds them.
 BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c)
 
-.PHONY: all deps venv test typecheck soak fuzz demo bench docs clean need-root
+.PHONY: all deps venv test test-matrix typecheck soak fuzz demo bench docs clean need-root
 
 all: test
 
@@ -48,10 +52,13 @@ deps:
 	    dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed$$' \
 	        || missing="$$missing $$p"; \
 	done; \
-	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
-	    dpkg-query -W -f='$${Status}\n' python3-venv 2>/dev/null | grep -q '^install ok installed$$' \
-	        || missing="$$missing python3-venv"; \
-	fi; \
+	for py in $(PYTHON) $(wildcard /usr/bin/python3); do \
+	    if ! $$py -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+	        dpkg-query -W -f='$${Status}\n' python3-venv 2>/dev/null | grep -q '^install ok installed$$' \
+	            || missing="$$missing python3-venv"; \
+	        break; \
+	    fi; \
+	done; \
 	if [ -z "$$missing" ]; then \
 	    echo "deps: all Debian packages present"; \
 	    exit 0; \
@@ -92,6 +99,17 @@ test: need-root deps venv
 # python tools/stubgen.py rewrites them, tests/test_stubs.py checks them.
 typecheck: venv
 	$(VPY) -m mypy
+
+# nfbind built from its sdist (python -m build --sdist, once) and installed into a fresh
+# venv of every supported interpreter this machine has (pyenv's and the system's), each
+# then running the unit tests, one integration test per channel and the demo from outside
+# the checkout; two interpreters at a time. It fails when any of them fails, or when a
+# version the classifiers in pyproject.toml list has no interpreter here. Work files
+# and one log per interpreter: build/matrix/. E.g. MATRIX_ARGS='--python /usr/bin/python3'.
+MATRIX_TIMEOUT ?= 900
+
+test-matrix: need-root deps venv
+	timeout --signal=INT --kill-after=30 $(MATRIX_TIMEOUT) $(VPY) tests/matrix/run.py $(MATRIX_ARGS)
 
 # The fault and load suite (tests marked 'fault') at full size: a million packets,
 # 100,000 conntrack flows, 10,000 open/close cycles of each class.
