@@ -18,6 +18,7 @@ from nfbind import NfLog
 from nfbind._wake import WakePipe
 
 
+@pytest.mark.unit
 def test_a_wake_ends_the_wait_and_is_consumed_by_it():
     pipe = WakePipe()
     try:
@@ -36,6 +37,7 @@ def test_a_wake_ends_the_wait_and_is_consumed_by_it():
         pipe.close()
 
 
+@pytest.mark.unit
 def test_a_wake_from_a_signal_handler_ends_the_wait():
     # Python retries a poll() that a signal interrupted (PEP 475): only the
     # pipe gets the loop back
@@ -52,6 +54,7 @@ def test_a_wake_from_a_signal_handler_ends_the_wait():
         pipe.close()
 
 
+@pytest.mark.unit
 def test_wait_reports_ready_and_hung_up_descriptors():
     pipe = WakePipe()
     r, w = os.pipe()
@@ -78,6 +81,7 @@ def test_wait_reports_ready_and_hung_up_descriptors():
         pipe.close()
 
 
+@pytest.mark.unit
 def test_close_is_final_and_safe_to_repeat():
     pipe = WakePipe()
     r, w = pipe.r, pipe.w
