@@ -50,7 +50,8 @@ def worker(num: int, ready, counter, stop) -> None:
         parent = os.getppid()
         while not stop.is_set() and os.getppid() == parent:  # also end if the parent was killed
             q.run(handler, timeout=0.2)  # returns after 0.2 s without packets, or on q.stop()
-    print("queue %d: worker done" % num, flush=True)
+    sys.stdout.write("queue %d: worker done\n" % num)  # one write: the workers share stdout
+    sys.stdout.flush()
 
 
 def main(argv=None) -> int:
