@@ -173,15 +173,17 @@ def run(step: str, cmd: Sequence[str], cwd: Path, env: Dict[str, str], log: Path
     """Run ``cmd`` for ``step`` within its time limit; its output goes to ``log``."""
     with log.open("a", encoding="utf-8") as f:
         f.write("\n$ %s   (in %s)\n" % (" ".join(cmd), cwd))
+    start = time.monotonic()
     try:
         proc = subprocess.run(list(cmd), cwd=str(cwd), env=env, capture_output=True, text=True,
                               timeout=LIMITS[step], stdin=subprocess.DEVNULL)
         output, rc = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
         output = _text(e.stdout) + _text(e.stderr)
-        _append(log, output)
+        _append(log, output + "\n[%s: no result after %d s]" % (step, LIMITS[step]))
         raise StepFailed(step, "no result after %d s" % LIMITS[step], output) from None
-    _append(log, output)
+    _append(log, output + "\n[%s: exit status %d after %.1f s]" % (
+        step, rc, time.monotonic() - start))
     if rc != 0:
         counts = pytest_counts(output)
         raise StepFailed(step, "exit status %d%s" % (rc, " (%s)" % ", ".join(
