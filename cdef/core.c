@@ -807,7 +807,30 @@ struct nfb_ct_rec {
     uint8_t event;          /* the event type (conntrack events), 0 otherwise */
     uint8_t labels[16];
     char helper[16];
+    uint64_t tcp;           /* CTA_PROTOINFO_TCP packed: see NFB_TCP_* */
+    uint32_t seqadj[6];     /* CTA_SEQ_ADJ_ORIG, _REPLY: correction_pos,
+                             * offset_before, offset_after each */
+    uint32_t synproxy[3];   /* CTA_SYNPROXY: isn, its, tsoff */
 };
+
+/* CTA_PROTOINFO_TCP packed into one 64-bit value (one dictionary key in
+ * Python, where few distinct values occur): the state, the window scales
+ * and the flags bytes of struct nf_ct_tcp_flags of both directions at the
+ * shifts below, and one NFB_TCP_HAS_* bit for each the kernel sent (a
+ * DESTROY event carries the state only). */
+enum {
+    NFB_TCP_STATE_SHIFT = 0,
+    NFB_TCP_WSCALE_ORIG_SHIFT = 8,
+    NFB_TCP_WSCALE_REPLY_SHIFT = 16,
+    NFB_TCP_FLAGS_ORIG_SHIFT = 24,
+    NFB_TCP_FLAGS_REPLY_SHIFT = 32,
+    NFB_TCP_HAS_SHIFT = 40,
+};
+#define NFB_TCP_HAS_STATE (1ull << (NFB_TCP_HAS_SHIFT + 0))
+#define NFB_TCP_HAS_WSCALE_ORIG (1ull << (NFB_TCP_HAS_SHIFT + 1))
+#define NFB_TCP_HAS_WSCALE_REPLY (1ull << (NFB_TCP_HAS_SHIFT + 2))
+#define NFB_TCP_HAS_FLAGS_ORIG (1ull << (NFB_TCP_HAS_SHIFT + 3))
+#define NFB_TCP_HAS_FLAGS_REPLY (1ull << (NFB_TCP_HAS_SHIFT + 4))
 
 enum {
     NFB_CT_A_ORIG = 1u << 0,
@@ -827,6 +850,11 @@ enum {
     NFB_CT_A_HELPER = 1u << 14,
     NFB_CT_A_SECCTX = 1u << 15,
     NFB_CT_A_MASTER = 1u << 16,
+    NFB_CT_A_TCP = 1u << 17,
+    NFB_CT_A_SEQADJ_ORIG = 1u << 18,
+    NFB_CT_A_SEQADJ_REPLY = 1u << 19,
+    NFB_CT_A_SYNPROXY = 1u << 20,
+    NFB_CT_A_TUPLE_ZONE = 1u << 21,     /* orig or reply has NFB_T_ZONE */
 };
 
 /* Where a record's strings go: append len bytes at p, return their offset
@@ -952,6 +980,57 @@ static uint32_t nfb_ct_parse_counters(const struct nlattr *nest, uint64_t *pk, u
     return got ? NFB_CT_A_COUNTERS : 0;
 }
 
+/* CTA_PROTOINFO_TCP: the state (also r->state) and the window scales and
+ * flags of both directions, packed into r->tcp.  Returns the NFB_CT_A_* bits. */
+static uint32_t nfb_ct_parse_tcp(const struct nlattr *nest, struct nfb_ct_rec *r)
+{
+    const struct nlattr *a;
+    uint32_t got = NFB_CT_A_TCP;
+    uint64_t v = 0;
+    nfb_attr_for_each_nested(a, nest) {
+        uint64_t b;
+        int shift;
+        if (mnl_attr_get_payload_len(a) < 1)
+            continue;
+        b = nfb_attr_u8(a);
+        switch (mnl_attr_get_type(a)) {
+        case CTA_PROTOINFO_TCP_STATE:
+            r->state = (uint8_t)b;
+            got |= NFB_CT_A_STATE;
+            shift = NFB_TCP_STATE_SHIFT;
+            break;
+        case CTA_PROTOINFO_TCP_WSCALE_ORIGINAL: shift = NFB_TCP_WSCALE_ORIG_SHIFT; break;
+        case CTA_PROTOINFO_TCP_WSCALE_REPLY: shift = NFB_TCP_WSCALE_REPLY_SHIFT; break;
+        /* struct nf_ct_tcp_flags: the flags byte comes first */
+        case CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: shift = NFB_TCP_FLAGS_ORIG_SHIFT; break;
+        case CTA_PROTOINFO_TCP_FLAGS_REPLY: shift = NFB_TCP_FLAGS_REPLY_SHIFT; break;
+        default: continue;
+        }
+        v &= ~(0xffull << shift);
+        v |= b << shift;
+        v |= 1ull << (NFB_TCP_HAS_SHIFT + shift / 8);
+    }
+    r->tcp = v;
+    return got;
+}
+
+/* A nest of n be32 attributes numbered first..first+n-1 (CTA_SEQADJ_*,
+ * CTA_SYNPROXY_*) into out[0..n); bit when all of them were there. */
+static uint32_t nfb_ct_parse_u32s(const struct nlattr *nest, uint32_t *out, int n,
+                                  uint16_t first, uint32_t bit)
+{
+    const struct nlattr *a;
+    unsigned int seen = 0;
+    nfb_attr_for_each_nested(a, nest) {
+        int i = (int)mnl_attr_get_type(a) - first;
+        if (i < 0 || i >= n || mnl_attr_get_payload_len(a) < 4)
+            continue;
+        out[i] = nfb_attr_be32(a);
+        seen |= 1u << i;
+    }
+    return seen == (1u << n) - 1 ? bit : 0;
+}
+
 /* CTA_* attributes that carry one be32: its presence bit (0: not such an
  * attribute) and where it goes in the record. */
 static const uint32_t nfb_ct_u32_bit[CTA_MAX + 1] = {
@@ -1006,11 +1085,11 @@ static void nfb_ct_parse(const char *p, size_t len, uint8_t family, struct nfb_c
         switch (type) {
         case CTA_TUPLE_ORIG:
             nfb_ct_parse_tuple(a, &r->orig);
-            attrs |= NFB_CT_A_ORIG;
+            attrs |= NFB_CT_A_ORIG | (r->orig.has & NFB_T_ZONE ? NFB_CT_A_TUPLE_ZONE : 0);
             break;
         case CTA_TUPLE_REPLY:
             nfb_ct_parse_tuple(a, &r->reply);
-            attrs |= NFB_CT_A_REPLY;
+            attrs |= NFB_CT_A_REPLY | (r->reply.has & NFB_T_ZONE ? NFB_CT_A_TUPLE_ZONE : 0);
             break;
         case CTA_TUPLE_MASTER:
             nfb_ct_parse_tuple(a, &r->master);
@@ -1027,7 +1106,9 @@ static void nfb_ct_parse(const char *p, size_t len, uint8_t family, struct nfb_c
                 const struct nlattr *s;
                 int want;
                 switch (mnl_attr_get_type(b)) {
-                case CTA_PROTOINFO_TCP: want = CTA_PROTOINFO_TCP_STATE; break;
+                case CTA_PROTOINFO_TCP:
+                    attrs |= nfb_ct_parse_tcp(b, r);
+                    continue;
                 case CTA_PROTOINFO_SCTP: want = CTA_PROTOINFO_SCTP_STATE; break;
                 case CTA_PROTOINFO_DCCP: want = CTA_PROTOINFO_DCCP_STATE; break;
                 default: continue;
@@ -1039,6 +1120,21 @@ static void nfb_ct_parse(const char *p, size_t len, uint8_t family, struct nfb_c
                     }
                 }
             }
+            break;
+        case CTA_SEQ_ADJ_ORIG:
+            attrs |= nfb_ct_parse_u32s(a, r->seqadj, 3, CTA_SEQADJ_CORRECTION_POS,
+                                       NFB_CT_A_SEQADJ_ORIG);
+            break;
+        case CTA_SEQ_ADJ_REPLY:
+            attrs |= nfb_ct_parse_u32s(a, r->seqadj + 3, 3, CTA_SEQADJ_CORRECTION_POS,
+                                       NFB_CT_A_SEQADJ_REPLY);
+            break;
+        case CTA_SYNPROXY:
+            /* every flow made over ctnetlink carries an empty extension:
+             * all zeros is no SYNPROXY state */
+            if (nfb_ct_parse_u32s(a, r->synproxy, 3, CTA_SYNPROXY_ISN, NFB_CT_A_SYNPROXY) &&
+                (r->synproxy[0] | r->synproxy[1] | r->synproxy[2]))
+                attrs |= NFB_CT_A_SYNPROXY;
             break;
         case CTA_COUNTERS_ORIG:
             attrs |= nfb_ct_parse_counters(a, &r->o_packets, &r->o_bytes);

@@ -369,7 +369,7 @@ def test_record_layout_matches_the_c_struct(v6):
         names += ["%s.%s" % (d, n) for n in ("src", "dst", "sport", "dport", "icmp_id",
                                               "icmp_type", "icmp_code", "proto", "has")]
     names += ["attrs", "status", "timeout", "mark", "secmark", "use", "id", "zone", "family",
-              "state"]
+              "state", "tcp"]
     vals = (R._CORE6 if v6 else R._CORE4)(raw, 0)
     assert len(vals) == len(names)
     for name, v in zip(names, vals):
@@ -382,7 +382,11 @@ def test_record_layout_matches_the_c_struct(v6):
     assert vals[names.index("orig.sport")] == (5 if v6 else 1234)
     rare = ["o_packets", "o_bytes", "r_packets", "r_bytes", "ts_start", "ts_stop",
             "secctx_off", "secctx_len", "labels", "helper"]
-    for name, v in zip(rare, R._RARE_UNPACK(raw, 0)):
+    rare += ["seqadj"] * 6 + ["synproxy"] * 3
+    rvals = R._RARE_UNPACK(raw, 0)
+    assert len(rvals) == len(rare)
+    assert list(rvals[-9:-3]) == list(rec.seqadj) and list(rvals[-3:]) == list(rec.synproxy)
+    for name, v in zip(rare[:-9], rvals):
         c = _field(rec, name)
         assert (bytes(ffi.buffer(c)) == v) if isinstance(v, bytes) else (c == v), name
     assert raw[R._FAM_OFF] == (socket.AF_INET6 if v6 else socket.AF_INET)

@@ -39,6 +39,7 @@ SOURCES: Dict[str, Tuple[str, List[str]]] = {
     "IPProto": ("IPPROTO_", ["linux/in.h", "linux/in6.h"]),
     "SctpState": ("SCTP_CONNTRACK_", ["linux/netfilter/nf_conntrack_sctp.h"]),
     "ExpectFlag": ("NF_CT_EXPECT_", ["linux/netfilter/nf_conntrack_common.h"]),
+    "TcpFlag": ("IP_CT_TCP_FLAG_", ["linux/netfilter/nf_conntrack_tcp.h"]),
 }
 
 BUILT = [name for name in SOURCES if hasattr(enums, name)]
@@ -71,7 +72,7 @@ def test_members_are_the_header_values(name):
 
 
 def test_flags_are_single_bits_and_all_is_their_union():
-    for cls in (enums.CtStatus, enums.QueueFlag) + (
+    for cls in (enums.CtStatus, enums.QueueFlag, enums.TcpFlag) + (
             (enums.ExpectFlag,) if hasattr(enums, "ExpectFlag") else ()):
         for m in cls.__members__.values():
             assert m and not m & (m - 1), "%s.%s is not a single bit" % (cls.__name__, m.name)

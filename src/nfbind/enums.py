@@ -28,6 +28,7 @@ __all__ = [
     "IPProto",
     "SctpState",
     "ExpectFlag",
+    "TcpFlag",
 ]
 
 
@@ -182,6 +183,18 @@ class ExpectFlag(enum.IntFlag):
     PERMANENT = lib.NF_CT_EXPECT_PERMANENT
     INACTIVE = lib.NF_CT_EXPECT_INACTIVE
     USERSPACE = lib.NF_CT_EXPECT_USERSPACE
+
+
+class TcpFlag(enum.IntFlag):
+    """What conntrack learnt about one direction of a TCP connection
+    (``flow.tcp.flags_orig``, ``flow.tcp.flags_reply``)."""
+
+    WINDOW_SCALE = lib.IP_CT_TCP_FLAG_WINDOW_SCALE
+    SACK_PERM = lib.IP_CT_TCP_FLAG_SACK_PERM
+    CLOSE_INIT = lib.IP_CT_TCP_FLAG_CLOSE_INIT
+    BE_LIBERAL = lib.IP_CT_TCP_FLAG_BE_LIBERAL
+    DATA_UNACKNOWLEDGED = lib.IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
+    MAXACK_SET = lib.IP_CT_TCP_FLAG_MAXACK_SET
 
 
 # -- conntrack events: libnetfilter_conntrack's NFCT_T_* values, from

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Uni
 
 from .._core import ffi, lib as core
 from .._netlink import check_int, iter_attrs
-from ..enums import CtStatus, ExpectFlag, Family, IPProto
+from ..enums import CtStatus, ExpectFlag, Family, IPProto, TcpFlag
 from .labels import labels_from_bytes
 from .model import (
     AF_INET,
@@ -48,6 +48,9 @@ from .model import (
     Flow,
     IPAddress,
     Nat,
+    SeqAdj,
+    Synproxy,
+    TcpInfo,
     Timestamps,
     Tuple,
 )
@@ -92,6 +95,9 @@ def _twin(cls: type) -> Callable[..., Any]:
 _TupleB = _twin(Tuple)
 _FlowB = _twin(Flow)
 _CountersB = _twin(Counters)
+_TcpInfoB = _twin(TcpInfo)
+_SeqAdjB = _twin(SeqAdj)
+_SynproxyB = _twin(Synproxy)
 
 
 # -- speed: the record layout as struct formats --------------------------------------------
@@ -129,14 +135,17 @@ def _layout(fields: _t.Sequence[_Field], base: str,
     return s
 
 
-def _tuple_fields(prefix: _t.Tuple[str, ...], v6: bool) -> List[_Field]:
+def _tuple_fields(prefix: _t.Tuple[str, ...], v6: bool, zone: bool = False) -> List[_Field]:
     # speed: IPv4 addresses as one native u32 (an int key for the address
-    # cache: no bytes object per address); IPv6 addresses as 16 bytes
+    # cache: no bytes object per address); IPv6 addresses as 16 bytes; the
+    # directional zone only where asked for (flows with one are rare)
     a, w = ("16s", 16) if v6 else ("I", 4)
     return [
         (prefix + ("src",), a, w), (prefix + ("dst",), a, w),
         (prefix + ("sport",), "H", 2), (prefix + ("dport",), "H", 2),
-        (prefix + ("icmp_id",), "H", 2), (prefix + ("icmp_type",), "B", 1),
+        (prefix + ("icmp_id",), "H", 2)] + (
+        [(prefix + ("zone",), "H", 2)] if zone else []) + [
+        (prefix + ("icmp_type",), "B", 1),
         (prefix + ("icmp_code",), "B", 1), (prefix + ("proto",), "B", 1),
         (prefix + ("has",), "B", 1),
     ]
@@ -147,7 +156,8 @@ def _core_struct(v6: bool) -> struct.Struct:
     fields = _tuple_fields(("orig",), v6) + _tuple_fields(("reply",), v6)
     fields += [((n,), "I", 4) for n in ("attrs", "status", "timeout", "mark", "secmark", "use",
                                         "id")]
-    fields += [(("zone",), "H", 2), (("family",), "B", 1), (("state",), "B", 1)]
+    fields += [(("zone",), "H", 2), (("family",), "B", 1), (("state",), "B", 1),
+               (("tcp",), "Q", 8)]
     return _layout(fields, _REC, REC_SIZE)
 
 
@@ -157,7 +167,7 @@ _RARE_STRUCT = _layout(
     [((n,), "Q", 8) for n in ("o_packets", "o_bytes", "r_packets", "r_bytes", "ts_start",
                               "ts_stop")]
     + [(("secctx_off",), "I", 4), (("secctx_len",), "I", 4), (("labels",), "16s", 16),
-       (("helper",), "16s", 16)],
+       (("helper",), "16s", 16), (("seqadj",), "6I", 24), (("synproxy",), "3I", 12)],
     _REC, REC_SIZE)
 _RARE_UNPACK = _RARE_STRUCT.unpack_from
 _CORE4_S = _core_struct(False)
@@ -166,12 +176,16 @@ _CORE4 = _CORE4_S.unpack_from
 _CORE6 = _CORE6_S.unpack_from
 _MASTER_OFF = ffi.offsetof(_REC, "master")
 _TSIZE = ffi.sizeof("struct nfb_ct_tuple")
-_MASTER4 = _layout(_tuple_fields((), False), "struct nfb_ct_tuple", _TSIZE).unpack_from
-_MASTER6 = _layout(_tuple_fields((), True), "struct nfb_ct_tuple", _TSIZE).unpack_from
+_MASTER4 = _layout(_tuple_fields((), False, True), "struct nfb_ct_tuple", _TSIZE).unpack_from
+_MASTER6 = _layout(_tuple_fields((), True, True), "struct nfb_ct_tuple", _TSIZE).unpack_from
+#: the directional zones of a record's orig and reply tuples
+_ZONES = _layout([(("orig", "zone"), "H", 2), (("reply", "zone"), "H", 2)],
+                 _REC, REC_SIZE).unpack_from
 
 _T_PORTS = core.NFB_T_PORTS
 _T_ICMP = core.NFB_T_ICMP
 _T_V6 = core.NFB_T_V6
+_T_ZONE = core.NFB_T_ZONE
 _A_ORIG = core.NFB_CT_A_ORIG
 _A_REPLY = core.NFB_CT_A_REPLY
 _A_TIMEOUT = core.NFB_CT_A_TIMEOUT
@@ -185,6 +199,10 @@ _A_LABELS = core.NFB_CT_A_LABELS
 _A_HELPER = core.NFB_CT_A_HELPER
 _A_SECCTX = core.NFB_CT_A_SECCTX
 _A_MASTER = core.NFB_CT_A_MASTER
+_A_TCP = core.NFB_CT_A_TCP
+_A_SEQADJ = core.NFB_CT_A_SEQADJ_ORIG | core.NFB_CT_A_SEQADJ_REPLY
+_A_SYNPROXY = core.NFB_CT_A_SYNPROXY
+_A_TUPLE_ZONE = core.NFB_CT_A_TUPLE_ZONE
 _NAT_BITS = int(CtStatus.SRC_NAT | CtStatus.DST_NAT)
 _SRC_NAT = int(CtStatus.SRC_NAT)
 _DST_NAT = int(CtStatus.DST_NAT)
@@ -236,10 +254,45 @@ class _StrCache(Dict[bytes, str]):
         return s
 
 
+class _TcpCache(Dict[int, TcpInfo]):
+    """``rec.tcp`` (CTA_PROTOINFO_TCP packed by the C parser) -> TcpInfo:
+    a table holds few distinct combinations of state, scales and flags."""
+
+    def __missing__(self, key: int) -> TcpInfo:
+        if len(self) > 4096:
+            self.clear()
+        vals: List[Any] = []
+        for i, (shift, has) in enumerate(_TCP_FIELDS):
+            b = (key >> shift) & 0xFF
+            if not key & has:
+                vals.append(None)
+            elif i == 0:
+                vals.append(TCP_STATE[b])
+            elif i >= 3:
+                vals.append(TcpFlag(b))
+            else:
+                vals.append(b)
+        t: TcpInfo = _TcpInfoB(*vals)
+        t.__class__ = TcpInfo
+        self[key] = t
+        return t
+
+
+#: the fields of TcpInfo, in order: their shift in ``rec.tcp``, and the bit
+#: saying the kernel sent them
+_TCP_FIELDS = (
+    (core.NFB_TCP_STATE_SHIFT, core.NFB_TCP_HAS_STATE),
+    (core.NFB_TCP_WSCALE_ORIG_SHIFT, core.NFB_TCP_HAS_WSCALE_ORIG),
+    (core.NFB_TCP_WSCALE_REPLY_SHIFT, core.NFB_TCP_HAS_WSCALE_REPLY),
+    (core.NFB_TCP_FLAGS_ORIG_SHIFT, core.NFB_TCP_HAS_FLAGS_ORIG),
+    (core.NFB_TCP_FLAGS_REPLY_SHIFT, core.NFB_TCP_HAS_FLAGS_REPLY),
+)
+
 _IPS = _IPCache()
 _STATUS = _StatusCache()
 _LABELS = _LabelCache()
 _HELPERS = _StrCache()
+_TCPINFO = _TcpCache()
 _NO_LABELS: FrozenSet[int] = frozenset()
 _LABELS[bytes(16)] = _NO_LABELS
 
@@ -248,14 +301,16 @@ _LABELS[bytes(16)] = _NO_LABELS
 
 
 def _master_tuple(recs: Records, off: int, v6: bool) -> Tuple:
-    src, dst, sp, dp, iid, ity, ico, pr, has = (_MASTER6 if v6 else _MASTER4)(recs, off + _MASTER_OFF)
+    src, dst, sp, dp, iid, zn, ity, ico, pr, has = (_MASTER6 if v6 else _MASTER4)(
+        recs, off + _MASTER_OFF)
     ips = _IPS
+    zone = zn if has & _T_ZONE else None
     if has & _T_PORTS:
-        t: Tuple = _TupleB(ips[src], ips[dst], PROTO[pr], sp, dp, None, None, None)
+        t: Tuple = _TupleB(ips[src], ips[dst], PROTO[pr], sp, dp, None, None, None, zone)
     elif has & _T_ICMP:
-        t = _TupleB(ips[src], ips[dst], PROTO[pr], None, None, ity, ico, iid)
+        t = _TupleB(ips[src], ips[dst], PROTO[pr], None, None, ity, ico, iid, zone)
     else:
-        t = _TupleB(ips[src], ips[dst], PROTO[pr], None, None, None, None, None)
+        t = _TupleB(ips[src], ips[dst], PROTO[pr], None, None, None, None, None, zone)
     t.__class__ = Tuple
     return t
 
@@ -271,19 +326,30 @@ def _nat_of(status: int, reply: Optional[Tuple]) -> Optional[Nat]:
     return Nat(snat, dnat)
 
 
-_RARE = (_A_COUNTERS | _A_TS_START | _A_LABELS | _A_HELPER | _A_SECCTX | _A_MASTER)
+_RARE = (_A_COUNTERS | _A_TS_START | _A_LABELS | _A_HELPER | _A_SECCTX | _A_MASTER
+         | _A_SEQADJ | _A_SYNPROXY | _A_TUPLE_ZONE)
 
 
 def _rare(recs: Records, off: int, attrs: int, v6: bool, data: bytes) -> _t.Tuple[
         Optional[Counters], Optional[Timestamps], FrozenSet[int], Optional[str], Optional[str],
-        Optional[Tuple]]:
-    """counters, timestamps, labels, helper, secctx, master of one record."""
-    (opk, oby, rpk, rby, tss, tse, sxo, sxl, labels, helper) = _RARE_UNPACK(recs, off)
+        Optional[Tuple], Optional[SeqAdj], Optional[Synproxy]]:
+    """counters, timestamps, labels, helper, secctx, master, seq_adj,
+    synproxy of one record."""
+    (opk, oby, rpk, rby, tss, tse, sxo, sxl, labels, helper,
+     sa0, sa1, sa2, sa3, sa4, sa5, isn, its, tsoff) = _RARE_UNPACK(recs, off)
     if attrs & _A_COUNTERS:
         ctr: Optional[Counters] = _CountersB(opk, oby, rpk, rby)
         ctr.__class__ = Counters
     else:
         ctr = None
+    sadj: Optional[SeqAdj] = None
+    if attrs & _A_SEQADJ:
+        sadj = _SeqAdjB(sa0, sa1, sa2, sa3, sa4, sa5)
+        sadj.__class__ = SeqAdj
+    sprx: Optional[Synproxy] = None
+    if attrs & _A_SYNPROXY:
+        sprx = _SynproxyB(isn, its, tsoff)
+        sprx.__class__ = Synproxy
     return (
         ctr,
         Timestamps(tss, tse if attrs & _A_TS_STOP else None) if attrs & _A_TS_START else None,
@@ -291,6 +357,8 @@ def _rare(recs: Records, off: int, attrs: int, v6: bool, data: bytes) -> _t.Tupl
         _HELPERS[helper] if attrs & _A_HELPER else None,
         data[sxo:sxo + sxl].decode("utf-8", "replace") if attrs & _A_SECCTX else None,
         _master_tuple(recs, off, v6) if attrs & _A_MASTER else None,
+        sadj,
+        sprx,
     )
 
 
@@ -345,6 +413,9 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
     t_ports = _T_PORTS
     t_icmp = _T_ICMP
     a_state = _A_STATE
+    a_tzone = _A_TUPLE_ZONE
+    a_tcp = _A_TCP
+    tcp_c = _TCPINFO
     a_reply = _A_REPLY
     a_timeout = _A_TIMEOUT
     a_use = _A_USE
@@ -365,7 +436,7 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
         for (osrc, odst, osp, odp, oiid, oity, oico, opr, ohas,
              rsrc, rdst, rsp, rdp, riid, rity, rico, rpr, rhas,
              attrs, status, timeout, mark, secmark, use, ctid,
-             zone, family, state) in _rows(recs, n, nv6):
+             zone, family, state, tcpk) in _rows(recs, n, nv6):
             off += REC_SIZE
             proto = protos[opr]
             if attrs & a_state:
@@ -378,44 +449,54 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
                 # without NAT the reply is the inverse of orig: reuse its addresses
                 src = ips[osrc]
                 dst = ips[odst]
-                orig = TB(src, dst, proto, osp, odp, None, None, None)
+                orig = TB(src, dst, proto, osp, odp, None, None, None, None)
                 orig.__class__ = T
                 reply = TB(dst if rsrc == odst else ips[rsrc], src if rdst == osrc else ips[rdst],
-                           proto if rpr == opr else protos[rpr], rsp, rdp, None, None, None)
+                           proto if rpr == opr else protos[rpr], rsp, rdp, None, None, None, None)
                 reply.__class__ = T
                 f = FB(orig, reply, fam6 if family == af6 else fam4, proto, st,
                        status_c[status], timeout, mark, secmark, zone, no_labels, use, ctid,
-                       None, None, None, None, None, None)
+                       None, None, None, None, None, None,
+                       tcp_c[tcpk] if attrs & a_tcp else None, None, None)
                 f.__class__ = F
                 append(f)
                 continue
-            if ohas & t_ports:
-                orig = TB(ips[osrc], ips[odst], proto, osp, odp, None, None, None)
-            elif ohas & t_icmp:
-                orig = TB(ips[osrc], ips[odst], proto, None, None, oity, oico, oiid)
+            if attrs & a_tzone:
+                ozn, rzn = _ZONES(recs, off)
+                oz = ozn if ohas & _T_ZONE else None
+                rz = rzn if rhas & _T_ZONE else None
             else:
-                orig = TB(ips[osrc], ips[odst], proto, None, None, None, None, None)
+                oz = rz = None
+            if ohas & t_ports:
+                orig = TB(ips[osrc], ips[odst], proto, osp, odp, None, None, None, oz)
+            elif ohas & t_icmp:
+                orig = TB(ips[osrc], ips[odst], proto, None, None, oity, oico, oiid, oz)
+            else:
+                orig = TB(ips[osrc], ips[odst], proto, None, None, None, None, None, oz)
             orig.__class__ = T
             if attrs & a_reply:
                 if rhas & t_ports:
-                    reply = TB(ips[rsrc], ips[rdst], protos[rpr], rsp, rdp, None, None, None)
+                    reply = TB(ips[rsrc], ips[rdst], protos[rpr], rsp, rdp, None, None, None, rz)
                 elif rhas & t_icmp:
-                    reply = TB(ips[rsrc], ips[rdst], protos[rpr], None, None, rity, rico, riid)
+                    reply = TB(ips[rsrc], ips[rdst], protos[rpr], None, None, rity, rico, riid,
+                               rz)
                 else:
-                    reply = TB(ips[rsrc], ips[rdst], protos[rpr], None, None, None, None, None)
+                    reply = TB(ips[rsrc], ips[rdst], protos[rpr], None, None, None, None, None,
+                               rz)
                 reply.__class__ = T
             else:
                 reply = None
             if attrs & rare:
-                ctr, ts, lbl, hlp, sctx, mst = _rare(recs, off, attrs, family == af6, data)
+                ctr, ts, lbl, hlp, sctx, mst, sadj, sprx = _rare(recs, off, attrs, family == af6,
+                                                                 data)
             else:
-                ctr = ts = hlp = sctx = mst = None
+                ctr = ts = hlp = sctx = mst = sadj = sprx = None
                 lbl = no_labels
             f = FB(orig, reply, fam6 if family == af6 else fam4, proto, st, status_c[status],
                    timeout if attrs & a_timeout else None, mark, secmark, zone, lbl,
                    use if attrs & a_use else None, ctid if attrs & a_id else None,
                    ctr, ts, _nat_of(status, reply) if status & nat_bits else None,
-                   hlp, sctx, mst)
+                   hlp, sctx, mst, tcp_c[tcpk] if attrs & a_tcp else None, sadj, sprx)
             f.__class__ = F
             append(f)
     finally:
@@ -502,6 +583,8 @@ def parse_tuple(data: bytes, off: int, end: int) -> Tuple:
                     vals[t2] = _BE16.unpack_from(data, o2)[0]
                 elif n2 >= 1:
                     vals[t2] = data[o2]
+        elif t == core.CTA_TUPLE_ZONE and n >= 2:
+            vals[-1] = _BE16.unpack_from(data, o)[0]
     if src is None or dst is None:
         raise ValueError("a conntrack tuple without addresses")
     g = vals.get
@@ -509,7 +592,7 @@ def parse_tuple(data: bytes, off: int, end: int) -> Tuple:
         src, dst, PROTO[proto], g(core.CTA_PROTO_SRC_PORT), g(core.CTA_PROTO_DST_PORT),
         g(core.CTA_PROTO_ICMP_TYPE, g(core.CTA_PROTO_ICMPV6_TYPE)),
         g(core.CTA_PROTO_ICMP_CODE, g(core.CTA_PROTO_ICMPV6_CODE)),
-        g(core.CTA_PROTO_ICMP_ID, g(core.CTA_PROTO_ICMPV6_ID)))
+        g(core.CTA_PROTO_ICMP_ID, g(core.CTA_PROTO_ICMPV6_ID)), g(-1))
     tup.__class__ = Tuple
     return tup
 

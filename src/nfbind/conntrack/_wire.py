@@ -128,6 +128,10 @@ def _fill_tuple(t: Any, tup: Tuple) -> None:
     t.icmp_code = tup.icmp_code or 0
     if tup.icmp_id is not None:
         t.icmp_id = tup.icmp_id
+    if tup.zone is not None:
+        # CTA_TUPLE_ZONE: a directional zone (CT --zone-orig/--zone-reply)
+        t.has |= core.NFB_T_ZONE
+        t.zone = tup.zone
 
 
 def _family_of(tup: Tuple) -> int:

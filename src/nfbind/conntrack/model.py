@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The conntrack value types: :class:`Tuple`, :class:`Flow`, :class:`Counters`,
-:class:`Timestamps`, :class:`Nat`, :class:`Endpoint`, :class:`Event`,
-:class:`Expectation`, :class:`CtStats`, :class:`CpuStats`, and
-:class:`NotFound`; with the checks their constructors run on every value.
+:class:`Timestamps`, :class:`Nat`, :class:`Endpoint`, :class:`TcpInfo`,
+:class:`SeqAdj`, :class:`Synproxy`, :class:`Event`, :class:`Expectation`,
+:class:`CtStats`, :class:`CpuStats`, and :class:`NotFound`; with the checks
+their constructors run on every value.
 
 They depend on the core module only (no libnetfilter_conntrack), so the
 flow of a queued or logged packet (``pkt.ct``) is a :class:`Flow` on every
@@ -20,7 +21,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, T
 
 from .._core import lib as core
 from .._netlink import check_int
-from ..enums import CtStatus, ExpectFlag, Family, IPProto, SctpState, TcpState
+from ..enums import CtStatus, ExpectFlag, Family, IPProto, SctpState, TcpFlag, TcpState
 from ..errors import NetlinkError
 from .labels import label_bits
 
@@ -34,6 +35,9 @@ __all__ = [
     "Timestamps",
     "Nat",
     "Endpoint",
+    "TcpInfo",
+    "SeqAdj",
+    "Synproxy",
     "Event",
     "Expectation",
     "CtStats",
@@ -243,6 +247,12 @@ class Tuple:
     an :class:`IPProto` (or a plain int for protocols without a name), and
     accepts names such as ``"tcp"``.
 
+    ``zone`` is a directional zone (``-j CT --zone-orig N`` or
+    ``--zone-reply N``, the kernel's CTA_TUPLE_ZONE): the zone this direction
+    alone is tracked in.  It is None for the usual zone of both directions,
+    which is :attr:`Flow.zone`.  A flow with a directional zone is looked up,
+    updated and deleted by a tuple carrying that zone.
+
     Raises ValueError/TypeError naming the field for a bad value.
     """
 
@@ -254,6 +264,7 @@ class Tuple:
     icmp_type: Optional[int] = None
     icmp_code: Optional[int] = None
     icmp_id: Optional[int] = None
+    zone: Optional[int] = None
 
     def __post_init__(self) -> None:
         src = check_addr("src", self.src)
@@ -292,6 +303,7 @@ class Tuple:
         _osa(self, "icmp_type", itype)
         _osa(self, "icmp_code", icode)
         _osa(self, "icmp_id", iid)
+        _osa(self, "zone", check_opt(check_u16, "zone", self.zone))
 
     @property
     def family(self) -> Family:
@@ -302,20 +314,23 @@ class Tuple:
         name = getattr(self.proto, "name", str(self.proto)).lower()
         if self.sport is not None or self.dport is not None:
             fmt = "[%s]:%s" if self.src.version == 6 else "%s:%s"
-            return "%s %s -> %s" % (name, fmt % (self.src, self.sport), fmt % (self.dst, self.dport))
+            text = "%s %s -> %s" % (name, fmt % (self.src, self.sport), fmt % (self.dst, self.dport))
+            return text if self.zone is None else text + " zone=%d" % self.zone
         text = "%s %s -> %s" % (name, self.src, self.dst)
         if self.icmp_type is not None:
             text += " type=%s code=%s id=%s" % (self.icmp_type, self.icmp_code, self.icmp_id)
+        if self.zone is not None:
+            text += " zone=%d" % self.zone
         return text
 
     def as_dict(self) -> Dict[str, Any]:
         """The tuple as JSON-ready values: ``src`` and ``dst`` as strings,
         ``proto`` as its lower-case name (the number as a string when it has
         none), then those of ``sport``, ``dport``, ``icmp_type``, ``icmp_code``,
-        ``icmp_id`` that are set (ints)."""
+        ``icmp_id``, ``zone`` that are set (ints)."""
         d: Dict[str, Any] = {"src": str(self.src), "dst": str(self.dst),
                              "proto": getattr(self.proto, "name", str(self.proto)).lower()}
-        for k in ("sport", "dport", "icmp_type", "icmp_code", "icmp_id"):
+        for k in ("sport", "dport", "icmp_type", "icmp_code", "icmp_id", "zone"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -395,6 +410,85 @@ class Nat:
 
 
 @record
+class TcpInfo:
+    """What conntrack tracks of a TCP connection (CTA_PROTOINFO_TCP): its
+    ``state`` (a :class:`TcpState`, also :attr:`Flow.state`), the window
+    scale each side announced, and the :class:`TcpFlag` flags of each
+    direction.  A field is None when the kernel did not send it (a DESTROY
+    event carries the state only)."""
+
+    state: Optional[int] = None
+    wscale_orig: Optional[int] = None
+    wscale_reply: Optional[int] = None
+    flags_orig: Optional[TcpFlag] = None
+    flags_reply: Optional[TcpFlag] = None
+
+    def __post_init__(self) -> None:
+        st = check_opt(check_u8, "state", self.state)
+        _osa(self, "state", None if st is None else TCP_STATE[st])
+        _osa(self, "wscale_orig", check_opt(check_u8, "wscale_orig", self.wscale_orig))
+        _osa(self, "wscale_reply", check_opt(check_u8, "wscale_reply", self.wscale_reply))
+        for name in ("flags_orig", "flags_reply"):
+            v = check_opt(check_u8, name, getattr(self, name))
+            _osa(self, name, None if v is None else TcpFlag(v))
+
+    def as_dict(self) -> Dict[str, Any]:
+        """``state`` (its name), ``wscale_orig``, ``wscale_reply`` (ints),
+        ``flags_orig``, ``flags_reply`` (the names of the flags set); None
+        for what the kernel did not send."""
+        def names(f: Optional[TcpFlag]) -> Optional[List[str]]:
+            return None if f is None else [m.name for m in TcpFlag
+                                           if m.name is not None and f & m]
+        return {"state": None if self.state is None else getattr(self.state, "name", self.state),
+                "wscale_orig": self.wscale_orig, "wscale_reply": self.wscale_reply,
+                "flags_orig": names(self.flags_orig), "flags_reply": names(self.flags_reply)}
+
+
+@record
+class SeqAdj:
+    """TCP sequence number adjustment of a flow whose payload a NAT helper
+    resized (CTA_SEQ_ADJ_ORIG/REPLY, status SEQ_ADJUST): per direction,
+    from which sequence number on (``*_correction_pos``) the offset applies,
+    and the offsets before and after it."""
+
+    orig_correction_pos: int = 0
+    orig_offset_before: int = 0
+    orig_offset_after: int = 0
+    reply_correction_pos: int = 0
+    reply_offset_before: int = 0
+    reply_offset_after: int = 0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _osa(self, f.name, check_u32(f.name, getattr(self, f.name)))
+
+    def as_dict(self) -> Dict[str, int]:
+        """The six fields by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@record
+class Synproxy:
+    """What the SYNPROXY target keeps of a connection it answered
+    (CTA_SYNPROXY): the initial sequence number (``isn``), the timestamp
+    (``its``) and the timestamp offset (``tsoff``).  ``Flow.synproxy`` is
+    None for other flows, also for those made over ctnetlink, which carry
+    the kernel's SYNPROXY extension empty (all zeros)."""
+
+    isn: int = 0
+    its: int = 0
+    tsoff: int = 0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _osa(self, f.name, check_u32(f.name, getattr(self, f.name)))
+
+    def as_dict(self) -> Dict[str, int]:
+        """``isn``, ``its``, ``tsoff``."""
+        return {"isn": self.isn, "its": self.its, "tsoff": self.tsoff}
+
+
+@record
 class Flow:
     """A connection as conntrack sees it.
 
@@ -404,6 +498,10 @@ class Flow:
     ``timestamps`` ``net.netfilter.nf_conntrack_timestamp=1``; both are None
     otherwise.  ``labels`` is a frozenset of bit numbers (0..127).
     ``master`` is the tuple of the connection that expected this one.
+    ``tcp`` (a :class:`TcpInfo`) is set for TCP flows, ``seq_adj`` (a
+    :class:`SeqAdj`) and ``synproxy`` (a :class:`Synproxy`) when the kernel
+    sends them; they are read from the kernel, :meth:`Conntrack.create` does
+    not send them.
 
     Made by nfbind from the kernel's answers; make one yourself for
     :meth:`Conntrack.create` (``orig`` and ``timeout`` are what you need).
@@ -428,6 +526,9 @@ class Flow:
     helper: Optional[str] = None
     secctx: Optional[str] = None
     master: Optional[Tuple] = None
+    tcp: Optional[TcpInfo] = None
+    seq_adj: Optional[SeqAdj] = None
+    synproxy: Optional[Synproxy] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.orig, Tuple):
@@ -450,9 +551,15 @@ class Flow:
                 state = TCP_STATE[state]
             elif self.orig.proto == IPProto.SCTP:
                 state = SCTP_STATE[state]
+        zones = [z for z in (self.orig.zone, None if self.reply is None else self.reply.zone)
+                 if z is not None]
+        if len(zones) > 1 or (zones and self.zone):
+            raise ValueError("a flow has one zone: Flow.zone (both directions), orig.zone "
+                             "(--zone-orig) or reply.zone (--zone-reply), not several")
         if self.master is not None and not isinstance(self.master, Tuple):
             raise TypeError("Flow.master must be a Tuple or None")
-        for name, cls in (("counters", Counters), ("timestamps", Timestamps), ("nat", Nat)):
+        for name, cls in (("counters", Counters), ("timestamps", Timestamps), ("nat", Nat),
+                          ("tcp", TcpInfo), ("seq_adj", SeqAdj), ("synproxy", Synproxy)):
             v = getattr(self, name)
             if v is not None and not isinstance(v, cls):
                 raise TypeError("Flow.%s must be a %s or None" % (name, cls.__name__))
@@ -501,7 +608,8 @@ class Flow:
         ``timeout``, ``mark``, ``zone``, ``labels`` (sorted bit numbers),
         ``id``, ``use``, ``secmark``, ``helper``; then, only when the flow has
         them, ``counters`` (:meth:`Counters.as_dict`), ``timestamps``
-        (:meth:`Timestamps.as_dict`) and ``nat`` (:meth:`Nat.as_dict`).
+        (:meth:`Timestamps.as_dict`), ``nat`` (:meth:`Nat.as_dict`), ``tcp``
+        (:meth:`TcpInfo.as_dict`), ``seq_adj`` and ``synproxy``.
         """
         st = int(self.status)
         assert self.family is not None  # set by __post_init__, and by the decoder
@@ -527,6 +635,12 @@ class Flow:
             d["timestamps"] = self.timestamps.as_dict()
         if self.nat is not None:
             d["nat"] = self.nat.as_dict()
+        if self.tcp is not None:
+            d["tcp"] = self.tcp.as_dict()
+        if self.seq_adj is not None:
+            d["seq_adj"] = self.seq_adj.as_dict()
+        if self.synproxy is not None:
+            d["synproxy"] = self.synproxy.as_dict()
         return d
 
 
