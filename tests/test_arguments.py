@@ -11,13 +11,16 @@ raise and a fragment of the message that names the argument (or the fix).
 * The methods of an open Conntrack (dump, get, create, update, delete, flush,
   events, the conntrack-go verbs) run against a throw-away namespace holding
   one flow, which must be there unchanged afterwards (``conntrack -L``).
+* The loops of an open NfQueue, NfLog and EventStream (``run()``,
+  ``drain()``) refuse a bad handler, timeout or batch count at once, before
+  they read or wait.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Tuple as Tup
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple as Tup
 
 import pytest
 
@@ -190,6 +193,22 @@ CONNTRACK_METHODS = [
     ("update_mark_for_available_flow", ([1],) + VERB + (3,), {}, TypeError, "Flow objects"),
 ] + [("events",) + row for row in EVENTS]
 
+#: the loops of an open NfQueue, NfLog and EventStream: run() and drain()
+LOOPS = [
+    ("run", (accept,), {"timeout": float("nan")}, ValueError, "timeout"),
+    ("run", (accept,), {"timeout": "1"}, TypeError, "timeout"),
+    ("run", (accept,), {"timeout": 10 ** 400}, ValueError, "timeout"),
+    ("run", (accept,), {"timeout": True}, TypeError, "timeout"),
+    ("run", (accept,), {"timeout": -1}, ValueError, "timeout"),
+    ("run", (accept,), {"timeout": [1]}, TypeError, "timeout"),
+    ("run", (None,), {}, TypeError, "handler"),
+    ("drain", (None,), {}, TypeError, "handler"),
+    ("drain", ("accept",), {}, TypeError, "handler"),
+    ("drain", (accept,), {"max_batches": 0}, ValueError, "max_batches"),
+    ("drain", (accept,), {"max_batches": "2"}, TypeError, "max_batches"),
+    ("drain", (accept,), {"max_batches": True}, TypeError, "max_batches"),
+]
+
 
 def _cases() -> List[Case]:
     out: List[Case] = []
@@ -204,6 +223,9 @@ def _cases() -> List[Case]:
                 for value, exc, says in NETNS]
     out += [Case("Conntrack." + m, args, kw, exc, says)
             for m, args, kw, exc, says in CONNTRACK_METHODS]
+    out += [Case(cls + "." + m, args, kw, exc, says)
+            for cls in ("NfQueue", "NfLog", "EventStream")
+            for m, args, kw, exc, says in LOOPS]
     return out
 
 
@@ -283,16 +305,35 @@ def ct_table() -> Iterator[Table]:
         ns.close()
 
 
+@pytest.fixture(scope="module")
+def open_channels() -> Iterator[Dict[str, Any]]:
+    """An open NfQueue, NfLog and EventStream in a throw-away namespace."""
+    ns = make_netns()
+    opened: Dict[str, Any] = {}
+    try:
+        opened["NfQueue"] = NfQueue(1, netns=ns.name)
+        opened["NfLog"] = NfLog(5, netns=ns.name)
+        opened["EventStream"] = EventStream(netns=ns.name)
+        yield opened
+    finally:
+        for ch in opened.values():
+            ch.close()
+        ns.close()
+
+
 # -- the test -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_bad_argument_is_rejected_first(case: Case, request, monkeypatch):
     cls, _, method = case.target.partition(".")
-    if method:
-        table: Table = request.getfixturevalue("ct_table")
+    table: Optional[Table] = None
+    if cls == "Conntrack" and method:
+        table = request.getfixturevalue("ct_table")
         call: Callable[..., Any] = getattr(table.ct, method)
         before = table.snapshot()
+    elif method:  # a loop of an open channel: it must refuse at once, not wait
+        call = getattr(request.getfixturevalue("open_channels")[cls], method)
     else:
         call = {"NfQueue": NfQueue, "NfLog": NfLog, "Conntrack": Conntrack,
                 "EventStream": EventStream, "serve": nfbind.serve}[cls]
@@ -306,5 +347,5 @@ def test_bad_argument_is_rejected_first(case: Case, request, monkeypatch):
     assert seen == [], seen
     assert open_fds() <= fds, "a descriptor was left open"
     assert children() == kids, "a child process was started"
-    if method:
+    if table is not None:
         assert table.snapshot() == before, "the request reached the kernel"

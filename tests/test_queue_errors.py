@@ -440,7 +440,8 @@ def test_use_after_close(ns):
     with pytest.raises(ClosedError):
         with q:
             pass
-    assert q.drain(lambda p: Verdict.ACCEPT) == 0
+    with pytest.raises(ClosedError):
+        q.drain(lambda p: Verdict.ACCEPT)
     q.stop()  # harmless
     assert "closed" in repr(q)
     assert q.stats.packets == 0 and q.stats.pending == 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
+import os
 import socket
 import threading
 import time
@@ -52,6 +54,45 @@ _MAX_BATCHES_PER_WAKE = 64
 
 class OverrunWarning(RuntimeWarning):
     """Issued once per object when the kernel first drops messages (ENOBUFS)."""
+
+
+def check_handler(handler: object) -> None:
+    """TypeError unless ``handler`` is callable."""
+    if not callable(handler):
+        raise TypeError("handler must be callable, not %s" % type(handler).__name__)
+
+
+def check_timeout(timeout: object) -> Optional[float]:
+    """A loop's ``timeout``: seconds >= 0 as a float, or None for no limit
+    (``math.inf`` means no limit too).  TypeError/ValueError name it."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError("timeout must be a number of seconds or None, not %s"
+                        % type(timeout).__name__)
+    try:
+        t = float(timeout)
+    except OverflowError:
+        raise ValueError("timeout must be a number of seconds (or None, or math.inf, for "
+                         "no limit), got an int too large for a float") from None
+    if math.isnan(t) or t < 0:
+        raise ValueError("timeout must be a number of seconds >= 0 (or None for no "
+                         "limit), got %r" % (timeout,))
+    return None if math.isinf(t) else t
+
+
+def _forget_readers(loop: asyncio.AbstractEventLoop, fds: List[int]) -> None:
+    """Remove ``loop``'s readers of ``fds`` and close them (they are copies
+    an ``async for`` made for its event loop)."""
+    for fd in fds:
+        try:
+            loop.remove_reader(fd)
+        except (OSError, ValueError, KeyError, RuntimeError):  # RuntimeError: loop closed
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _open_netlink(netns: _netns.NetNS, rcvbuf: int, no_enobufs: bool) -> socket.socket:
@@ -318,7 +359,18 @@ class Channel(Generic[P]):
 
         Returns the number of packets dispatched (0: nothing was waiting).  For
         users' own event loops: call it when ``fileno()`` is readable.
+        ``max_batches`` bounds the receive calls of one drain.
+
+        Raises ClosedError (the channel is closed), TypeError/ValueError (a
+        bad argument), and what the handler raises (after its batch).
         """
+        self._check_open()
+        check_handler(handler)
+        return self._drain(handler, check_int("max_batches", max_batches, 1, 1 << 30))
+
+    def _drain(self, handler: Callable[[P], Any], max_batches: int = _MAX_BATCHES_PER_WAKE) -> int:
+        """drain() for nfbind's own loops: 0 once the channel is closed (also
+        by another thread meanwhile), which ends them."""
         total = 0
         more = True
         for _ in range(max_batches):
@@ -373,20 +425,21 @@ class Channel(Generic[P]):
 
         Returns after ``stop()`` (from the handler, another thread or a signal
         handler), after ``close()``, on Ctrl-C (KeyboardInterrupt is absorbed),
-        or when ``timeout`` seconds passed without a packet.  An exception
-        raised by the handler comes out of ``run()`` once the batch it was in
-        has been completed.
+        or when ``timeout`` seconds (a number >= 0; None or ``math.inf``: no
+        limit) passed without a packet.  An exception raised by the handler
+        comes out of ``run()`` once the batch it was in has been completed.
 
-        Raises ClosedError, Overrun (``on_overrun="raise"``), NetlinkError.
+        Raises ClosedError, Overrun (``on_overrun="raise"``), NetlinkError,
+        TypeError/ValueError (a bad handler or timeout, before any wait).
         """
         self._check_open()
-        if not callable(handler):
-            raise TypeError("handler must be callable, not %s" % type(handler).__name__)
+        check_handler(handler)
+        timeout = check_timeout(timeout)
         waiter = self._wake.waiter([self._fd])
         try:
             idle_since = time.monotonic()
             while not self._stop_requested and not self._closed:
-                if self.drain(handler):
+                if self._drain(handler):
                     idle_since = time.monotonic()
                     if self._more:
                         continue
@@ -417,7 +470,7 @@ class Channel(Generic[P]):
                     yield buf.popleft()
                 if self._stop_requested or self._closed:
                     return
-                if not self.drain(buf.append):
+                if not self._drain(buf.append):
                     if self._stop_requested or self._closed:
                         return
                     waiter.wait()
@@ -429,14 +482,28 @@ class Channel(Generic[P]):
         return self._collect()
 
     async def __aiter__(self) -> AsyncIterator[P]:
-        """``async for pkt in channel`` on the running asyncio loop."""
+        """``async for pkt in channel`` on the running asyncio loop.
+
+        Ends after ``stop()`` or ``close()``, from any task or thread.
+        """
         self._check_open()
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         buf: Deque[P] = deque()
-        fds = (self._fd, self._wake.r)  # close() forgets them: remove these readers
-        for fd in fds:
-            loop.add_reader(fd, ready.set)
+        # The event loop watches copies of the socket and of the wake-up
+        # pipe's read end that this iteration owns: close() may release the
+        # originals at any moment, and their numbers may be reused (by the
+        # next channel this loop iterates) before this iteration has removed
+        # its readers.  The copy of the pipe turns readable (end of file)
+        # when close() closes the write end, so close() also wakes it.
+        fds: List[int] = []
+        try:
+            for fd in (self._fd, self._wake.r):
+                fds.append(os.dup(fd))
+                loop.add_reader(fds[-1], ready.set)
+        except BaseException:
+            _forget_readers(loop, fds)
+            raise
 
         def waker() -> None:
             try:
@@ -452,7 +519,7 @@ class Channel(Generic[P]):
                 if self._stop_requested or self._closed:
                     return
                 ready.clear()
-                if not self.drain(buf.append):
+                if not self._drain(buf.append):
                     if self._stop_requested or self._closed:
                         return
                     await ready.wait()
@@ -461,11 +528,7 @@ class Channel(Generic[P]):
             self._async_wakers.discard(waker)
             self._push_back(buf)
             self._consume_stop()
-            for fd in fds:
-                try:
-                    loop.remove_reader(fd)
-                except (OSError, ValueError, KeyError):
-                    pass
+            _forget_readers(loop, fds)
 
     # -- lifetime -----------------------------------------------------------
 
