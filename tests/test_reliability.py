@@ -6,6 +6,8 @@
   event loop is left clean, so the next channel it iterates (which may get
   the very descriptor numbers the closed one had) gets its packets.
 * ``drain()`` on a closed channel raises ClosedError, as ``run()`` does.
+* ``Conntrack.create()`` of a flow whose status asks for bits the kernel
+  refuses to set names those bits.
 
 Each test runs in a throw-away namespace and bounds every wait.
 """
@@ -19,8 +21,11 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from nfbind import ClosedError, NfLog, NfQueue, Verdict
-from nfbind.conntrack import EventStream
+from nfbind import ClosedError, NetlinkError, NfLog, NfQueue, Verdict
+from nfbind.conntrack import Conntrack, EventStream, Flow, Tuple
+from nfbind.enums import CtStatus
+
+from helpers.conntrack import ct_ns
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +177,26 @@ def test_close_from_another_thread_during_run_still_just_returns(ns):
         t.join()
         q.close()
     assert time.monotonic() - t0 < 5
+
+
+# -- conntrack status bits the kernel refuses ---------------------------------------------------------
+
+
+def test_create_with_refused_status_bits_names_them(ns):
+    ct_ns(ns, v6=False)
+    with Conntrack(netns=ns.name) as ct:
+        for status, named in ((0xFFFFFFFF, ("EXPECTED", "DYING")),
+                              (int(CtStatus.SEEN_REPLY | CtStatus.DYING), ("DYING",)),
+                              (int(CtStatus.EXPECTED), ("EXPECTED",))):
+            t = Tuple("10.0.0.1", "10.0.0.2", "udp", 1000 + (status & 0xFF), 2)
+            with pytest.raises(NetlinkError) as ei:
+                ct.create(Flow(t, timeout=60, status=status))
+            text = str(ei.value)
+            assert "EBUSY" in text, text
+            for name in named:
+                assert name in text, text
+            assert "status" in text, text
+        # without those bits the same flow is created
+        t = Tuple("10.0.0.1", "10.0.0.2", "udp", 999, 2)
+        ct.create(Flow(t, timeout=60, status=int(CtStatus.SEEN_REPLY | CtStatus.ASSURED)))
+        assert CtStatus.ASSURED in ct.get(t).status

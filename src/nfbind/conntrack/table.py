@@ -23,7 +23,7 @@ except ImportError as e:  # the conntrack channel was not built on this machine
     raise missing("conntrack", "nfbind.conntrack.table") from e
 from .._core import lib as core
 from .. import netns as _netns
-from ..enums import CtEvent
+from ..enums import CtEvent, CtStatus
 from ..errors import NetlinkError
 from ._pool import Pool
 from ._records import build_flows, parse_cpu_stats, parse_expect, parse_global_stats
@@ -62,6 +62,23 @@ from .model import (
 __all__ = ["Conntrack"]
 
 AddressLike = Union[str, bytes, int, ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+#: the status bits the kernel refuses in a new flow (EBUSY): it sets them itself
+_KERNEL_ONLY_STATUS = (CtStatus.EXPECTED, CtStatus.DYING)
+
+
+def _refused_status_hint(status: int) -> str:
+    """The hint of an EBUSY from create(): which of ``status``'s bits the
+    kernel refuses to set."""
+    asked = [b.name or str(int(b)) for b in _KERNEL_ONLY_STATUS if status & b]
+    if asked:
+        return ("the kernel refuses to create a flow with status bit%s %s (it sets %s "
+                "itself): leave %s out of status=%#x" % (
+                    "s" if len(asked) > 1 else "", " and ".join(asked),
+                    "them" if len(asked) > 1 else "it", "them" if len(asked) > 1 else "it",
+                    status))
+    return ("the kernel refuses this status=%#x for a new flow (it sets EXPECTED and "
+            "DYING itself)" % status)
 
 
 class Conntrack:
@@ -240,14 +257,16 @@ class Conntrack:
 
         Raises ValueError/TypeError (before any syscall), NetlinkError with
         errno EEXIST when the flow exists, ENOSPC for labels without the
-        connlabel extension (the message names the fix), PermissionDenied,
-        ClosedError.
+        connlabel extension (the message names the fix), EBUSY for status
+        bits the kernel sets only itself (the message names them),
+        PermissionDenied, ClosedError.
         """
         if not isinstance(flow, Flow):
             raise TypeError("create() needs a Flow, not %s" % type(flow).__name__)
         s = create_spec(flow)
         op = "creating flow %s" % flow.orig
         hint = {
+            errno.EBUSY: _refused_status_hint(int(flow.status or 0)),
             errno.EEXIST: "the flow is in the table already: update() it, or delete() it first",
             errno.ENOSPC: LABEL_HINT % ((min(flow.labels),) * 2) if flow.labels else None,
             errno.EOPNOTSUPP: "the kernel does not support something requested "
