@@ -33,6 +33,9 @@ from helpers.procs import child_env, children
 pytestmark = pytest.mark.integration
 
 PORT = 7300
+#: how long a receiver waits for the next datagram before it gives up on the
+#: rest: long, since a test that knows how many to expect stops at the last
+QUIET = 5.0
 
 
 def gone(pid: int) -> bool:
@@ -235,6 +238,88 @@ def test_handler_errors_are_logged_and_counted(ns, tmp_path):
     text = logfile.read_text()
     assert "the handler raised RuntimeError: bad packet" in text, text
     assert "worker" in text and "queue" in text
+
+
+class Abort(BaseException):
+    """An exception class outside Exception, as a handler might raise."""
+
+
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt, Abort],
+                         ids=lambda c: c.__name__)
+def test_a_handler_raising_any_exception_class_keeps_its_worker(ns, tmp_path, exc):
+    # SystemExit or KeyboardInterrupt from a handler is that handler's error
+    # like any other: the packet gets on_error, the worker logs and counts
+    # it and serves on (no restart, so no gap in which the kernel drops)
+    balance_rule(ns)
+    r = receiver(ns)
+    logfile = tmp_path / "serve.log"
+    handler = logging.FileHandler(logfile)
+    logger = logging.getLogger("nfbind.serve")
+    logger.addHandler(handler)
+
+    def decide(pkt: Any) -> Verdict:
+        if pkt.payload[28:].startswith(b"bad"):
+            raise exc("from the handler")
+        return Verdict.ACCEPT
+
+    try:
+        run = Running(decide, queues=range(2), workers=2, netns=ns.name,
+                      on_error=Verdict.DROP)
+        pids = dict(run.pids)
+        try:
+            bad = [b"bad%02d" % i for i in range(6)]
+            good = [b"good%03d" % i for i in range(194)]
+            mixed = [p for pair in zip(bad, good) for p in pair] + good[len(bad):]
+            send_flows(ns, mixed, sources=48)
+            got = recv_all(r, QUIET, limit=len(good))
+            more = [b"after%02d" % i for i in range(20)]
+            send_flows(ns, more, sources=48)
+            got += recv_all(r, QUIET, limit=len(more))
+            bound = ns.queue_proc()
+        finally:
+            result = run.finish()
+        got += recv_all(r, 0.2)  # every verdict is given: no bad packet may come late
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        r.close()
+    assert sorted(got) == sorted(good + more)
+    assert result.restarts == 0 and [w.pid for w in result] == list(pids), result
+    assert set(bound) == {0, 1}
+    assert result.handler_errors == 6 and result.packets == 220, result
+    assert all(w.lost_stats == 0 for w in result)
+    text = logfile.read_text()
+    assert "the handler raised %s: from the handler" % exc.__name__ in text, text
+    assert "died" not in text and "restart" not in text, text
+
+
+def test_sigterm_and_sigint_still_stop_serve(ns):
+    # a Ctrl-C (SIGINT to the process group) or SIGTERM to the caller still
+    # stops serve() cleanly: it returns its result and no worker is left
+    balance_rule(ns)
+    code = (
+        "import sys, nfbind\n"
+        "r = nfbind.serve(lambda p: nfbind.Verdict.ACCEPT, queues=range(2), netns=%r,\n"
+        "                 ready=lambda pids: print('ready', *sorted(pids), flush=True))\n"
+        "print('served', r.packets, r.restarts, flush=True)\n" % ns.name)
+    for sig, group in ((signal.SIGTERM, False), (signal.SIGINT, True)):
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=child_env(),
+                             start_new_session=True)
+        ns.procs.append(p)
+        line = p.stdout.readline()
+        assert line.startswith("ready"), (line, p.stderr.read() if p.poll() is not None else "")
+        workers = [int(x) for x in line.split()[1:]]
+        if group:
+            os.killpg(p.pid, sig)
+        else:
+            os.kill(p.pid, sig)
+        out, err = p.communicate(timeout=20)
+        assert p.returncode == 0, err
+        assert out.strip() == "served 0 0", (out, err)
+        assert "Traceback" not in err, err
+        assert all(gone(w) for w in workers)
+        assert not ns.queue_proc()
 
 
 def test_killed_worker_is_restarted(ns):

@@ -7,6 +7,13 @@ the supervisor closes the stop pipe, closes them (waiting packets get the
 default verdict) and sends its counts (``("stats", {...})``, after
 ``("fatal", text)`` when a queue itself failed).  Its return value is the
 process's exit code.
+
+Whatever the handler raises is the handler's error, SystemExit and
+KeyboardInterrupt included: a worker ignores SIGINT and turns SIGTERM into
+a flag, so neither can come from anywhere else.  The handler runs wrapped:
+an exception outside ``Exception`` comes out as :class:`HandlerExit`, which
+NfQueue treats as any handler error (``on_error`` for the packet, the rest
+of the batch handled) and the worker logs, counts and serves on.
 """
 from __future__ import annotations
 
@@ -28,6 +35,31 @@ _LOG_FIRST = 10
 
 #: worker exit codes: done, could not bind, a queue failed, died of an exception
 EXIT_OK, EXIT_BIND, EXIT_FATAL, EXIT_CRASH = 0, 1, 2, 70
+
+
+class HandlerExit(Exception):
+    """The handler raised an exception outside ``Exception`` (SystemExit,
+    KeyboardInterrupt, ...): that exception is ``__cause__``."""
+
+
+def _guarded(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``handler``, raising HandlerExit instead of an exception outside
+    ``Exception``, so that it cannot end the worker."""
+    def call(pkt: Any) -> Any:
+        try:
+            return handler(pkt)
+        except Exception:
+            raise
+        except BaseException as e:
+            raise HandlerExit("%s: %s" % (type(e).__name__, e)) from e
+    return call
+
+
+def _shown(e: BaseException) -> BaseException:
+    """The exception the handler raised (unwrapping HandlerExit)."""
+    if isinstance(e, HandlerExit) and e.__cause__ is not None:
+        return e.__cause__
+    return e
 
 
 def _send(conn: Connection, msg: Tuple[object, ...]) -> None:
@@ -72,6 +104,7 @@ def worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], An
         stopping = True
 
     name = "worker %d" % index
+    handler = _guarded(handler)
     first: Optional[float] = None
     last: Optional[float] = None
     fatal: Optional[str] = None
@@ -102,10 +135,12 @@ def worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], An
                         break
                     prev, errors = errors, errors + now - before
                     if prev < _LOG_FIRST or prev // 1000 != errors // 1000:
+                        shown = _shown(e)
                         log.error("%s (queue %d): the handler raised %s: %s; the packet "
                                   "got on_error (%d handler error%s so far in this worker)",
-                                  name, q.queue_num, type(e).__name__, e, errors,
-                                  "" if errors == 1 else "s", exc_info=e if not prev else None)
+                                  name, q.queue_num, type(shown).__name__, shown, errors,
+                                  "" if errors == 1 else "s",
+                                  exc_info=shown if not prev else None)
                     if first is None:
                         first = t0
                     last = mono()

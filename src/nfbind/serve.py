@@ -27,8 +27,10 @@ Policy, in short (the docs page "Using more than one core" has the details):
   waiting the default verdict.  Workers ignore SIGINT (Ctrl-C reaches the
   whole process group; the parent coordinates the stop).  Every worker is
   reaped before :func:`serve` returns or raises.
-* a handler that raises: its packet gets ``on_error``, the worker logs it on
-  the ``nfbind.serve`` logger and keeps serving; the count is in the result.
+* a handler that raises, whatever the exception's class (SystemExit and
+  KeyboardInterrupt included: in a worker they can only come from the
+  handler): its packet gets ``on_error``, the worker logs it on the
+  ``nfbind.serve`` logger and keeps serving; the count is in the result.
 * a worker that dies: restarted (``restart=True``, at most ``max_restarts``
   times per worker), or everything stops and :class:`WorkerError` is raised
   (``restart=False``, or the restarts are used up).
