@@ -241,6 +241,38 @@ def test_queue_hook_rewrites_with_scapy(queue_ns, tmp_path):
     assert out.count("-> ACCEPT (rewritten)") == 2, out
 
 
+def test_queue_hook_bad_results_get_the_fallback_verdict(queue_ns, tmp_path):
+    # results nfbind refuses (a payload over 65,535 bytes, a negative mark, an
+    # unknown verdict number) are errors of their packet: the --verdict
+    # fallback, a message, and the next packet is served as usual
+    hook = tmp_path / "badresults.py"
+    hook.write_text(
+        "from nfbind import Verdict\n"
+        "def hook(pkt):\n"
+        "    data = pkt.payload[28:]\n"
+        "    if data == b'big':\n"
+        "        return b'x' * 70000\n"
+        "    if data == b'neg':\n"
+        "        return Verdict.ACCEPT, -5\n"
+        "    if data == b'huge':\n"
+        "        return 'accept', 1 << 40\n"
+        "    if data == b'seven':\n"
+        "        return 7\n"
+        "    return 'accept'\n")
+    payloads = [b"good", b"big", b"neg", b"huge", b"seven", b"fine"]
+    rc, out, err, got = run_queue(queue_ns, ["--hook", str(hook), "--verdict", "drop"],
+                                  payloads)
+    assert rc == 0, err
+    assert "Traceback" not in err, err
+    assert got == [b"good", b"fine"]  # the others got --verdict drop
+    assert out.count("-> ACCEPT") == 2 and out.count("-> DROP") == 4, out
+    errors = [l for l in err.splitlines() if l.startswith("nfbind: hook")]
+    assert len(errors) == 4, err
+    assert "payload" in errors[0] and "70000" in errors[0], errors
+    assert "mark" in errors[1] and "mark" in errors[2], errors
+    assert all(l.endswith("gets DROP") for l in errors), errors
+
+
 def test_queue_hook_errors():
     r = nfb("queue", "3", "--hook", "no_such_module_xyz:fn")
     assert r.returncode == 1

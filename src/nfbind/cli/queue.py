@@ -77,7 +77,11 @@ def _hook_result(r: Any, default: Verdict, default_mark: Optional[int]
         except KeyError:
             raise ValueError("hook returned %r: use accept, drop or repeat" % r)
     if isinstance(r, int):
-        return Verdict(r), mark, None
+        try:
+            return Verdict(r), mark, None
+        except ValueError:
+            raise ValueError("hook returned %r, which is no verdict: return a Verdict "
+                             "(ACCEPT, DROP, REPEAT, STOP) or 'accept'/'drop'" % r) from None
     if isinstance(r, (bytes, bytearray, memoryview)) or hasattr(r, "build"):
         return Verdict.ACCEPT, mark, r
     raise TypeError("hook returned %s: return a Verdict, 'accept'/'drop', True/False, "
@@ -101,6 +105,19 @@ def _queue_proc(ns: Any, num: int) -> Optional[Tuple[int, int]]:
         return None
 
 
+def _give(pkt: Any, verdict: Verdict, mark: Optional[int], payload: Any) -> None:
+    """Give ``pkt`` the verdict; raises ValueError/TypeError (nothing sent)
+    for a mark or payload nfbind refuses."""
+    if verdict == Verdict.ACCEPT:
+        pkt.accept(mark=mark, payload=payload)
+    elif verdict == Verdict.REPEAT:
+        pkt.repeat(mark=mark)
+    elif verdict == Verdict.DROP:
+        pkt.drop()
+    else:
+        pkt.verdict(verdict, mark=mark)
+
+
 _VERDICT_DONE = {"ACCEPT": "accepted", "DROP": "dropped", "REPEAT": "repeated",
                  "STOP": "stopped", "BY-HOOK": "decided by the hook"}
 
@@ -118,36 +135,43 @@ class _Decider:
 
     def __call__(self, pkt: Any) -> Tuple[str, str, bool]:
         """Give ``pkt`` its verdict; returns ``(name, line, hook_failed)``: the
-        verdict's name and the packet's output line (without newline)."""
+        verdict's name and the packet's output line (without newline).
+
+        What goes wrong with the hook is this packet's error: an exception
+        it raised, or a result nfbind refuses (a payload over the limit, a
+        mark outside 0..0xffffffff, no verdict); the packet then gets the
+        ``--verdict`` fallback and the next packet is served as usual."""
         args, default = self.args, self.default
         ts = pkt.timestamp or time.time()
         note = ""
         verdict, mark, payload = default, args.mark, None
         failed = False
+        decided = False  # the verdict was given here (not by the hook itself)
         if self.hook is not None:
+            step = "raised"
             try:
                 r = self.hook(pkt)
                 if not pkt.has_verdict:
+                    step = "result refused"
                     verdict, mark, payload = _hook_result(r, default, args.mark)
+                    _give(pkt, verdict, mark, payload)
+                    decided = True
             except Exception as e:
                 failed = True
                 verdict, mark, payload = default, args.mark, None
-                note = " (hook raised %s: %s)" % (type(e).__name__, e)
-                self.hook_error("nfbind: hook raised %s: %s; packet %d gets %s" % (
-                    type(e).__name__, e, pkt.id, default.name))
-        if pkt.has_verdict:
-            name = "BY-HOOK"
-        else:
-            if verdict == Verdict.ACCEPT:
-                pkt.accept(mark=mark, payload=payload)
-            elif verdict == Verdict.REPEAT:
-                pkt.repeat(mark=mark)
-            elif verdict == Verdict.DROP:
-                pkt.drop()
+                what = ("hook raised %s: %s" % (type(e).__name__, e) if step == "raised"
+                        else "hook result refused: %s" % e)
+                note = " (%s)" % what
+                self.hook_error("nfbind: %s; packet %d gets %s" % (what, pkt.id, default.name))
+        if not decided and not pkt.has_verdict:
+            _give(pkt, verdict, mark, payload)
+            decided = True
+        if decided:
+            if verdict == Verdict.DROP:
                 mark = None
-            else:
-                pkt.verdict(verdict, mark=mark)
             name = Verdict(verdict).name
+        else:
+            name = "BY-HOOK"
         if args.json:
             d = packet_meta(pkt, ts)
             d["id"] = pkt.id
@@ -200,7 +224,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(text, file=sys.stderr)
 
     decide = _Decider(args, hook, default, hook_error)
-    q = NfQueue(args.num, fail_open=args.fail_open, netns=args.netns)
+    q = NfQueue(args.num, fail_open=args.fail_open, netns=args.netns, on_error=default)
     with q, Interrupt() as intr, endpoint(args.metrics, q,
                                           hook_errors=lambda: {args.num: tally["errors"]}):
         intr.arm(q.stop)
@@ -294,7 +318,7 @@ def _queue_serve(args: argparse.Namespace, hook: Optional[Callable[[Any], Any]],
 
     with workers_endpoint(args.metrics, args.netns, queues, counts, row, col):
         result = serve(handle, queues, workers, fail_open=args.fail_open, netns=args.netns,
-                       ready=ready)
+                       on_error=default, ready=ready)
     elapsed = time.monotonic() - start
     by_verdict = {n: sum(counts[row[q] + col[n]] for q in queues) for n in _VERDICT_DONE}
     n = sum(by_verdict.values())
