@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only time, group, prefix and devices: the kernel copies no packet data")
     p.add_argument("--json", action="store_true", help="one JSON object per packet")
     p.add_argument("--pcap", metavar="FILE",
-                   help="write the packets to a pcap file (tcpdump -r, Wireshark); lines are "
-                   "printed too with -v")
+                   help="write the packets to a pcap file (tcpdump -r, Wireshark), or to "
+                   "stdout with `-` (e.g. `| tcpdump -r -`); lines are printed too with -v")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="with --pcap: also print a line per packet")
     p.add_argument("--count", "-c", type=_count, metavar="N", help="exit after N packets")

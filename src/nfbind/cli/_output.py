@@ -21,7 +21,8 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Collection, Dict, List, NamedTuple, Optional
+from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Collection, Dict, List, NamedTuple,
+                    Optional)
 from typing import Sequence, Tuple
 
 from ..enums import CtStatus, Family, Hook
@@ -288,15 +289,24 @@ def packet_meta(pkt: Any, ts: float) -> Dict[str, Any]:
 
 
 class Pcap:
-    """A pcap file (LINKTYPE_RAW: each record is an IPv4 or IPv6 packet)."""
+    """A pcap file (LINKTYPE_RAW: each record is an IPv4 or IPv6 packet);
+    ``-`` is standard output, as for ``tcpdump -w -``."""
 
     LINKTYPE_RAW = 101
 
     def __init__(self, path: str) -> None:
-        try:
-            self.f = open(path, "wb")
-        except OSError as e:
-            raise CliError("cannot write %s: %s" % (path, e.strerror or e))
+        self.f: BinaryIO
+        if path == "-":
+            self.f = sys.stdout.buffer
+            self.name = "stdout"
+            self._own = False
+        else:
+            try:
+                self.f = open(path, "wb")
+            except OSError as e:
+                raise CliError("cannot write %s: %s" % (path, e.strerror or e))
+            self.name = path
+            self._own = True
         self.f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, self.LINKTYPE_RAW))
         self.f.flush()
         self.count = 0
@@ -310,7 +320,11 @@ class Pcap:
         self.count += 1
 
     def close(self) -> None:
-        self.f.close()
+        """Close the file (standard output is flushed, not closed)."""
+        if self._own:
+            self.f.close()
+        else:
+            self.f.flush()
 
 
 def dumps(obj: Any) -> str:

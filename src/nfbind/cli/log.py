@@ -21,6 +21,9 @@ def cmd_log(args: argparse.Namespace) -> int:
 
     if args.prefix_only and args.pcap:
         raise CliError("--prefix-only copies no packet data: it cannot be used with --pcap", 2)
+    if args.pcap == "-" and (args.json or args.verbose):
+        raise CliError("--pcap - writes the capture to stdout, where --json and -v would "
+                       "print their lines too: give --pcap a file name to get both", 2)
     if not args.prefix_only:
         have_scapy()  # import now, not while the first packet waits
     pcap = Pcap(args.pcap) if args.pcap else None
@@ -65,7 +68,7 @@ def cmd_log(args: argparse.Namespace) -> int:
             n = log.stats.packets
             return "nfbind log %s: %d packet%s, %.0f/s, %d overruns%s" % (
                 gname, n, "" if n == 1 else "s", rate(n, dt), log.stats.overruns,
-                ", %d written to %s" % (pcap.count, args.pcap) if pcap else "")
+                ", %d written to %s" % (pcap.count, pcap.name) if pcap else "")
 
         with Live(out, status) as live:
             try:
@@ -78,6 +81,6 @@ def cmd_log(args: argparse.Namespace) -> int:
             print("nfbind: log group %s: %d packet%s in %.1f s, %d overrun%s%s" % (
                 gname, n, "" if n == 1 else "s", live.elapsed(), log.stats.overruns,
                 "" if log.stats.overruns == 1 else "s",
-                ", %d written to %s" % (pcap.count, args.pcap) if pcap else ""),
+                ", %d written to %s" % (pcap.count, pcap.name) if pcap else ""),
                 file=sys.stderr)
     return 0
