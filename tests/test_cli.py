@@ -479,6 +479,40 @@ def test_log_pcap_to_stdout(log_ns, tmp_path):
         assert "stdout" in one_error_line(r)
 
 
+def test_ct_filters_of_two_address_families_are_refused(ns):
+    for args, says in ((["list", "-s", "10.0.0.1", "-d", "::1"], "-s 10.0.0.1 is IPv4"),
+                       (["list", "-d", "::1", "-f", "ipv4"], "-d ::1 is IPv6"),
+                       (["delete", "-s", "fe80::/64", "-d", "10.0.0.0/8"], "IPv4"),
+                       (["update", "-s", "10.0.0.1", "-d", "::1", "--set-mark", "1"], "IPv6"),
+                       (["events", "-s", "::1", "-f", "4"], "-s ::1 is IPv6")):
+        r = nfb("ct", *args, "--netns", ns.name)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        line = one_error_line(r)
+        assert "address famil" in line and says in line, (args, line)
+        assert r.stdout == "", r.stdout
+
+
+def test_ct_events_rejects_an_empty_event_list(ns):
+    for ev in ("", ",", "NEW,", " "):
+        r = nfb("ct", "events", "-e", ev, "--netns", ns.name, timeout=10)
+        assert r.returncode == 2, (ev, r.stderr)
+        assert "--event" in one_error_line(r), r.stderr
+
+
+def test_ct_labels_out_of_range_are_argument_errors(ns):
+    # a number is a label bit, never a connlabel.conf name: out of range, it
+    # is a bad argument (not a missing connlabel.conf)
+    ns.iptables("-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
+    r = nfb("ct", "create", "-p", "udp", "-s", "10.9.9.1", "-d", "10.9.9.2", "--sport", "1",
+            "--dport", "2", "--timeout", "100", "--netns", ns.name)
+    assert r.returncode == 0, r.stderr
+    for labels, says in (("-1", "-1"), ("128", "128"), ("3,200", "200"), ("0x80", "0x80")):
+        r = nfb("ct", "update", "-p", "udp", "-l", labels, "--netns", ns.name)
+        assert r.returncode == 2, (labels, r.stderr)
+        line = r.stderr.strip().splitlines()[-1]
+        assert "-l/--labels" in line and "0..127" in line and says in line, line
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 

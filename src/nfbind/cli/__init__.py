@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -136,13 +137,30 @@ def _proto(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e))
 
 
+_NUMBER = re.compile(r"[+-]?(0[xX][0-9a-fA-F]*|0[oO][0-7]*|0[bB][01]*|[0-9]+)$")
+
+
 def _labels(text: str) -> List[Union[int, str]]:
+    """Label bits (numbers, any base int() takes) and connlabel.conf names."""
+    from ..conntrack import MAX_LABEL
+
     out: List[Union[int, str]] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
-        out.append(int(part) if part.isdigit() else part)
+        if _NUMBER.match(part):  # a number, never a name: check its range here
+            try:
+                bit = int(part, 0)
+            except ValueError:
+                bit = -1
+            if not 0 <= bit <= MAX_LABEL:
+                raise argparse.ArgumentTypeError(
+                    "a label is a bit number 0..%d or a name from connlabel.conf, got %r"
+                    % (MAX_LABEL, part))
+            out.append(bit)
+        else:
+            out.append(part)
     return out
 
 

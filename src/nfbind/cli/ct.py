@@ -43,6 +43,30 @@ def _matches(f: "Flow", a: argparse.Namespace) -> bool:
     return True
 
 
+def _shown(net: Any) -> str:
+    """An address option's value as given: ``10.0.0.1``, ``fe80::/64``."""
+    return str(net.network_address) if net.num_addresses == 1 else str(net)
+
+
+def _check_families(a: argparse.Namespace) -> None:
+    """Refuse filters of two address families: no flow could match them."""
+    given = [(opt, net) for opt, net in (("-s", getattr(a, "src", None)),
+                                         ("-d", getattr(a, "dst", None))) if net is not None]
+    fam = getattr(a, "family", None)
+    if fam is not None:
+        want = 4 if fam == socket.AF_INET else 6
+        for opt, net in given:
+            if net.version != want:
+                raise CliError("address family mismatch: %s %s is IPv%d but --family is "
+                               "ipv%d; no flow can match both" % (
+                                   opt, _shown(net), net.version, want), 2)
+    if len(given) == 2 and given[0][1].version != given[1][1].version:
+        (o1, n1), (o2, n2) = given
+        raise CliError("address family mismatch: %s %s is IPv%d but %s %s is IPv%d; no flow "
+                       "has addresses of two families" % (
+                           o1, _shown(n1), n1.version, o2, _shown(n2), n2.version), 2)
+
+
 def _select(ct: "Conntrack", a: argparse.Namespace) -> List["Flow"]:
     mark, mask = a.mark if a.mark is not None else (None, _ALL_BITS)
     fam = a.family
@@ -109,6 +133,7 @@ def cmd_ct(args: argparse.Namespace) -> int:
     from ..conntrack import Conntrack, NotFound
 
     verb = args.verb
+    _check_families(args)
     with Conntrack(netns=args.netns) as ct:
         if verb == "list":
             flows = _select(ct, args)
@@ -233,11 +258,14 @@ def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
     from ..enums import CtEvent
 
     types = CtEvent(0)
-    for word in (a.event or "NEW,UPDATE,DESTROY").split(","):
+    for word in ("NEW,UPDATE,DESTROY" if a.event is None else a.event).split(","):
         try:
+            if word.strip().upper() not in ("NEW", "UPDATE", "DESTROY"):
+                raise KeyError(word)
             types |= CtEvent[word.strip().upper()]
         except KeyError:
-            raise CliError("--event must be NEW, UPDATE and/or DESTROY, got %r" % word, 2)
+            raise CliError("--event must name NEW, UPDATE and/or DESTROY, separated by "
+                           "commas, got %r" % a.event, 2)
     kw: Dict[str, Any] = {}
     if a.proto is not None:
         kw["proto"] = a.proto
