@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List
+from typing import List, Optional
 
 import pytest
 
@@ -76,11 +76,16 @@ def _send(s: socket.socket, payloads, port: int = PORT) -> None:
         s.sendto(p, ("127.0.0.1", port))
 
 
-def _recv(sock: socket.socket, quiet: float = 0.3, limit: float = 5.0) -> List[bytes]:
+def _recv(sock: socket.socket, quiet: float = 0.3, limit: float = 5.0,
+          expect: Optional[int] = None) -> List[bytes]:
+    """What ``sock`` receives until it is quiet for ``quiet`` s (at most
+    ``limit`` s), or until ``expect`` datagrams came.  Verdicts given in
+    this thread are delivered before they return; a test whose verdicts come
+    from another thread gives ``expect`` and a generous ``quiet``."""
     out: List[bytes] = []
     sock.settimeout(quiet)
     deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (expect is None or len(out) < expect):
         try:
             out.append(sock.recv(70000))
         except (socket.timeout, BlockingIOError):
@@ -532,6 +537,44 @@ def test_run_socket_nonblocking_and_blocking(ns):
     q.run_socket(sock)                           # returns when cb unbinds
     assert n == [b"a", b"b", b"c", b"d"]
     assert _recv(r) == [b"c", b"d"]
+
+
+def test_run_socket_returns_when_unbound_from_another_thread(ns):
+    # a thread blocked in recv(MSG_PEEK) on a descriptor of its own (fromfd
+    # dups it) must come back when another thread unbinds: the unbind wakes
+    # that recv, whatever the moment it comes (tried 30 times, at moments
+    # spread over the loop's wait)
+    _rule(ns)
+    r, s = _receiver(ns), _sender(ns)
+    for i in range(30):
+        q = _nfq(ns)
+        q.bind(QNUM, lambda p: p.accept())
+        sock = socket.fromfd(q.get_fd(), socket.AF_UNIX, socket.SOCK_STREAM)
+        _SOCKETS.append(sock)
+        sock.settimeout(4)                       # a hang shows as a 4 s wait
+        errors: List[BaseException] = []
+        done = threading.Event()
+
+        def loop() -> None:
+            try:
+                q.run_socket(sock)
+            except BaseException as e:  # handed to the test
+                errors.append(e)
+            finally:
+                done.set()
+
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+        _send(s, [b"n%02d" % i])
+        assert _recv(r, quiet=5.0, expect=1) == [b"n%02d" % i]
+        time.sleep((i % 6) * 0.005)
+        t0 = time.monotonic()
+        q.unbind()
+        assert done.wait(8), "run %d: run_socket() did not return" % i
+        took = time.monotonic() - t0
+        assert took < 2.0, "run %d: run_socket() returned %.1f s after unbind()" % (i, took)
+        assert errors == [], errors
+        t.join(1)
 
 
 def test_constructed_inside_call_in_and_with_sockfd(ns):

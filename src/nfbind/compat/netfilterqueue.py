@@ -51,9 +51,9 @@ Differences, all deliberate:
 * The netlink socket is opened by ``bind()`` (in the network namespace the
   constructor ran in), so ``get_fd()`` before ``bind()`` / after ``unbind()``
   raises RuntimeError instead of returning a socket no queue uses.
-* ``run()`` returns when the queue is unbound (by the callback or another
-  thread) instead of blocking forever; ``run()`` before ``bind()`` raises
-  RuntimeError.
+* ``run()`` and ``run_socket()`` return when the queue is unbound (by the
+  callback or another thread) instead of blocking forever; ``run()`` before
+  ``bind()`` raises RuntimeError.
 * ``sockfd=`` (a netlink socket opened in another network namespace): the
   shim opens its own socket in that socket's namespace (SIOCGSKNS) instead of
   taking the descriptor over; ``af`` is accepted and ignored (binding a
@@ -67,16 +67,19 @@ nfbind extension: ``NetfilterQueue(netns=...)`` takes a network namespace
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import struct
 import threading
 import warnings
 from typing import Any, Callable, List, Optional
 
+from .._core import lib as core
 from .._wake import WakePipe
 from ..enums import Verdict
-from ..errors import NetlinkError
+from ..errors import ClosedError, NetlinkError
 from ..queue import NfQueue, Packet as _NfPacket
 
 __all__ = ["NetfilterQueue", "Packet", "COPY_NONE", "COPY_META", "COPY_PACKET", "PROTOCOLS"]
@@ -129,6 +132,33 @@ def _c_int(value: Any) -> int:
     if not -(1 << 31) <= value < (1 << 31):
         raise OverflowError("value too large to convert to int")
     return int(value)
+
+
+def _copy_socket(q: NfQueue) -> Optional[socket.socket]:
+    """A socket object on a copy of ``q``'s descriptor (None if it cannot be
+    made): it outlives ``q.close()``, for :func:`_wake_receivers`."""
+    try:
+        return socket.socket(fileno=os.dup(q.fileno()))
+    except (OSError, ClosedError):  # closed already: nothing to wake
+        return None
+
+
+def _wake_receivers(sock: socket.socket) -> None:
+    """Make a closed queue's socket readable once more, and close ``sock``.
+
+    ``run_socket(s)`` waits in ``s.recv()`` on a descriptor of its own (a
+    ``socket.fromfd`` copy), which closing the queue's descriptor does not
+    wake.  A request asking the kernel for an acknowledgement (a bare
+    NLMSG_DONE with NLM_F_ACK, which the kernel only acknowledges, with or
+    without CAP_NET_ADMIN) puts one message in the socket, so that recv()
+    returns and the loop sees the queue is gone."""
+    try:
+        hdr = struct.pack("=IHHII", 16, core.NLMSG_DONE, core.NLM_F_REQUEST | core.NLM_F_ACK, 0, 0)
+        sock.sendto(hdr, (0, 0))
+    except OSError:  # nothing more can be done: a blocked recv() stays blocked
+        pass
+    finally:
+        sock.close()
 
 
 def _thread_netns() -> Optional[int]:
@@ -383,8 +413,13 @@ class NetfilterQueue:
             self._callback = None
             self._stash = []
         if q is not None:
-            q.close()
-            self._wake.wake()
+            copy = _copy_socket(q)
+            try:
+                q.close()
+            finally:
+                self._wake.wake()  # run() waits on this pipe
+                if copy is not None:
+                    _wake_receivers(copy)  # run_socket() waits in recv() on its own copy
 
     def get_fd(self) -> int:
         """The descriptor of the queue's netlink socket (for select/poll, or
@@ -415,7 +450,10 @@ class NetfilterQueue:
         """Read one batch into the stash (the packets stay queued)."""
         if q.closed or self._q is not q:
             return 0
-        return q.drain(self._stash.append, max_batches=1)
+        try:
+            return q.drain(self._stash.append, max_batches=1)
+        except ClosedError:  # unbound by another thread meanwhile
+            return 0
 
     def _bound(self, what: str) -> NfQueue:
         q = self._q
@@ -441,9 +479,8 @@ class NetfilterQueue:
         """Like ``run()``, but wait with ``s.recv`` (``s`` wraps ``get_fd()``,
         e.g. ``socket.fromfd(nfq.get_fd(), socket.AF_UNIX, socket.SOCK_STREAM)``)
         so that gevent can monkeypatch it.  Returns when ``s`` is non-blocking
-        and nothing is waiting."""
-        import errno
-
+        and nothing is waiting, and when the queue is unbound (also by another
+        thread while it waits in ``s.recv``)."""
         q = self._bound("run_socket")
         while self._q is q and not q.closed:
             self._handle_stash(q)
