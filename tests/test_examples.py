@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pytest
 
@@ -34,7 +34,9 @@ class Example:
     """An example script running in a namespace; its stdout is read by a thread."""
 
     def __init__(self, ns, name: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(SRC))  # the examples flush their lines
+        # the examples flush their lines; unbuffered, every write reaches the
+        # pipe as it is made, as on a terminal: a line written in two parts shows
+        env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1")
         self.name = name
         self.proc = ns.popen(sys.executable, str(EXAMPLES / name), *args,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -89,7 +91,7 @@ class Example:
 
 
 def run_once(ns, name: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
+    env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1")
     return subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, str(EXAMPLES / name), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -128,16 +130,21 @@ def udp_pair(ns, port: int, src: str = "127.0.0.1", dst: str = "127.0.0.1"):
     return s, r
 
 
-def recv_all(sock: socket.socket, first: float = 5.0, quiet: float = 0.5) -> List[bytes]:
-    """What ``sock`` receives: waits up to ``first`` s for a packet, then until quiet."""
+def recv_all(sock: socket.socket, first: float = 5.0, quiet: float = 0.5,
+             limit: Optional[int] = None) -> List[bytes]:
+    """What ``sock`` receives: waits up to ``first`` s for a packet, then until
+    quiet for ``quiet`` s, or until ``limit`` packets came (a test that knows
+    how many to expect gives it, and a generous ``quiet``: a slow consumer
+    then costs time, never a packet)."""
     sock.settimeout(first)
     out = []
-    while True:
+    while limit is None or len(out) < limit:
         try:
             out.append(sock.recv(2000))
         except socket.timeout:
             return out
         sock.settimeout(quiet)
+    return out
 
 
 def track(ns) -> None:
@@ -162,7 +169,7 @@ def test_nflog_print(ns):
     with s, r:
         for i in range(3):
             s.sendto(b"log-me-%d" % i, ("127.0.0.1", 9999))
-        got = recv_all(r)
+        got = recv_all(r, quiet=5.0, limit=3)
     out = ex.finish()
     # the far side: logging holds nothing back
     assert got == [b"log-me-0", b"log-me-1", b"log-me-2"]
@@ -214,7 +221,10 @@ def test_nfqueue_firewall(ns):
             for p, (s, _) in socks.items():
                 s.sendto(b"hello %d to %d" % (i, p), ("127.0.0.1", p))
         # the dropped port last, with a short wait: the others are in by then
-        got = {p: recv_all(socks[p][1], first=5 if p != 7000 else 0.5) for p in (7001, 7002, 7000)}
+        # (the example decides in order: once 7001 and 7002 have theirs, the
+        # drops for 7000, sent before them, are decided too)
+        got = {p: recv_all(socks[p][1], quiet=5.0, limit=2) for p in (7001, 7002)}
+        got[7000] = recv_all(socks[7000][1], first=0.5)
     finally:
         for s, r in socks.values():
             s.close()
@@ -245,7 +255,7 @@ def test_nfqueue_asyncio(ns):
     with s, r:
         for i in range(5):
             s.sendto(b"x" * (10 + i), ("127.0.0.1", 7100))
-        got = recv_all(r)
+        got = recv_all(r, quiet=5.0, limit=5)
     out = ex.finish()
     assert got == [b"x" * (10 + i) for i in range(5)]
     rows = [l.split() for l in out if re.match(r"\d+ lo \d+ bytes$", l)]
@@ -269,7 +279,7 @@ def test_nfqueue_multi_queue(ns):
             senders.append(s)
             s.bind(("127.0.0.%d" % (10 + i), 0))
             s.sendto(b"from %d" % i, ("127.0.0.1", 7200))
-        got = recv_all(r)
+        got = recv_all(r, quiet=5.0, limit=n)
     finally:
         r.close()
         for s in senders:
@@ -286,7 +296,13 @@ def test_nfqueue_multi_queue(ns):
     assert len(pids[0]) == len(pids[1]) == 1 and pids[0] != pids[1]  # ... each in its own process
     srcs = [{a for _, a in v} for v in per_queue.values()]
     assert not (srcs[0] & srcs[1]) and len(srcs[0] | srcs[1]) == n, "\n".join(out)  # one source, one queue
-    assert "queue 0: worker done" in out and "queue 1: worker done" in out
+    # every line whole: two workers share stdout, and each line must be one write
+    # (with PYTHONUNBUFFERED, print() writes the text and the newline separately)
+    shapes = (r"listening on queues 0, 1", r"queue [01] pid \d+: id \d+ IP / UDP .* / Raw",
+              r"queue [01]: worker done", r"%d packets" % n)
+    mixed = [l for l in out if not any(re.fullmatch(p, l) for p in shapes)]
+    assert not mixed, "lines of two writers mixed:\n" + "\n".join(out)
+    assert out.count("queue 0: worker done") == out.count("queue 1: worker done") == 1, out
     assert out[-1] == "%d packets" % n
     # the workers closed their queues: nobody is bound any more
     assert ns.queue_proc() == {}
