@@ -403,8 +403,14 @@ def test_ct_json_is_flow_as_dict(ns):
         client.sendall(b"data")
         conn.settimeout(5)
         assert conn.recv(10) == b"data"
-        time.sleep(0.2)  # the ACK of the data: the flow's counters settle
         with Conntrack(netns=ns.name) as ct:
+            # the counters settle once the server's ACK of the data is out (it may
+            # be delayed): SYN-ACK and that ACK are the reply direction's 2 packets
+            def acked() -> bool:
+                tcp = [f for f in ct.dump() if f.orig.dport == 7200]
+                return len(tcp) == 1 and tcp[0].counters is not None and \
+                    tcp[0].counters.reply_packets >= 2
+            wait_for(acked, "the ACK of the data")
             for args, read in ((["list"], lambda: list(ct.dump())),
                                (["get", *tup], lambda: [ct.get(Tuple("10.9.9.1", "10.9.9.2",
                                                                      "udp", 1111, 2222))])):
