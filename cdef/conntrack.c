@@ -87,11 +87,37 @@ struct nfb_ct_dumpf {
     uint32_t mark_mask;
     uint32_t status;
     uint32_t status_mask;
+    uint16_t zone;
+    uint32_t orig_flags;        /* NFB_CTF_*: the fields of orig to match */
+    uint32_t reply_flags;       /* NFB_CTF_*: the fields of reply to match */
+    struct nfb_ct_tuple orig;
+    struct nfb_ct_tuple reply;
 };
 
 enum {
     NFB_DF_MARK = 1u << 0,
     NFB_DF_STATUS = 1u << 1,
+    NFB_DF_ZONE = 1u << 2,      /* CTA_ZONE: the kernel filters by zone since 6.8 */
+};
+
+/* The kernel's CTA_FILTER_F_* flags (net/netfilter/nf_internals.h, which no
+ * userspace header exports; ABI since Linux 5.8): which fields of the
+ * CTA_TUPLE_ORIG / CTA_TUPLE_REPLY sent with CTA_FILTER a dump or flush
+ * compares.  The kernel compares ports for TCP and UDP only, and refuses
+ * port flags without CTA_PROTO_NUM (EINVAL) and unknown flags (EOPNOTSUPP). */
+enum {
+    NFB_CTF_IP_SRC = 1u << 0,
+    NFB_CTF_IP_DST = 1u << 1,
+    NFB_CTF_TUPLE_ZONE = 1u << 2,
+    NFB_CTF_PROTO_NUM = 1u << 3,
+    NFB_CTF_PROTO_SRC_PORT = 1u << 4,
+    NFB_CTF_PROTO_DST_PORT = 1u << 5,
+    NFB_CTF_PROTO_ICMP_TYPE = 1u << 6,
+    NFB_CTF_PROTO_ICMP_CODE = 1u << 7,
+    NFB_CTF_PROTO_ICMP_ID = 1u << 8,
+    NFB_CTF_PROTO_ICMPV6_TYPE = 1u << 9,
+    NFB_CTF_PROTO_ICMPV6_CODE = 1u << 10,
+    NFB_CTF_PROTO_ICMPV6_ID = 1u << 11,
 };
 
 enum { NFB_M_RECORDS = 0, NFB_M_RAW = 1 };
@@ -232,6 +258,65 @@ int nfb_ct_build_simple(char *buf, uint8_t subsys, uint8_t msg, uint16_t flags,
     return (int)nlh->nlmsg_len;
 }
 
+/* Put a CTA_TUPLE_* nest (type) holding the fields of t that flags names
+ * (NFB_CTF_*), as the kernel's tuple parser reads them. */
+static void nfb_put_tuple(struct nlmsghdr *nlh, uint16_t type, uint8_t family,
+                          const struct nfb_ct_tuple *t, uint32_t flags)
+{
+    struct nlattr *tuple = mnl_attr_nest_start(nlh, type);
+    int v6 = family == AF_INET6;
+
+    if (flags & (NFB_CTF_IP_SRC | NFB_CTF_IP_DST)) {
+        struct nlattr *ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
+        if (flags & NFB_CTF_IP_SRC)
+            mnl_attr_put(nlh, v6 ? CTA_IP_V6_SRC : CTA_IP_V4_SRC, v6 ? 16 : 4, t->src);
+        if (flags & NFB_CTF_IP_DST)
+            mnl_attr_put(nlh, v6 ? CTA_IP_V6_DST : CTA_IP_V4_DST, v6 ? 16 : 4, t->dst);
+        mnl_attr_nest_end(nlh, ip);
+    }
+    if (flags & NFB_CTF_PROTO_NUM) {
+        struct nlattr *pr = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+        mnl_attr_put_u8(nlh, CTA_PROTO_NUM, t->proto);
+        if (flags & NFB_CTF_PROTO_SRC_PORT)
+            mnl_attr_put_u16(nlh, CTA_PROTO_SRC_PORT, htons(t->sport));
+        if (flags & NFB_CTF_PROTO_DST_PORT)
+            mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, htons(t->dport));
+        if (flags & (NFB_CTF_PROTO_ICMP_ID | NFB_CTF_PROTO_ICMPV6_ID))
+            mnl_attr_put_u16(nlh, v6 ? CTA_PROTO_ICMPV6_ID : CTA_PROTO_ICMP_ID, htons(t->icmp_id));
+        if (flags & (NFB_CTF_PROTO_ICMP_TYPE | NFB_CTF_PROTO_ICMPV6_TYPE))
+            mnl_attr_put_u8(nlh, v6 ? CTA_PROTO_ICMPV6_TYPE : CTA_PROTO_ICMP_TYPE, t->icmp_type);
+        if (flags & (NFB_CTF_PROTO_ICMP_CODE | NFB_CTF_PROTO_ICMPV6_CODE))
+            mnl_attr_put_u8(nlh, v6 ? CTA_PROTO_ICMPV6_CODE : CTA_PROTO_ICMP_CODE, t->icmp_code);
+        mnl_attr_nest_end(nlh, pr);
+    }
+    if ((flags & NFB_CTF_TUPLE_ZONE) && (t->has & NFB_T_ZONE))
+        mnl_attr_put_u16(nlh, CTA_TUPLE_ZONE, htons(t->zone));
+    mnl_attr_nest_end(nlh, tuple);
+}
+
+/* Every field of t a lookup needs (for the kernel's ctnetlink_parse_tuple). */
+static uint32_t nfb_lookup_flags(const struct nfb_ct_tuple *t)
+{
+    uint32_t f = NFB_CTF_IP_SRC | NFB_CTF_IP_DST | NFB_CTF_PROTO_NUM | NFB_CTF_TUPLE_ZONE;
+    if (nfb_proto_has_ports(t->proto))
+        f |= NFB_CTF_PROTO_SRC_PORT | NFB_CTF_PROTO_DST_PORT;
+    else if (t->proto == IPPROTO_ICMP || t->proto == IPPROTO_ICMPV6)
+        f |= NFB_CTF_PROTO_ICMP_TYPE | NFB_CTF_PROTO_ICMP_CODE | NFB_CTF_PROTO_ICMP_ID;
+    return f;
+}
+
+int nfb_ct_build_lookup(char *buf, uint8_t msg, uint16_t flags, uint8_t family,
+                        const struct nfb_ct_tuple *t, int by_reply, uint16_t zone)
+{
+    struct nlmsghdr *nlh = nfb_put_header(buf, NFNL_SUBSYS_CTNETLINK, msg, flags);
+    nfb_put_nfgen(nlh, family, 0);
+    nfb_put_tuple(nlh, by_reply ? CTA_TUPLE_REPLY : CTA_TUPLE_ORIG, family, t,
+                  nfb_lookup_flags(t));
+    if (zone)
+        mnl_attr_put_u16(nlh, CTA_ZONE, htons(zone));
+    return (int)nlh->nlmsg_len;
+}
+
 int nfb_ct_build_filtered(char *buf, uint8_t msg, uint16_t flags, const struct nfb_ct_dumpf *f)
 {
     struct nlmsghdr *nlh = nfb_put_header(buf, NFNL_SUBSYS_CTNETLINK, msg, flags);
@@ -244,6 +329,23 @@ int nfb_ct_build_filtered(char *buf, uint8_t msg, uint16_t flags, const struct n
      * libnetfilter_conntrack's NFCT_Q_FLUSH_FILTER sends it) */
     if (msg == IPCTNL_MSG_CT_DELETE)
         nfg->version = 1;
+    /* what libnetfilter_conntrack 1.0.9 cannot send: the zone, and the
+     * tuple filter (CTA_FILTER with the tuples it names) */
+    if (f->set & NFB_DF_ZONE)
+        mnl_attr_put_u16(nlh, CTA_ZONE, htons(f->zone));
+    if (f->orig_flags)
+        nfb_put_tuple(nlh, CTA_TUPLE_ORIG, f->family, &f->orig, f->orig_flags);
+    if (f->reply_flags)
+        nfb_put_tuple(nlh, CTA_TUPLE_REPLY, f->family, &f->reply, f->reply_flags);
+    if (f->orig_flags || f->reply_flags) {
+        struct nlattr *n = mnl_attr_nest_start(nlh, CTA_FILTER);
+        /* NLA_U32 in host order, unlike the conntrack attributes */
+        if (f->orig_flags)
+            mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, f->orig_flags);
+        if (f->reply_flags)
+            mnl_attr_put_u32(nlh, CTA_FILTER_REPLY_FLAGS, f->reply_flags);
+        mnl_attr_nest_end(nlh, n);
+    }
     if (!(f->set & (NFB_DF_MARK | NFB_DF_STATUS)) && !f->family)
         return (int)nlh->nlmsg_len;
     fd = nfct_filter_dump_create();

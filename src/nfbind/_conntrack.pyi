@@ -89,6 +89,11 @@ class struct_nfb_ct_dumpf(CStruct):
     mark_mask: int
     status: int
     status_mask: int
+    zone: int
+    orig_flags: int
+    reply_flags: int
+    orig: struct_nfb_ct_tuple
+    reply: struct_nfb_ct_tuple
 
 
 class struct_nfb_ct(CStruct):
@@ -200,6 +205,19 @@ class _Lib:
     NFB_ES_HELPER: Final[int]
     NFB_DF_MARK: Final[int]
     NFB_DF_STATUS: Final[int]
+    NFB_DF_ZONE: Final[int]
+    NFB_CTF_IP_SRC: Final[int]
+    NFB_CTF_IP_DST: Final[int]
+    NFB_CTF_TUPLE_ZONE: Final[int]
+    NFB_CTF_PROTO_NUM: Final[int]
+    NFB_CTF_PROTO_SRC_PORT: Final[int]
+    NFB_CTF_PROTO_DST_PORT: Final[int]
+    NFB_CTF_PROTO_ICMP_TYPE: Final[int]
+    NFB_CTF_PROTO_ICMP_CODE: Final[int]
+    NFB_CTF_PROTO_ICMP_ID: Final[int]
+    NFB_CTF_PROTO_ICMPV6_TYPE: Final[int]
+    NFB_CTF_PROTO_ICMPV6_CODE: Final[int]
+    NFB_CTF_PROTO_ICMPV6_ID: Final[int]
     NFB_CT_BUFSIZE: Final[int]
     NFB_M_RECORDS: Final[int]
     NFB_M_RAW: Final[int]
@@ -268,6 +286,17 @@ class _Lib:
         msg: int,
         flags: int,
         s: struct_nfb_ct_spec,
+        /,
+    ) -> int: ...
+    def nfb_ct_build_lookup(
+        self,
+        buf: CharArg,
+        msg: int,
+        flags: int,
+        family: int,
+        t: struct_nfb_ct_tuple,
+        by_reply: int,
+        zone: int,
         /,
     ) -> int: ...
     def nfb_exp_build(

@@ -21,19 +21,28 @@ In the kernel:
 * ``dump(mark=, mark_mask=)``: CTA_MARK/CTA_MARK_MASK (NFCT_FILTER_DUMP_MARK);
 * ``dump(status=, status_mask=)``: CTA_STATUS/CTA_STATUS_MASK
   (NFCT_FILTER_DUMP_STATUS);
-* ``flush(family=, mark=, status=)``: the same filter on IPCTNL_MSG_CT_DELETE;
+* ``dump(src=, dst=, proto=, sport=, dport=, reply_*=)`` with IPv4
+  addresses, and TCP/UDP ports: CTA_FILTER with the tuples it names (Linux
+  5.8; libnetfilter_conntrack 1.0.9 cannot send it, nfbind builds it);
+* ``dump(zone=)``: CTA_ZONE (Linux 6.8);
+* ``flush()`` with the same filters, when the kernel applies all of them;
 * ``EventFilter`` protocol, addresses and mark: a BPF program built by
   ``nfct_filter_*`` (addresses only where that program is right: see
   :class:`EventFilter`).
 
-In userspace:
+Which of CTA_FILTER and CTA_ZONE the kernel honours is probed once per
+process.  In userspace:
 
-* ``dump(zone=)``: libnetfilter_conntrack 1.0.9 cannot send a zone filter;
+* networks (``src="10.0.0.0/8"``), IPv6 addresses (the kernel's IPv6
+  tuple comparison is inverted: see ``_wire.DumpFilter``), ports of other
+  protocols, and what the running kernel lacks;
+* a ``flush()`` with any of those: the matching flows are dumped and
+  deleted one by one (by tuple and id);
 * every filter on the dying and unconfirmed tables: the kernel ignores them;
 * ``EventFilter`` ports: ``nfct_filter`` has no port match.
 
 Every kernel-side filter is checked again in userspace (a few integer
-compares per flow), so results are right even on a kernel that ignores one.
+compares per flow), so results are the same on any kernel.
 
 Updates send only the tuple, the zone and what changes, never attributes
 read back from the kernel (``conntrack -U`` resends what it read, which the

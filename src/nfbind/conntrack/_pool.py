@@ -35,14 +35,35 @@ from .._netlink import open_netfilter_socket
 from .. import netns as _netns
 from ..errors import ClosedError, NetlinkError, PermissionDenied, error_from_errno
 from ._records import NLMSG, REC_SIZE, build_flows
-from ._wire import TABLES, dump_filter
-from .model import Flow, NotFound
+from ._wire import TABLES, DumpFilter, Support, dump_filter, flow_spec, lookup_tuple
+from .model import AF_INET, AF_INET6, Flow, NotFound
 
 #: one batch of a dump, for build_flows: the records, their count, the
 #: messages' bytes (for secctx) and how many of the records are IPv6 flows
 RecordBatch = Tuple[bytes, int, bytes, int]
 
 __all__ = ["Pool"]
+
+
+def _filtered_builder(msg: int, flags: int, f: Any) -> Callable[[Any], int]:
+    """The builder of a filtered dump or flush request (``f``: its ``struct
+    nfb_ct_dumpf``)."""
+    def build(buf: Any) -> int:
+        return int(lib.nfb_ct_build_filtered(buf, msg, flags, f))
+    return build
+
+
+def _delete_builder(f: Flow) -> Callable[[Any], int]:
+    """The builder of a delete of exactly this flow: its original tuple,
+    zone and id."""
+    s = flow_spec(f.orig, f.zone)
+    if f.id is not None:
+        s.set |= lib.NFB_S_ID
+        s.id = f.id
+
+    def build(buf: Any) -> int:
+        return int(lib.nfb_ct_build(buf, core.IPCTNL_MSG_CT_DELETE, core.NLM_F_ACK, s))
+    return build
 
 #: records per receive call (one C call drains datagrams until it has these)
 _BATCH = 8192
@@ -55,6 +76,14 @@ _AHEAD = 4
 _PREFETCH = (os.cpu_count() or 1) > 1
 #: idle sockets kept for later requests
 _KEEP = 4
+
+#: what the running kernel filters itself (see Pool.filter_support): probed
+#: once per process, on the first dump or flush with a tuple or zone filter
+_SUPPORT: Optional[Support] = None
+_SUPPORT_LOCK = threading.Lock()
+#: for tests: match every tuple and zone filter in userspace, as on a kernel
+#: without CTA_FILTER (mark, status and family still go to the kernel)
+_FORCE_USERSPACE = False
 
 
 class _Handle:
@@ -318,31 +347,132 @@ class Pool:
                 raise NetlinkError(err, op, (hint + "; " + e.hint) if e.hint else hint) from None
             raise
 
-    def dump(self, fam: Optional[int] = None, mark: Optional[int] = None,
-             mmask: int = 0xFFFFFFFF, zone: Optional[int] = None, status: Optional[int] = None,
-             smask: Optional[int] = None, table: str = "conntrack") -> Iterator[Flow]:
-        """Yield the flows of ``table`` that pass the (checked) filters: in
-        the kernel where it filters, and again in userspace (a few integer
-        compares per flow), so the result is right even on a kernel that
-        ignores a filter.  The request goes out at the first ``next()``.
+    # -- filters the kernel applies ---------------------------------------------------
+
+    def filter_support(self) -> Support:
+        """What the running kernel filters itself, probed once per process.
+
+        Two requests that fail on a kernel that has the feature and match
+        no flow (mark 1 under mask 0) on one that ignores it:
+
+        * a tuple filter with a flag no kernel knows (bit 31): refused from
+          Linux 5.8 (CTA_FILTER; EOPNOTSUPP, or EINVAL where the attribute
+          policy checks the flags), ignored before;
+        * CTA_ZONE together with a tuple filter on CTA_TUPLE_ZONE: EINVAL
+          from Linux 6.8, which filters dumps by CTA_ZONE and then refuses
+          a second zone; accepted by 5.8 to 6.7, which ignore CTA_ZONE.
+
+        Raises PermissionDenied without CAP_NET_ADMIN, NetlinkError.
         """
-        msg = TABLES[table]
+        global _SUPPORT
+        if _FORCE_USERSPACE:
+            return Support(False, False)
+        if _SUPPORT is None:
+            with _SUPPORT_LOCK:
+                if _SUPPORT is None:
+                    _SUPPORT = self._probe()
+        return _SUPPORT
+
+    def _probe(self) -> Support:
+        def refused(f: Any) -> int:
+            try:
+                self.transact(lambda buf: int(lib.nfb_ct_build_filtered(
+                    buf, core.IPCTNL_MSG_CT_GET, core.NLM_F_DUMP, f)),
+                    "probing the kernel's conntrack dump filters")
+            except PermissionDenied:
+                raise
+            except NetlinkError as e:
+                return e.errno or -1
+            return 0
+
+        def nothing() -> Any:
+            f = dump_filter(AF_INET, 0, 0, None, None)
+            f.mark = 1      # under mask 0: no flow matches, on any kernel
+            return f
+
+        f = nothing()
+        f.orig_flags = 1 << 31  # far above the flags any kernel knows
+        if refused(f) not in (errno.EOPNOTSUPP, errno.EINVAL):
+            return Support(False, False)
+        g = nothing()
+        g.set |= lib.NFB_DF_ZONE
+        g.zone = 1
+        g.orig_flags = lib.NFB_CTF_TUPLE_ZONE
+        g.orig.has = core.NFB_T_ZONE
+        g.orig.zone = 1
+        return Support(True, refused(g) == errno.EINVAL)
+
+    def _requests(self, flt: DumpFilter, msg: int) -> Tuple[List[Callable[[Any], int]], bool]:
+        """The requests of a filtered dump (msg) or flush of the conntrack
+        table, one per family; and whether the kernel applies every
+        condition."""
+        need = flt.has_tuple or flt.zone is not None
+        support = self.filter_support() if need else Support(False, False)
+        builds: List[Callable[[Any], int]] = []
+        exact = True
+        flags = core.NLM_F_DUMP if msg != core.IPCTNL_MSG_CT_DELETE else core.NLM_F_ACK
+        for fam in flt.families(support):
+            f, ok = flt.kernel(fam, support)
+            exact = exact and ok
+            builds.append(_filtered_builder(msg, flags, f))
+        return builds, exact
+
+    # -- dumps ------------------------------------------------------------------------
+
+    def dump(self, flt: Optional[DumpFilter] = None, table: str = "conntrack",
+             zero_counters: bool = False) -> Iterator[Flow]:
+        """Yield the flows of ``table`` that pass ``flt``: in the kernel where
+        it filters (family, mark and status; addresses, protocol, ports and
+        zone as CTA_FILTER/CTA_ZONE where the kernel has them), and again in
+        userspace, so the result is the same on any kernel.
+
+        ``zero_counters`` zeroes the counters of the flows yielded, which
+        carry the values before zeroing (IPCTNL_MSG_CT_GET_CTRZERO): by the
+        dump itself when the kernel applies every condition, else flow by
+        flow once userspace has matched it.  The first request goes out at
+        the first ``next()``.
+        """
+        flt = flt if flt is not None else DumpFilter()
         op = "dumping the %s table" % table
-        kernel_filter = table == "conntrack"
+        if table != "conntrack":
+            msg = TABLES[table]
+            fam = flt.family or 0
+            builds: List[Callable[[Any], int]] = [lambda buf: int(lib.nfb_ct_build_simple(
+                buf, core.NFNL_SUBSYS_CTNETLINK, msg, core.NLM_F_DUMP, fam, 0))]
+            exact = flt.empty
+        else:
+            builds, exact = self._requests(flt, core.IPCTNL_MSG_CT_GET)
+            if zero_counters and exact:
+                builds, _ = self._requests(flt, core.IPCTNL_MSG_CT_GET_CTRZERO)
+        zero_each = zero_counters and not exact
+        for build in builds:
+            for f in self._dump_one(build, op, None if flt.empty else flt):
+                if zero_each:
+                    z = self._zeroed(f)
+                    if z is None:
+                        continue
+                    f = z
+                yield f
 
-        def build(buf: Any) -> int:
-            if not kernel_filter:
-                return int(lib.nfb_ct_build_simple(buf, core.NFNL_SUBSYS_CTNETLINK, msg,
-                                                   core.NLM_F_DUMP, fam or 0, 0))
-            return int(lib.nfb_ct_build_filtered(buf, msg, core.NLM_F_DUMP,
-                                                 dump_filter(fam, mark, mmask, status, smask)))
+    def _zeroed(self, f: Flow) -> Optional[Flow]:
+        """Zero one flow's counters: the flow as it was, or None when it is gone."""
+        tup = lookup_tuple(f.orig)
+        fam = AF_INET if f.orig.src.version == 4 else AF_INET6
+        try:
+            recs, n, data = self.transact(
+                lambda buf: int(lib.nfb_ct_build_lookup(buf, core.IPCTNL_MSG_CT_GET_CTRZERO,
+                                                        core.NLM_F_ACK, fam, tup, 0, f.zone)),
+                "zeroing the counters of flow %s" % f.orig, want=True, not_found="gone")
+        except NotFound:
+            return None
+        out: List[Flow] = []
+        if n:
+            build_flows(recs, n, data, out)
+        return out[0] if out else None
 
-        check_mark = mark is not None
-        want_mark = (mark or 0) & mmask
-        check_status = status is not None
-        smask_ = smask or 0
-        want_status = (status or 0) & smask_
-        filtered = fam is not None or check_mark or check_status or zone is not None
+    def _dump_one(self, build: Callable[[Any], int], op: str,
+                  flt: Optional[DumpFilter]) -> Iterator[Flow]:
+        """One dump request: its flows that pass ``flt`` (None: all)."""
         h = self._acquire()
         ok = False
         batches = _Batches(self, h, op)
@@ -369,19 +499,13 @@ class Pool:
                 finally:
                     if gc_was_on:
                         _gc.enable()
-                if not filtered:
+                if flt is None:
                     yield from flows
                     continue
+                match = flt.matches
                 for f in flows:
-                    if fam is not None and f.family != fam:
-                        continue
-                    if check_mark and f.mark & mmask != want_mark:
-                        continue
-                    if check_status and f.status & smask_ != want_status:
-                        continue
-                    if zone is not None and f.zone != zone:
-                        continue
-                    yield f
+                    if match(f):
+                        yield f
             if h.c.error < 0:
                 raise self._error(h, -h.c.error, op)
             ok = True
@@ -389,6 +513,29 @@ class Pool:
             # an abandoned dump leaves answers queued on the socket: drop it
             if batches.stop():
                 self._release(h, ok)
+
+    def flush(self, flt: DumpFilter, hints: Dict[int, Optional[str]]) -> int:
+        """Delete the flows of the conntrack table that pass ``flt``: with one
+        request per family where the kernel applies every condition, else by
+        deleting each flow a dump matched (by tuple and id: a newer flow with
+        the same tuple stays).  Returns the number deleted in userspace, -1
+        when the kernel deleted them.
+        """
+        op = "flushing %s flows" % flt.describe()
+        builds, exact = self._requests(flt, core.IPCTNL_MSG_CT_DELETE)
+        if exact:
+            for build in builds:
+                self.transact_hinted(build, op, hints)
+            return -1
+        done = 0
+        for f in list(self.dump(flt)):
+            try:
+                self.transact(_delete_builder(f), "%s: deleting %s" % (op, f.orig),
+                              not_found="gone")
+            except NotFound:
+                continue
+            done += 1
+        return done
 
     def close(self) -> None:
         """Close every socket.  Safe to call twice."""

@@ -11,8 +11,9 @@ flows, e.g. with EOPNOTSUPP).
 """
 from __future__ import annotations
 
+import ipaddress
 import typing as _t
-from typing import Any, FrozenSet, Optional, Union
+from typing import Any, FrozenSet, List, NamedTuple, Optional, Union
 
 from .._channels import missing
 
@@ -22,23 +23,27 @@ except ImportError as e:  # the conntrack channel was not built on this machine
     raise missing("conntrack", "nfbind.conntrack._wire") from e
 from .._core import lib as core
 from .labels import labels_bytes
+from ..enums import IPProto
 from .model import (
     AF_INET,
     AF_INET6,
     ICMP_PROTOS,
     PORT_PROTOS,
+    U32_MAX,
     Expectation,
     Flow,
     Tuple,
     check_addr,
+    check_family,
     check_opt,
+    check_proto,
     check_u16,
     check_u32,
 )
 
-__all__ = ["TABLES", "TupleOrFlow", "status_filter", "dump_filter", "complete", "as_tuple",
-           "zone_of", "flow_spec", "create_spec", "update_spec", "expect_spec",
-           "expect_delete_spec"]
+__all__ = ["TABLES", "TupleOrFlow", "status_filter", "dump_filter", "Support", "DumpFilter",
+           "zone_id", "complete", "as_tuple", "zone_of", "flow_spec", "create_spec",
+           "update_spec", "lookup_tuple", "expect_spec", "expect_delete_spec"]
 
 TupleOrFlow = Union[Tuple, Flow]
 
@@ -80,6 +85,237 @@ def dump_filter(fam: Optional[int], mark: Optional[int], mmask: int, status: Opt
         f.status = status & (smask or 0)
         f.status_mask = smask or 0
     return f
+
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+#: the protocols whose ports the kernel's tuple filter compares
+_KERNEL_PORT_PROTOS = frozenset((int(IPProto.TCP), int(IPProto.UDP)))
+_FULL_PREFIX = {4: 32, 6: 128}
+
+
+class Support(NamedTuple):
+    """What the running kernel filters itself: CTA_FILTER tuple filters
+    (Linux 5.8) and CTA_ZONE in dumps and flushes (Linux 6.8)."""
+
+    tuples: bool
+    zone: bool
+
+
+def zone_id(flow: Flow) -> int:
+    """The zone a flow lives in, whichever direction it applies to: Flow.zone,
+    else a directional zone (orig.zone or reply.zone), else 0 (the kernel's
+    nf_ct_zone_equal_any)."""
+    if flow.zone:
+        return flow.zone
+    if flow.orig.zone is not None:
+        return flow.orig.zone
+    if flow.reply is not None and flow.reply.zone is not None:
+        return flow.reply.zone
+    return 0
+
+
+def _network(name: str, value: Any) -> Optional[IPNetwork]:
+    """None, or an address or network (``"10.0.0.0/8"``, an ``ipaddress``
+    address or network, bytes, int) as a network."""
+    if value is None:
+        return None
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return value
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address, bytes, int)):
+        return ipaddress.ip_network(check_addr(name, value))
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise TypeError("%s must be an address or network (str, bytes, int or ipaddress "
+                        "object), not %s" % (name, type(value).__name__))
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("%s is not an IPv4/IPv6 address or network: %r" % (name, value)) from None
+
+
+class DumpFilter:
+    """The checked conditions of a dump or flush, and how they are split
+    between the kernel and userspace.
+
+    Addresses are networks (an address is a /32 or /128); the kernel compares
+    exact addresses only, so a shorter prefix is matched in userspace.  So
+    are IPv6 addresses: the kernel's tuple filter (ctnetlink_filter_match_tuple,
+    still in Linux 6.18) tests IPv6 addresses with ``!ipv6_addr_cmp()``,
+    which is true when they are equal, and so returns the flows whose
+    address differs (an IPv6 ``src=`` dump got every flow but the one asked
+    for).  Protocol and ports of IPv6 flows still go to the kernel.
+    :meth:`kernel` builds the request's filter for one family and says
+    whether the kernel applies every condition (``exact``); :meth:`matches`
+    applies all of them in userspace, which every dump does again (a few
+    compares per flow), so the result is the same on any kernel.
+    """
+
+    __slots__ = ("family", "mark", "mark_mask", "status", "status_mask", "zone", "proto",
+                 "src", "dst", "sport", "dport", "reply_src", "reply_dst", "reply_sport",
+                 "reply_dport")
+
+    def __init__(self, family: Any = None, *, mark: Any = None, mark_mask: Any = U32_MAX,
+                 zone: Any = None, status: Any = None, status_mask: Any = None,
+                 src: Any = None, dst: Any = None, proto: Any = None, sport: Any = None,
+                 dport: Any = None, reply_src: Any = None, reply_dst: Any = None,
+                 reply_sport: Any = None, reply_dport: Any = None) -> None:
+        self.family = check_family("family", family)
+        self.mark = check_opt(check_u32, "mark", mark)
+        self.mark_mask = check_u32("mark_mask", mark_mask)
+        self.zone = check_opt(check_u16, "zone", zone)
+        self.status, self.status_mask = status_filter(status, status_mask)
+        self.proto = None if proto is None else int(check_proto("proto", proto))
+        self.src = _network("src", src)
+        self.dst = _network("dst", dst)
+        self.reply_src = _network("reply_src", reply_src)
+        self.reply_dst = _network("reply_dst", reply_dst)
+        self.sport = check_opt(check_u16, "sport", sport)
+        self.dport = check_opt(check_u16, "dport", dport)
+        self.reply_sport = check_opt(check_u16, "reply_sport", reply_sport)
+        self.reply_dport = check_opt(check_u16, "reply_dport", reply_dport)
+        named = [(n, getattr(self, n)) for n in ("src", "dst", "reply_src", "reply_dst")
+                 if getattr(self, n) is not None]
+        versions = {net.version for _, net in named}
+        if len(versions) > 1:
+            raise ValueError("the address filters mix IPv4 and IPv6 (%s): no flow matches "
+                             "both" % ", ".join("%s=%s" % kv for kv in named))
+        if versions and self.family is not None:
+            want = 4 if self.family == AF_INET else 6
+            if versions != {want}:
+                raise ValueError("family is IPv%d but %s is not" % (want, named[0][0]))
+
+    @property
+    def has_tuple(self) -> bool:
+        """Whether any condition is on a tuple (addresses, protocol, ports)."""
+        return any(getattr(self, n) is not None for n in (
+            "proto", "src", "dst", "sport", "dport", "reply_src", "reply_dst", "reply_sport",
+            "reply_dport"))
+
+    @property
+    def empty(self) -> bool:
+        """No condition at all: every flow passes."""
+        return (self.family is None and self.mark is None and self.status is None
+                and self.zone is None and not self.has_tuple)
+
+    def families(self, support: Support) -> List[Optional[int]]:
+        """The family of each request: the kernel takes tuple filters per
+        family only, so without a family (given, or from the addresses)
+        there is one request per family; else one."""
+        fam = self.family
+        if fam is None:
+            for net in (self.src, self.dst, self.reply_src, self.reply_dst):
+                if net is not None:
+                    fam = AF_INET if net.version == 4 else AF_INET6
+                    break
+        if fam is None and support.tuples and self.has_tuple:
+            return [AF_INET, AF_INET6]
+        return [fam]
+
+    def kernel(self, family: Optional[int], support: Support) -> _t.Tuple[Any, bool]:
+        """The ``struct nfb_ct_dumpf`` of a request for ``family`` (None:
+        both), and whether the kernel applies every condition."""
+        f = dump_filter(family, self.mark, self.mark_mask, self.status, self.status_mask)
+        exact = True
+        if self.zone is not None:
+            if support.zone:
+                f.set |= lib.NFB_DF_ZONE
+                f.zone = self.zone
+            else:
+                exact = False
+        if not self.has_tuple:
+            return f, exact
+        if not support.tuples or family is None:
+            return f, False
+        proto = self.proto
+        ports_ok = proto in _KERNEL_PORT_PROTOS
+        for t, pre, src, dst, sport, dport in (
+                (f.orig, "orig", self.src, self.dst, self.sport, self.dport),
+                (f.reply, "reply", self.reply_src, self.reply_dst, self.reply_sport,
+                 self.reply_dport)):
+            flags = 0
+            for net, bit, field in ((src, lib.NFB_CTF_IP_SRC, "src"),
+                                    (dst, lib.NFB_CTF_IP_DST, "dst")):
+                if net is None:
+                    continue
+                if net.prefixlen != _FULL_PREFIX[net.version] or net.version == 6:
+                    # a network: matched in userspace; an IPv6 address too,
+                    # since the kernel's IPv6 comparison is inverted (see
+                    # the class docstring)
+                    exact = False
+                    continue
+                raw = net.network_address.packed
+                ffi.memmove(getattr(t, field), raw, len(raw))
+                flags |= bit
+            if sport is not None or dport is not None:
+                if ports_ok:
+                    flags |= lib.NFB_CTF_PROTO_NUM
+                    if sport is not None:
+                        t.sport = sport
+                        flags |= lib.NFB_CTF_PROTO_SRC_PORT
+                    if dport is not None:
+                        t.dport = dport
+                        flags |= lib.NFB_CTF_PROTO_DST_PORT
+                else:
+                    exact = False   # the kernel compares TCP and UDP ports only
+            if proto is not None and (pre == "orig" or flags):
+                flags |= lib.NFB_CTF_PROTO_NUM
+            if flags & lib.NFB_CTF_PROTO_NUM:
+                t.proto = proto
+            setattr(f, pre + "_flags", flags)
+        return f, exact
+
+    def matches(self, flow: Flow) -> bool:
+        """True when ``flow`` passes every condition."""
+        if self.family is not None and flow.family != self.family:
+            return False
+        if self.mark is not None and flow.mark & self.mark_mask != self.mark & self.mark_mask:
+            return False
+        if self.status is not None:
+            smask = self.status_mask or 0
+            if flow.status & smask != self.status & smask:
+                return False
+        if self.zone is not None and zone_id(flow) != self.zone:
+            return False
+        if not self.has_tuple:
+            return True
+        o = flow.orig
+        if self.proto is not None and o.proto != self.proto:
+            return False
+        if self.src is not None and o.src not in self.src:
+            return False
+        if self.dst is not None and o.dst not in self.dst:
+            return False
+        if self.sport is not None and o.sport != self.sport:
+            return False
+        if self.dport is not None and o.dport != self.dport:
+            return False
+        r = flow.reply
+        if self.reply_src is not None or self.reply_dst is not None or (
+                self.reply_sport is not None or self.reply_dport is not None):
+            if r is None:
+                return False
+            if self.reply_src is not None and r.src not in self.reply_src:
+                return False
+            if self.reply_dst is not None and r.dst not in self.reply_dst:
+                return False
+            if self.reply_sport is not None and r.sport != self.reply_sport:
+                return False
+            if self.reply_dport is not None and r.dport != self.reply_dport:
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The conditions as text, for error messages ("all" when none)."""
+        parts = []
+        for n in self.__slots__:
+            v = getattr(self, n)
+            if v is None or (n == "mark_mask" and self.mark is None) or (
+                    n == "status_mask" and self.status is None):
+                continue
+            if n == "mark_mask" and v == U32_MAX:
+                continue
+            parts.append("%s=%s" % (n, hex(v) if n.startswith(("mark", "status")) else v))
+        return " ".join(parts) if parts else "all"
 
 
 # -- tuples --------------------------------------------------------------------------------
@@ -225,6 +461,13 @@ def update_spec(tup: Tuple, zone: int, mark: Optional[int], timeout: Optional[in
         ffi.memmove(s.labels, labels_bytes(labels or ()), 16)
         ffi.memmove(s.labels_mask, labels_bytes(labels_mask), 16)
     return s
+
+
+def lookup_tuple(tup: Tuple) -> Any:
+    """``tup`` as the C ``struct nfb_ct_tuple`` of :func:`nfb_ct_build_lookup`."""
+    t = ffi.new("struct nfb_ct_tuple *")
+    _fill_tuple(t, tup)
+    return t
 
 
 # -- expectations ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ if _t.TYPE_CHECKING:  # pragma: no cover
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 from ..errors import PermissionDenied, error_from_errno
 from ._pool import Pool
+from ._wire import DumpFilter
 from ._records import REC_SIZE, build_flows, event_codes
 from .model import U32_MAX, Event, Flow, check_family, check_opt, check_proto, check_u16, check_u32
 
@@ -443,10 +444,10 @@ class EventStream(Channel[Event]):
             self._nresyncs += 1
         pool = self._pool
         if pool is not None and not pool.closed:
-            flows = list(pool.dump(fam))
+            flows = list(pool.dump(DumpFilter(fam)))
         else:
             with Pool(self._netns, _RESYNC_TIMEOUT_MS) as own:
-                flows = list(own.dump(fam))
+                flows = list(own.dump(DumpFilter(fam)))
         flt = self.filter
         return [f for f in flows if flt is None or flt.matches(f)]
 
