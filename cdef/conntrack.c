@@ -711,7 +711,7 @@ int nfb_ct_recv_answer(struct nfb_ct *c, int mode, int max_items, int timeout_ms
     return mode == NFB_M_RAW ? c->nmsgs : c->nrecs;
 }
 
-int nfb_ct_recv_events(struct nfb_ct *c)
+static int nfb_ct_recv_mode(struct nfb_ct *c, int mode)
 {
     const struct nlmsghdr *h;
     int remaining, r;
@@ -727,10 +727,20 @@ int nfb_ct_recv_events(struct nfb_ct *c)
         }
         if (h->nlmsg_type < NLMSG_MIN_TYPE)
             continue;
-        r = nfb_take(c, h, NFB_M_RECORDS, 1);
+        r = nfb_take(c, h, mode, 1);
         if (r < 0)
             return r;
     }
     c->rx.pos = c->rx.end;
-    return c->nrecs;
+    return mode == NFB_M_RAW ? c->nmsgs : c->nrecs;
+}
+
+int nfb_ct_recv_events(struct nfb_ct *c)
+{
+    return nfb_ct_recv_mode(c, NFB_M_RECORDS);
+}
+
+int nfb_ct_recv_raw_events(struct nfb_ct *c)
+{
+    return nfb_ct_recv_mode(c, NFB_M_RAW);
 }

@@ -204,3 +204,6 @@ int nfb_ct_recv_answer(struct nfb_ct *c, int mode, int max_items, int timeout_ms
 /* Events: drain what is readable now (never blocks) into records.
  * Returns the number of events, 0, or -errno (-ENOBUFS counted). */
 int nfb_ct_recv_events(struct nfb_ct *c);
+/* The same, keeping the messages as they are (data + moffs): expectation
+ * events, which Python parses. */
+int nfb_ct_recv_raw_events(struct nfb_ct *c);

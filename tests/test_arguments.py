@@ -142,6 +142,7 @@ EVENTS = [
     ((), {"on_overrun": "ignore"}, ValueError, "on_overrun"),
     ((), {"rcvbuf": 10}, ValueError, "rcvbuf"),
     ((), {"no_enobufs": 1}, TypeError, "no_enobufs"),
+    ((), {"reliable": "yes"}, TypeError, "reliable"),
 ]
 
 SERVE = [

@@ -34,9 +34,9 @@ from .._core import lib as core
 from .._netlink import open_netfilter_socket
 from .. import netns as _netns
 from ..errors import ClosedError, NetlinkError, PermissionDenied, error_from_errno
-from ._records import NLMSG, REC_SIZE, build_flows
+from ._records import NLMSG, REC_SIZE, build_flows, parse_expect
 from ._wire import TABLES, DumpFilter, Support, dump_filter, flow_spec, lookup_tuple
-from .model import AF_INET, AF_INET6, Flow, NotFound
+from .model import AF_INET, AF_INET6, Expectation, Flow, NotFound
 
 #: one batch of a dump, for build_flows: the records, their count, the
 #: messages' bytes (for secctx) and how many of the records are IPv6 flows
@@ -536,6 +536,15 @@ class Pool:
                 continue
             done += 1
         return done
+
+    def dump_expect(self, fam: Optional[int] = None) -> List[Expectation]:
+        """The expectation table (of one family, or both)."""
+        msgs = self.transact(
+            lambda buf: int(lib.nfb_ct_build_simple(buf, core.NFNL_SUBSYS_CTNETLINK_EXP,
+                                                    core.IPCTNL_MSG_EXP_GET, core.NLM_F_DUMP,
+                                                    fam or 0, 0)),
+            "dumping the expect table", mode=lib.NFB_M_RAW, want=True)
+        return [e for e in map(parse_expect, msgs) if fam is None or e.family == fam]
 
     def close(self) -> None:
         """Close every socket.  Safe to call twice."""

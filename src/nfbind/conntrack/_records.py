@@ -45,6 +45,7 @@ from .model import (
     CpuStats,
     Endpoint,
     Expectation,
+    ExpectStats,
     Flow,
     IPAddress,
     Nat,
@@ -56,7 +57,8 @@ from .model import (
 )
 
 __all__ = ["REC_SIZE", "build_flows", "event_codes", "ct_flow", "flow_from_ct_attrs",
-           "parse_expect", "parse_cpu_stats", "parse_global_stats", "NLMSG"]
+           "parse_expect", "parse_cpu_stats", "parse_expect_stats", "parse_global_stats",
+           "NLMSG"]
 
 #: a batch of ``struct nfb_ct_rec`` records, copied out of C
 Records = Union[bytes, memoryview]
@@ -646,20 +648,40 @@ _CPU_FIELDS = {
 }
 
 
-def parse_cpu_stats(msgs: Iterable[bytes]) -> _t.Tuple[CpuStats, ...]:
-    """The IPCTNL_MSG_CT_GET_STATS_CPU answer: one CpuStats per CPU (the CPU
-    number is the nfgenmsg's res_id), sorted by CPU."""
+_EXP_FIELDS = {
+    core.CTA_STATS_EXP_NEW: "new",
+    core.CTA_STATS_EXP_CREATE: "create",
+    core.CTA_STATS_EXP_DELETE: "delete",
+}
+
+_S = _t.TypeVar("_S", CpuStats, ExpectStats)
+
+
+def _per_cpu(msgs: Iterable[bytes], fields: Dict[int, str],
+             cls: Callable[..., _S]) -> _t.Tuple[_S, ...]:
+    """One record per CPU (its number is the nfgenmsg's res_id) of the be32
+    attributes named in ``fields``, sorted by CPU."""
     cpus = []
     for m in msgs:
         end = NLMSG.unpack_from(m, 0)[0]
         cpu = _BE16.unpack_from(m, 18)[0]
         kw: Dict[str, int] = {}
         for t, o, n in iter_attrs(m, _ATTRS_AT, end):
-            name = _CPU_FIELDS.get(t)
+            name = fields.get(t)
             if name is not None and n >= 4:
                 kw[name] = _BE32.unpack_from(m, o)[0]
-        cpus.append(CpuStats(cpu, **kw))
+        cpus.append(cls(cpu, **kw))
     return tuple(sorted(cpus, key=lambda c: c.cpu))
+
+
+def parse_cpu_stats(msgs: Iterable[bytes]) -> _t.Tuple[CpuStats, ...]:
+    """The IPCTNL_MSG_CT_GET_STATS_CPU answer: one CpuStats per CPU, sorted by CPU."""
+    return _per_cpu(msgs, _CPU_FIELDS, CpuStats)
+
+
+def parse_expect_stats(msgs: Iterable[bytes]) -> _t.Tuple[ExpectStats, ...]:
+    """The IPCTNL_MSG_EXP_GET_STATS_CPU answer: one ExpectStats per CPU, sorted by CPU."""
+    return _per_cpu(msgs, _EXP_FIELDS, ExpectStats)
 
 
 def parse_global_stats(msgs: Iterable[bytes]) -> _t.Tuple[int, Optional[int]]:

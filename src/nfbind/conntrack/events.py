@@ -6,9 +6,24 @@ the same loops (``run``, iteration, ``async for``, ``drain``), the same
 receive path (the core's recvmmsg batcher, the ENOBUFS policy) and the same
 counters (:class:`~nfbind._channel.ChannelStats`).  What is its own: the
 multicast groups it joins, the BPF filter, decoding records into
-:class:`Event` objects, the userspace part of the filter, and
-:meth:`EventStream.resync`, which dumps the table through the socket pool
-(``_pool``) after lost events.
+:class:`Event` objects, the userspace part of the filter, reliable mode,
+and :meth:`EventStream.resync`, which dumps the table through the socket
+pool (``_pool``) after lost events.
+
+A stream of the expectation table (:meth:`Conntrack.expect_events`) is an
+``EventStream[ExpectEvent]``: the same class and loops, other groups
+(NFNLGRP_CONNTRACK_EXP_*), its messages kept whole and parsed in Python.
+
+Reliable mode (``reliable=True``) is conntrackd's: the socket asks for
+broadcast delivery errors (NETLINK_BROADCAST_ERROR) and stops reporting
+ENOBUFS (NETLINK_NO_ENOBUFS).  When a DESTROY event does not fit in the
+buffer the kernel then learns it, keeps the dying flow (off the hash table,
+still counted in nf_conntrack_count, its memory held) and sends the event
+again from its event worker, every tenth of a second or so, until it is
+delivered; a NEW or UPDATE event that does not fit is folded into the
+flow's next event.  Nothing is lost, and a consumer that stops holds the
+flows that end meanwhile: enough of them fill the table (new connections
+are then dropped).
 """
 from __future__ import annotations
 
@@ -16,7 +31,7 @@ import errno
 import ipaddress
 import typing as _t
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union, cast, overload
 
 from .._channel import Channel, ChannelStats
 from .._channels import missing
@@ -31,14 +46,32 @@ from .. import netns as _netns
 from ..enums import CtEvent
 
 if _t.TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import TypeVar
+
     from .._conntrack import struct_nfb_ct
+
+    #: what a stream hands out: Event (flows), or ExpectEvent (expectations)
+    _E = TypeVar("_E", default=Event)
+else:
+    _E = _t.TypeVar("_E")
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 from ..errors import PermissionDenied, error_from_errno
 from ._pool import Pool
 from ._wire import DumpFilter
-from ._records import REC_SIZE, build_flows, event_codes
-from .model import U32_MAX, Event, Flow, check_family, check_opt, check_proto, check_u16, check_u32
+from ._records import NLMSG, REC_SIZE, build_flows, event_codes, parse_expect
+from .model import (
+    U32_MAX,
+    Event,
+    ExpectEvent,
+    Expectation,
+    Flow,
+    check_family,
+    check_opt,
+    check_proto,
+    check_u16,
+    check_u32,
+)
 
 __all__ = ["EventStream", "EventFilter", "EventStats"]
 
@@ -229,7 +262,7 @@ class EventStats(ChannelStats):
     them, ``resyncs`` and ``by_type``."""
 
     __slots__ = ()
-    _ch: EventStream
+    _ch: EventStream[Any]
 
     _NAMES = ("events", "delivered", "filtered", "overruns", "recv_calls")
 
@@ -266,19 +299,35 @@ _GROUPS = (
 )
 _EVENT = {int(e): e for e in (CtEvent.NEW, CtEvent.UPDATE, CtEvent.DESTROY)}
 _NO_EVENT = CtEvent(0)
+#: the groups of the expectation table's events
+_EXP_GROUPS = (
+    (CtEvent.NEW, core.NFNLGRP_CONNTRACK_EXP_NEW),
+    (CtEvent.DESTROY, core.NFNLGRP_CONNTRACK_EXP_DESTROY),
+)
+_EXP_NEW = (core.NFNL_SUBSYS_CTNETLINK_EXP << 8) | core.IPCTNL_MSG_EXP_NEW
+_EXP_DELETE = (core.NFNL_SUBSYS_CTNETLINK_EXP << 8) | core.IPCTNL_MSG_EXP_DELETE
 
 
-class EventStream(Channel[Event]):
+class EventStream(Channel[_E]):
     """Conntrack events: ``for event in stream``, ``async for``, ``run(handler)``.
 
     Made by :meth:`Conntrack.events`, or directly with the same keywords
-    plus ``netns``.  Stop a loop with ``stop()`` from any thread or a signal
-    handler.  A handler exception comes out of ``run()``; the events after
-    it in the batch are delivered by the next loop.
+    plus ``netns``; :meth:`Conntrack.expect_events` makes one of the
+    expectation table (an ``EventStream[ExpectEvent]``).  Stop a loop with
+    ``stop()`` from any thread or a signal handler.  A handler exception
+    comes out of ``run()``; the events after it in the batch are delivered
+    by the next loop.
+
+    ``reliable=True`` is conntrackd's reliable mode (see the module
+    docstring): the kernel keeps every DESTROY event until this socket has
+    room for it, instead of dropping it; ``stats.overruns`` then stays 0.
 
     Raises ValueError/TypeError, PermissionDenied (subscribing needs
     CAP_NET_ADMIN), NetlinkError, FileNotFoundError (netns).
     """
+
+    #: expectation events (set by _expectations() before __init__ runs)
+    _expect = False
 
     def __init__(
         self,
@@ -289,23 +338,32 @@ class EventStream(Channel[Event]):
         rcvbuf: int = 4 << 20,
         on_overrun: str = "count",
         no_enobufs: bool = False,
+        reliable: bool = False,
     ) -> None:
         self._c: Optional[struct_nfb_ct] = None
         t = check_int("types", types, 0, U32_MAX)
         if not t or t & ~int(CtEvent.ALL):
             raise ValueError("types must be CtEvent flags (NEW, UPDATE, DESTROY), got %r" % (types,))
+        if self._expect and t & CtEvent.UPDATE:
+            raise ValueError("expectations have NEW and DESTROY events only, not UPDATE")
         self.types = CtEvent(t)
         if filter is not None and not isinstance(filter, EventFilter):
             raise TypeError("filter must be an EventFilter, not %s" % type(filter).__name__)
+        if filter is not None and self._expect:
+            raise TypeError("an EventFilter matches flows: expect_events() takes none")
         self.filter = filter
         if not isinstance(no_enobufs, bool):
             raise TypeError("no_enobufs must be True or False, not %r" % (no_enobufs,))
+        if not isinstance(reliable, bool):
+            raise TypeError("reliable must be True or False, not %r" % (reliable,))
+        #: whether the kernel holds DESTROY events until they are delivered
+        self.reliable = reliable
         rcvbuf = check_int("rcvbuf", rcvbuf, 4096, 1 << 30)
         _netns.resolve(netns)
         #: the request sockets of the Conntrack that made the stream (set
         #: by Conntrack.events()), which resync() uses while they are open
         self._pool: Optional[Pool] = None
-        self._backlog: List[Event] = []
+        self._backlog: List[_E] = []
         self._npackets = 0
         self._handler_errors = 0
         self._ndelivered = 0
@@ -316,10 +374,15 @@ class EventStream(Channel[Event]):
         self._final: Dict[str, int] = {}
         self.needs_resync = False
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
-                           no_enobufs=no_enobufs)
+                           no_enobufs=no_enobufs or reliable)
         try:
             assert self._sock is not None
-            for bit, group in _GROUPS:
+            if reliable:
+                # delivery failures come back to the kernel's sender, which
+                # keeps the DESTROY event and tries again (conntrackd's
+                # NETLINK_BROADCAST_SEND_ERROR + NETLINK_NO_ENOBUFS)
+                self._sock.setsockopt(core.SOL_NETLINK, core.NETLINK_BROADCAST_ERROR, 1)
+            for bit, group in (_EXP_GROUPS if self._expect else _GROUPS):
                 if t & bit:
                     try:
                         self._sock.setsockopt(core.SOL_NETLINK, core.NETLINK_ADD_MEMBERSHIP, group)
@@ -340,8 +403,19 @@ class EventStream(Channel[Event]):
             self._abort_open()
             raise
 
+    @classmethod
+    def _expectations(cls, types: Union[CtEvent, int], *, netns: _netns.NetNS, rcvbuf: int,
+                      on_overrun: str, no_enobufs: bool) -> "EventStream[ExpectEvent]":
+        """A stream of the expectation table (for Conntrack.expect_events)."""
+        s = cast("EventStream[ExpectEvent]", cls.__new__(cls))
+        s._expect = True
+        s.__init__(types, netns=netns, rcvbuf=rcvbuf,  # type: ignore[misc]
+                   on_overrun=on_overrun, no_enobufs=no_enobufs)
+        return s
+
     def _describe(self) -> str:
-        return "EventStream(%s)" % self.types.name if self.types.name else "EventStream"
+        what = "ExpectEvents" if self._expect else "EventStream"
+        return "%s(%s)" % (what, self.types.name) if self.types.name else what
 
     @property
     def stats(self) -> EventStats:
@@ -356,6 +430,29 @@ class EventStream(Channel[Event]):
     def _short_read(self) -> bool:
         c = self._c
         return c is None or bool(c.rx.short_read)
+
+    def _expect_events(self, n: int) -> List[ExpectEvent]:
+        """The ``n`` expectation events of the current batch (whole messages)."""
+        c = self._c
+        assert c is not None  # called by _drain_once on an open stream
+        blob = ffi.buffer(c.data, c.data_len)[:]
+        out: List[ExpectEvent] = []
+        by_type = self._by_type
+        for o in ffi.unpack(c.moffs, n):
+            ln, typ = NLMSG.unpack_from(blob, o)[:2]
+            if typ == _EXP_NEW:
+                kind = CtEvent.NEW
+            elif typ == _EXP_DELETE:
+                kind = CtEvent.DESTROY
+            else:
+                continue
+            try:
+                exp: Expectation = parse_expect(blob[o:o + ln])
+            except ValueError:  # cut by the buffer: no tuples to show
+                continue
+            by_type[int(kind)] += 1
+            out.append(ExpectEvent(kind, exp))
+        return out
 
     def _events(self, n: int) -> List[Event]:
         """The ``n`` events of the current batch."""
@@ -372,13 +469,23 @@ class EventStream(Channel[Event]):
             by_type[code] += codes.count(code)
         return [Event(kinds.get(code, _NO_EVENT), f) for code, f in zip(codes, flows)]
 
-    def _drain_once(self, handler: Callable[[Event], Any]) -> int:
+    def _drain_once(self, handler: Callable[[_E], Any]) -> int:
         with self._lock:
             if self._closed or self._stop_requested:
                 return 0
             got = 0
+            todo: List[_E]
             if self._backlog:
                 todo, self._backlog = self._backlog, []
+            elif self._expect:
+                c = self._c
+                assert c is not None  # open: checked above, under the lock
+                n = self._recv_batch(lib.nfb_ct_recv_raw_events, c)
+                if n == 0:
+                    return 0
+                todo = cast(List[_E], self._expect_events(n))
+                self._npackets += len(todo)
+                got = n
             else:
                 c = self._c
                 assert c is not None  # open: checked above, under the lock
@@ -390,9 +497,9 @@ class EventStream(Channel[Event]):
                 got = n
                 flt = self.filter
                 if flt is None:
-                    todo = events
+                    todo = cast(List[_E], events)
                 else:
-                    todo = [ev for ev in events if flt.matches(ev.flow)]
+                    todo = cast(List[_E], [ev for ev in events if flt.matches(ev.flow)])
                     self._nfiltered += n - len(todo)
             done = 0
             for ev in todo:
@@ -418,10 +525,19 @@ class EventStream(Channel[Event]):
             self._final = {"overruns": int(c.rx.overruns), "recv_calls": int(c.rx.recv_calls)}
         self._c = None
 
-    def resync(self, family: Union[None, int, str] = None) -> _t.List[Flow]:
+    @overload
+    def resync(self: "EventStream[Event]",
+               family: Union[None, int, str] = None) -> _t.List[Flow]: ...
+
+    @overload
+    def resync(self: "EventStream[ExpectEvent]",
+               family: Union[None, int, str] = None) -> _t.List[Expectation]: ...
+
+    def resync(self, family: Union[None, int, str] = None) -> _t.List[Any]:
         """Start over after lost events: drop the events still queued, dump
-        the table and return its flows (those the stream's filter passes).
-        Events that follow are newer than the dump.
+        the table and return its flows (those the stream's filter passes),
+        or for a stream of expectations the expectation table.  Events that
+        follow are newer than the dump.
 
         The dump goes through the sockets of the :class:`Conntrack` that
         made the stream while it is open, else through sockets opened for it.
@@ -434,8 +550,9 @@ class EventStream(Channel[Event]):
             c = self._c
             assert c is not None  # checked open above
             self._backlog.clear()
+            recv = lib.nfb_ct_recv_raw_events if self._expect else lib.nfb_ct_recv_events
             while True:
-                n = lib.nfb_ct_recv_events(c)
+                n = recv(c)
                 if n == 0:
                     break
                 if n < 0 and n != -errno.ENOBUFS:
@@ -444,12 +561,16 @@ class EventStream(Channel[Event]):
             self._nresyncs += 1
         pool = self._pool
         if pool is not None and not pool.closed:
-            flows = list(pool.dump(DumpFilter(fam)))
-        else:
-            with Pool(self._netns, _RESYNC_TIMEOUT_MS) as own:
-                flows = list(own.dump(DumpFilter(fam)))
+            return self._dump(pool, fam)
+        with Pool(self._netns, _RESYNC_TIMEOUT_MS) as own:
+            return self._dump(own, fam)
+
+    def _dump(self, pool: Pool, fam: Optional[int]) -> _t.List[Any]:
+        if self._expect:
+            return [e for e in pool.dump_expect(fam)]
         flt = self.filter
-        return [f for f in flows if flt is None or flt.matches(f)]
+        return [f for f in pool.dump(DumpFilter(fam)) if flt is None or flt.matches(f)]
 
     def __repr__(self) -> str:
-        return "<nfbind.EventStream %s%s>" % (self.types, " closed" if self._closed else "")
+        return "<nfbind.EventStream%s %s%s>" % (" of expectations" if self._expect else "",
+                                                self.types, " closed" if self._closed else "")

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The conntrack value types: :class:`Tuple`, :class:`Flow`, :class:`Counters`,
 :class:`Timestamps`, :class:`Nat`, :class:`Endpoint`, :class:`TcpInfo`,
-:class:`SeqAdj`, :class:`Synproxy`, :class:`Event`, :class:`Expectation`,
-:class:`CtStats`, :class:`CpuStats`, and :class:`NotFound`; with the checks
-their constructors run on every value.
+:class:`SeqAdj`, :class:`Synproxy`, :class:`Event`, :class:`ExpectEvent`,
+:class:`Expectation`, :class:`CtStats`, :class:`CpuStats`,
+:class:`ExpectStats`, and :class:`NotFound`; with the checks their
+constructors run on every value.
 
 They depend on the core module only (no libnetfilter_conntrack), so the
 flow of a queued or logged packet (``pkt.ct``) is a :class:`Flow` on every
@@ -39,9 +40,11 @@ __all__ = [
     "SeqAdj",
     "Synproxy",
     "Event",
+    "ExpectEvent",
     "Expectation",
     "CtStats",
     "CpuStats",
+    "ExpectStats",
     "NotFound",
     "parse_proto",
     "record",
@@ -692,6 +695,27 @@ class Expectation:
     @property
     def family(self) -> Family:
         return self.expected.family
+
+
+@record
+class ExpectEvent:
+    """A change in the expectation table (:meth:`Conntrack.expect_events`):
+    ``type`` (CtEvent.NEW or CtEvent.DESTROY) and the ``expectation``."""
+
+    type: "CtEvent"
+    expectation: "Expectation"
+
+
+@record
+class ExpectStats:
+    """One CPU's expectation counters (IPCTNL_MSG_EXP_GET_STATS_CPU,
+    ``conntrack -S expect``): expectations looked up and found for a new
+    connection (``new``), made (``create``) and removed (``delete``)."""
+
+    cpu: int
+    new: int = 0
+    create: int = 0
+    delete: int = 0
 
 
 @record

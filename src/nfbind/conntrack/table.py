@@ -26,7 +26,7 @@ from .. import netns as _netns
 from ..enums import CtEvent, CtStatus
 from ..errors import NetlinkError
 from ._pool import Pool
-from ._records import build_flows, parse_cpu_stats, parse_expect, parse_global_stats
+from ._records import build_flows, parse_cpu_stats, parse_expect_stats, parse_global_stats
 from ._wire import (
     TABLES,
     DumpFilter,
@@ -48,7 +48,9 @@ from .model import (
     AF_INET6,
     U32_MAX,
     CtStats,
+    ExpectEvent,
     Expectation,
+    ExpectStats,
     Flow,
     NotFound,
     Tuple,
@@ -515,13 +517,22 @@ class Conntrack:
         Raises ValueError/TypeError, PermissionDenied, NetlinkError, ClosedError."""
         fam = check_family("family", family)
         zn = check_opt(check_u16, "zone", zone)
+        self._check_open()
+        assert self._pool is not None
+        return iter([e for e in self._pool.dump_expect(fam) if zn is None or e.zone == zn])
+
+    def expect_stats(self) -> _t.List[ExpectStats]:
+        """The expectation counters of each CPU (IPCTNL_MSG_EXP_GET_STATS_CPU,
+        ``conntrack -S expect``): :class:`ExpectStats` with ``new``,
+        ``create`` and ``delete``, sorted by CPU.
+
+        Raises PermissionDenied, NetlinkError, ClosedError."""
         msgs = self._transact(
             lambda buf: lib.nfb_ct_build_simple(buf, core.NFNL_SUBSYS_CTNETLINK_EXP,
-                                                core.IPCTNL_MSG_EXP_GET, core.NLM_F_DUMP,
-                                                fam or 0, 0),
-            "dumping the expect table", mode=lib.NFB_M_RAW, want=True)
-        return iter([e for e in map(parse_expect, msgs)
-                     if (fam is None or e.family == fam) and (zn is None or e.zone == zn)])
+                                                core.IPCTNL_MSG_EXP_GET_STATS_CPU,
+                                                core.NLM_F_DUMP, 0, 0),
+            "reading per-CPU expectation statistics", mode=lib.NFB_M_RAW, want=True)
+        return list(parse_expect_stats(msgs))
 
     def create_expect(self, exp: Expectation) -> None:
         """Add an expectation.  Its master flow must exist and have a helper
@@ -586,6 +597,7 @@ class Conntrack:
         rcvbuf: int = 4 << 20,
         on_overrun: str = "count",
         no_enobufs: bool = False,
+        reliable: bool = False,
     ) -> EventStream:
         """Subscribe to changes of the table: an :class:`EventStream` of
         :class:`Event` (iterate it, ``async for`` it, or ``run(handler)``).
@@ -598,16 +610,52 @@ class Conntrack:
             on_overrun: "count" (count and warn once) or "raise" (raise
                 :class:`~nfbind.Overrun` from the loop).
             no_enobufs: set NETLINK_NO_ENOBUFS: the kernel stops reporting losses.
+            reliable: conntrackd's reliable mode: the kernel keeps each
+                DESTROY event until the socket has room for it, so none is
+                lost however far the consumer falls behind; meanwhile the
+                kernel holds the ended flows (memory, and entries counted
+                against nf_conntrack_max), and the events it holds come
+                about a tenth of a second apart once the consumer reads
+                again.  For flow accounting (``nfbind.flows``).
 
         Close the stream (``with`` block) when done.  Its ``resync()`` dumps
-        the table through this object's sockets while it is open.
+        the table through this object's sockets while it is open.  Flows
+        made while nobody listens carry no events at all (with the default
+        ``nf_conntrack_events=2``): subscribe first.
 
         Raises ValueError/TypeError, PermissionDenied (subscribing needs
         CAP_NET_ADMIN), NetlinkError, ClosedError.
         """
         self._check_open()
-        stream = EventStream(netns=self._netns, types=types, filter=filter, rcvbuf=rcvbuf,
-                             on_overrun=on_overrun, no_enobufs=no_enobufs)
+        stream: EventStream = EventStream(
+            netns=self._netns, types=types, filter=filter, rcvbuf=rcvbuf,
+            on_overrun=on_overrun, no_enobufs=no_enobufs, reliable=reliable)
+        stream._pool = self._pool
+        return stream
+
+    def expect_events(
+        self,
+        types: Union[CtEvent, int] = CtEvent.NEW | CtEvent.DESTROY,
+        *,
+        rcvbuf: int = 4 << 20,
+        on_overrun: str = "count",
+        no_enobufs: bool = False,
+    ) -> "EventStream[ExpectEvent]":
+        """Subscribe to changes of the expectation table (``conntrack -E
+        expect``): an :class:`EventStream` of :class:`ExpectEvent`, whose
+        ``expectation`` is an :class:`Expectation`; loops, ``stats`` and
+        overruns as for :meth:`events`, and ``resync()`` returns the
+        expectation table.
+
+        ``types``: CtEvent.NEW (a helper or :meth:`create_expect` made an
+        expectation) and/or CtEvent.DESTROY (it was used, expired or was
+        deleted); expectations have no UPDATE events.
+
+        Raises ValueError/TypeError, PermissionDenied, NetlinkError, ClosedError.
+        """
+        self._check_open()
+        stream = EventStream._expectations(types, netns=self._netns, rcvbuf=rcvbuf,
+                                           on_overrun=on_overrun, no_enobufs=no_enobufs)
         stream._pool = self._pool
         return stream
 
