@@ -11,6 +11,7 @@ and read or change the conntrack table.
     nfbind queue 3 --hook fw.py:decide    # your function decides each packet
     nfbind queue 0:3 --workers 4          # `--queue-balance 0:3`, one process per queue
     nfbind ct list -p tcp --dport 22      # flows, as an aligned table (--json for scripts)
+    nfbind ct list -o extended            # what `conntrack -L -o extended` prints
     nfbind ct update -s 10.0.0.2 --set-mark 7
     nfbind ct events                      # live NEW/UPDATE/DESTROY events
     nfbind ct events --flows --sqlite f.db  # a record per ended flow (also --json, --ipfix)
@@ -35,7 +36,7 @@ from ..errors import NfbindError
 from ._flows import add_flow_options
 from ._output import CliError
 from ._metrics import add_exporter_parser, add_metrics_option
-from .ct import cmd_ct
+from .ct import add_output_option, cmd_ct
 from .log import cmd_log
 from .queue import cmd_queue
 
@@ -272,11 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = ctsub.add_parser("list", aliases=["ls", "dump"], help="list flows (an aligned table, or --json)")
     filters(p)
     common(p, "one JSON object per flow")
+    add_output_option(p)
     p.set_defaults(verb="list")
 
     p = ctsub.add_parser("get", help="one flow, by its original tuple")
     filters(p, "tuple")
     common(p)
+    add_output_option(p)
     p.set_defaults(verb="get")
 
     p = ctsub.add_parser("create", help="add a flow (needs the tuple and --timeout)")
@@ -311,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_metrics_option(p)
     common(p, "one JSON object per event")
     add_flow_options(p)
+    add_output_option(p, events=True)
     p.set_defaults(verb="events")
 
     p = ctsub.add_parser("stats", help="table size, limit and per-CPU counters")

@@ -3,7 +3,8 @@
 the table's events, and print its size and statistics.
 
 ``--json`` prints :meth:`nfbind.conntrack.Flow.as_dict` (an event adds its
-``time`` and ``event``); the table is :func:`._output.flow_table`.
+``time`` and ``event``); the table is :func:`._output.flow_table`; ``-o`` (list,
+get, events) prints conntrack-tools' lines (:mod:`._ctfmt`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from ..enums import TcpState
+from ._ctfmt import CtFormat, LabelNames, flow_line, parse_output, receive_stamp, shown
 from ._metrics import cmd_exporter, endpoint
 from ._output import ICMP_PROTOS, PORT_PROTOS, CliError, Interrupt, Live, Output, Rate, clock
 from ._output import dumps, flow_table, table
@@ -23,7 +25,7 @@ from ._flows import ct_flows, flow_options_used
 if TYPE_CHECKING:
     from ..conntrack import Conntrack, Event, Flow, Tuple
 
-__all__ = ["cmd_ct"]
+__all__ = ["cmd_ct", "add_output_option"]
 
 _ALL_BITS = 0xFFFFFFFF  # the mark mask of a filter without one
 
@@ -109,7 +111,58 @@ def _need_tuple(a: argparse.Namespace, verb: str) -> "Tuple":
     return t
 
 
+def _output_type(text: str) -> CtFormat:
+    try:
+        return parse_output(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def add_output_option(p: argparse.ArgumentParser, events: bool = False) -> None:
+    """``-o/--output`` of ``ct list``, ``ct get`` and ``ct events``."""
+    what = "conntrack -E" if events else "conntrack -L"
+    p.add_argument(
+        "-o", "--output", type=_output_type, metavar="WORD[,WORD...]",
+        help="print the lines `%s -o WORD[,WORD...]` prints, byte for byte: extended "
+        "(the family in front), id, labels (connlabel.conf names), ktimestamp (start and "
+        "stop time)%s; `-o conntrack` prints `%s`'s own line" % (
+            what, ", timestamp (when each event came)" if events else "", what))
+
+
+def _labels_for(fmt: CtFormat) -> Optional[LabelNames]:
+    """Label names for ``-o labels`` (connlabel.conf), or None: without the file
+    conntrack-tools prints no labels either, and so does nfbind, saying why."""
+    if not fmt.labels:
+        return None
+    from ..conntrack import LabelMap
+
+    try:
+        return LabelMap().name
+    except FileNotFoundError as e:
+        why = "no %s (label names come from it: one 'BIT NAME' per line)" % e.filename
+    except (OSError, ValueError) as e:
+        why = str(e)
+    print("nfbind: -o labels: %s; the lines show no labels" % why, file=sys.stderr)
+    return None
+
+
+def _check_output(a: argparse.Namespace) -> Optional[CtFormat]:
+    fmt: Optional[CtFormat] = getattr(a, "output", None)
+    if fmt is not None and a.json:
+        raise CliError("-o prints conntrack-tools' lines and --json one object per flow: "
+                       "give one of them", 2)
+    return fmt
+
+
 def _print_flows(flows: Sequence["Flow"], a: argparse.Namespace) -> None:
+    fmt = _check_output(a)
+    if fmt is not None:
+        labels = _labels_for(fmt)
+        for f in flows:
+            print(flow_line(f, fmt, labels=labels))
+        sys.stdout.flush()
+        print(shown(len(flows), "flow entries"), file=sys.stderr)
+        return
     if a.json:
         for f in flows:
             print(dumps(f.as_dict()))
@@ -136,12 +189,14 @@ def cmd_ct(args: argparse.Namespace) -> int:
     _check_families(args)
     with Conntrack(netns=args.netns) as ct:
         if verb == "list":
+            _check_output(args)
             flows = _select(ct, args)
             _print_flows(flows, args)
-            if not args.json:
+            if not args.json and args.output is None:
                 print("%d flow%s" % (len(flows), "" if len(flows) == 1 else "s"),
                       file=sys.stderr)
         elif verb == "get":
+            _check_output(args)
             _print_flows([ct.get(_need_tuple(args, "get"), zone=args.zone)], args)
         elif verb == "count":
             n = ct.count()
@@ -283,8 +338,14 @@ def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
     if a.flows or flow_options_used(a):
         if not a.flows:
             raise CliError("%s: only with --flows" % ", ".join(flow_options_used(a)), 2)
+        if a.output is not None:
+            raise CliError("-o prints conntrack-tools' event lines and --flows one record per "
+                           "ended flow: give one of them", 2)
         return ct_flows(a, flt)
-    out = Output(live=True)
+    fmt = _check_output(a)
+    labels = _labels_for(fmt) if fmt is not None else None
+    # conntrack-tools' lines: stderr keeps quiet until the summary, as conntrack -E's
+    out = Output(live=fmt is None)
     n = {"n": 0}
     stream = ct.events(types, filter=flt)
     with stream, Interrupt() as intr, endpoint(a.metrics, stream, ct, flows=False):
@@ -300,7 +361,10 @@ def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
                 return
             n["n"] += 1
             name = ev.type.name or str(int(ev.type))
-            if a.json:
+            if fmt is not None:
+                line = flow_line(f, fmt, event=ev.type, labels=labels)
+                out.line(receive_stamp() + line if fmt.timestamp else line)
+            elif a.json:
                 d = {"time": round(time.time(), 6), "event": name, **f.as_dict()}
                 out.line(dumps(d))
             else:
@@ -318,7 +382,14 @@ def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
 
         with Live(out, status) as live:
             stream.run(handle)
-        if intr.hit or out.live:
+        if fmt is not None:
+            overruns = stream.stats.overruns
+            if overruns:
+                print("nfbind: ct events: the kernel dropped events %d time%s (ENOBUFS): "
+                      "lines are missing" % (overruns, "" if overruns == 1 else "s"),
+                      file=sys.stderr)
+            print(shown(n["n"], "flow events"), file=sys.stderr)
+        elif intr.hit or out.live:
             print("nfbind: ct events: %d event%s in %.1f s, %d overrun%s" % (
                 n["n"], "" if n["n"] == 1 else "s", live.elapsed(), stream.stats.overruns,
                 "" if stream.stats.overruns == 1 else "s"), file=sys.stderr)
