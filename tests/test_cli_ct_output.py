@@ -842,3 +842,32 @@ def test_events_receive_timestamp_prefix(ev_table, tmp_path):
         assert ta and tb, (a, b)
         ta_s, tb_s = (float("%s.%s" % m.groups()) for m in (ta, tb))
         assert abs(ta_s - tb_s) < 2 and now - 120 < tb_s <= now
+
+
+@pytest.mark.integration
+def test_events_zone_filter_counts_directional_zones(ns):
+    """``ct events -w ZONE`` selects as ``ct list -w ZONE`` does: a flow of a
+    --zone-orig or --zone-reply zone is in that zone."""
+    ns.iptables("-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
+    for port, zone in ((5500, ("--zone", "5")), (5501, ("--zone-orig", "6")),
+                       (5502, ("--zone-reply", "6"))):
+        ns.iptables("-t", "raw", "-A", "OUTPUT", "-p", "udp", "--dport", str(port), "-j", "CT",
+                    *zone)
+    p = subprocess.Popen([*NFB, "ct", "events", "-e", "NEW", "-w", "6", "-c", "2", "-o",
+                          "extended", "--netns", ns.name], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=ENV)
+    ns.procs.append(p)
+    deadline = time.monotonic() + 20
+    while p.poll() is None and time.monotonic() < deadline:
+        for port in (5500, 5501, 5502):  # until the listener is up: new flows each time
+            s = ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.sendto(b"x", (LO4, port))
+            s.close()
+        time.sleep(0.2)
+    out, err = p.communicate(timeout=10)
+    lines = out.splitlines()
+    assert len(lines) == 2, (out, err)
+    # in either order: the listener may start between two of the datagrams
+    assert sum("dport=5501 zone-orig=6 " in l for l in lines) == 1, lines
+    assert sum("dport=5502 " in l and l.endswith(" zone-reply=6") for l in lines) == 1, lines
+    assert err == _ctfmt.shown(2, "flow events") + "\n"

@@ -75,7 +75,10 @@ def _select(ct: "Conntrack", a: argparse.Namespace) -> List["Flow"]:
     if fam is None and (a.src is not None or a.dst is not None):
         net = a.src if a.src is not None else a.dst
         fam = socket.AF_INET if net.version == 4 else socket.AF_INET6
-    return [f for f in ct.dump(fam, mark=mark, mark_mask=mask, zone=a.zone) if _matches(f, a)]
+    # the kernel filters what it can (CTA_FILTER); _matches checks the CLI's meaning again
+    return [f for f in ct.dump(fam, mark=mark, mark_mask=mask, zone=a.zone, src=a.src,
+                               dst=a.dst, proto=a.proto, sport=a.sport, dport=a.dport)
+            if _matches(f, a)]
 
 
 def _full_tuple(a: argparse.Namespace) -> Optional["Tuple"]:
@@ -308,6 +311,18 @@ def _ct_create(ct: "Conntrack", a: argparse.Namespace) -> int:
     return 0
 
 
+def _zone_of(f: "Flow") -> int:
+    """The zone a flow lives in, as ``ct.dump(zone=)`` sees it: Flow.zone, else a
+    directional zone (CT --zone-orig/--zone-reply), else 0."""
+    if f.zone:
+        return f.zone
+    if f.orig.zone is not None:
+        return f.orig.zone
+    if f.reply is not None and f.reply.zone is not None:
+        return f.reply.zone
+    return 0
+
+
 def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
     from ..conntrack import EventFilter
     from ..enums import CtEvent
@@ -353,7 +368,7 @@ def _ct_events(ct: "Conntrack", a: argparse.Namespace) -> int:
 
         def handle(ev: "Event") -> None:
             f = ev.flow
-            if a.zone is not None and f.zone != a.zone:
+            if a.zone is not None and _zone_of(f) != a.zone:
                 return
             if a.family is not None and int(f.orig.family) != a.family:
                 return
