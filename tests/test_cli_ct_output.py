@@ -871,3 +871,36 @@ def test_events_zone_filter_counts_directional_zones(ns):
     assert sum("dport=5501 zone-orig=6 " in l for l in lines) == 1, lines
     assert sum("dport=5502 " in l and l.endswith(" zone-reply=6") for l in lines) == 1, lines
     assert err == _ctfmt.shown(2, "flow events") + "\n"
+
+
+@pytest.mark.integration
+def test_flush_takes_the_filters(ns):
+    """``ct flush`` with filters deletes what ``ct list`` with them shows, nothing else."""
+    def add(*args: str) -> None:
+        ns.run("conntrack", "-I", "--timeout", "300", *args)
+
+    add("-p", "udp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--sport", "1", "--dport", "53")
+    add("-p", "udp", "-s", "10.0.0.1", "-d", "10.0.0.3", "--sport", "1", "--dport", "53", "-w", "4")
+    add("-p", "tcp", "-s", "10.0.0.1", "-d", "10.0.0.2", "--sport", "1", "--dport", "53",
+        "--state", "ESTABLISHED")
+    add("-p", "udp", "-s", "fd00::1", "-d", "fd00::2", "--sport", "1", "--dport", "53")
+    add("-p", "udp", "-s", "10.9.0.1", "-d", "10.0.0.2", "--sport", "2", "--dport", "53")
+
+    def table() -> List[str]:
+        return sorted(_ticks(l)[0] for l in
+                      ns.run("conntrack", "-L", "-o", "extended").splitlines())
+
+    for filters, gone in ((["-p", "udp", "-s", "10.0.0.0/24", "-w", "4"], 1),
+                          (["-f", "ipv4", "-p", "udp", "--dport", "53", "-s", "10.0.0.1"], 1),
+                          (["-p", "tcp"], 1), (["-d", "fd00::2"], 1), ([], 1)):
+        before = table()
+        listed = subprocess.run([*NFB, "ct", "list", "-o", "extended", "--netns", ns.name,
+                                 *filters], capture_output=True, text=True, env=ENV, timeout=30)
+        r = subprocess.run([*NFB, "ct", "flush", "--netns", ns.name, *filters],
+                           capture_output=True, text=True, env=ENV, timeout=30)
+        assert r.returncode == 0, r.stderr
+        after = table()
+        want = sorted(_ticks(l)[0] for l in listed.stdout.splitlines())
+        assert len(want) == gone and sorted(set(before) - set(after)) == want, (filters, before,
+                                                                              after)
+    assert table() == []

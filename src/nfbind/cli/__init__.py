@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(verb="delete")
 
-    p = ctsub.add_parser("flush", help="delete every flow (or those of --family / --mark)")
+    p = ctsub.add_parser("flush", help="delete every flow, or those the filters select")
     filters(p)
     common(p)
     p.set_defaults(verb="flush")

@@ -242,14 +242,14 @@ def cmd_ct(args: argparse.Namespace) -> int:
                 print("nfbind: no flow matched", file=sys.stderr)
                 return 1
         elif verb == "flush":
-            if any(getattr(args, k) is not None for k in ("proto", "src", "dst", "sport",
-                                                          "dport", "zone")):
-                raise CliError("ct flush filters by --family and --mark only: use "
-                               "`nfbind ct delete` with the other filters", 2)
+            if any(getattr(args, k) is not None for k in ("icmp_type", "icmp_code", "icmp_id")):
+                raise CliError("ct flush does not filter by ICMP fields: use `nfbind ct "
+                               "delete` with the whole tuple", 2)
             mark, mask = args.mark if args.mark is not None else (None, _ALL_BITS)
-            ct.flush(args.family, mark=mark, mark_mask=mask)
+            ct.flush(args.family, mark=mark, mark_mask=mask, zone=args.zone, src=args.src,
+                     dst=args.dst, proto=args.proto, sport=args.sport, dport=args.dport)
             print(dumps({"flushed": True}) if args.json else "flushed the conntrack table"
-                  + ("" if args.family is None and mark is None else " (matching flows)"))
+                  + ("" if not _has_filter(args) else " (matching flows)"))
         elif verb == "events":
             return _ct_events(ct, args)
         elif verb == "exporter":
