@@ -1312,10 +1312,42 @@ static int nfb_ct_copy_answer(void *ctx, const struct nlmsghdr *h, int i)
  * attributes (the payload after the nfgenmsg header) are copied to
  * out[0..*out_len).  Returns 0 or -errno (-ENOENT: the kernel has no such
  * connection, e.g. not yet confirmed). */
+/* What nfb_ct_set_by_packet() changes. */
+enum {
+    NFB_CTSET_MARK = 1,
+    NFB_CTSET_LABELS = 2,
+};
+
+static int nfb_ct_packet_request(int fd, const char *pkt, uint32_t len, uint16_t zone,
+                                 int set, uint32_t mark, const char *labels, char *out,
+                                 uint32_t out_cap, uint32_t *out_len);
+
 NFB_API int nfb_ct_by_packet(int fd, const char *pkt, uint32_t len, uint16_t zone,
                              int set_mark, uint32_t mark, char *out, uint32_t out_cap,
                              uint32_t *out_len)
 {
+    return nfb_ct_packet_request(fd, pkt, len, zone, set_mark ? NFB_CTSET_MARK : 0, mark,
+                                 NULL, out, out_cap, out_len);
+}
+
+/* Change the connection of an L3 packet: its mark (NFB_CTSET_MARK) and/or
+ * its labels (NFB_CTSET_LABELS: labels holds 16 bytes of labels then 16 of
+ * mask, host-order u32 words).  Returns 0 or -errno (-ENOENT: no such
+ * connection; -ENOSPC: labels without the connlabel extension). */
+NFB_API int nfb_ct_set_by_packet(int fd, const char *pkt, uint32_t len, uint16_t zone,
+                                 int set, uint32_t mark, const char *labels)
+{
+    if (!set || ((set & NFB_CTSET_LABELS) && !labels))
+        return -EINVAL;
+    return nfb_ct_packet_request(fd, pkt, len, zone, set, mark, labels, NULL, 0, NULL);
+}
+
+/* A lookup (set == 0: the answer's attributes to out) or a change. */
+static int nfb_ct_packet_request(int fd, const char *pkt, uint32_t len, uint16_t zone,
+                                 int set, uint32_t mark, const char *labels, char *out,
+                                 uint32_t out_cap, uint32_t *out_len)
+{
+    int set_mark = set != 0;    /* a change (IPCTNL_MSG_CT_NEW), not a lookup */
     char buf[1024];
     struct nlmsghdr *nlh;
     struct nfgenmsg *nfg;
@@ -1344,8 +1376,12 @@ NFB_API int nfb_ct_by_packet(int fd, const char *pkt, uint32_t len, uint16_t zon
     nfg->nfgen_family = family;
     if (zone)
         mnl_attr_put_u16(nlh, CTA_ZONE, htons(zone));
-    if (set_mark)
+    if (set & NFB_CTSET_MARK)
         mnl_attr_put_u32(nlh, CTA_MARK, htonl(mark));
+    if (set & NFB_CTSET_LABELS) {
+        mnl_attr_put(nlh, CTA_LABELS, 16, labels);
+        mnl_attr_put(nlh, CTA_LABELS_MASK, 16, labels + 16);
+    }
     if (nfb_rx_init(&rx, fd, 65536, 1) < 0)
         return -ENOMEM;
     nfb_txn_init(&t, 1, &seq, &result);

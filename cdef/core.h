@@ -458,6 +458,14 @@ void nfb_ct_parse_attrs(const char *p, uint32_t len, uint8_t family,
 int nfb_ct_by_packet(int fd, const char *pkt, uint32_t len, uint16_t zone,
                      int set_mark, uint32_t mark, char *out, uint32_t out_cap,
                      uint32_t *out_len);
+/* Change the connection of an L3 packet over ctnetlink: its mark
+ * (NFB_CTSET_MARK) and/or its labels (NFB_CTSET_LABELS; labels: 16 bytes
+ * of labels, then 16 of mask, host-order u32 words).  Returns 0 or -errno
+ * (-ENOENT: no such connection; -ENOSPC: no connlabel extension). */
+#define NFB_CTSET_MARK ...
+#define NFB_CTSET_LABELS ...
+int nfb_ct_set_by_packet(int fd, const char *pkt, uint32_t len, uint16_t zone,
+                         int set, uint32_t mark, const char *labels);
 
 /* --- checksums -------------------------------------------------------------- */
 

@@ -19,6 +19,9 @@
 #define NFB_VF_CONNMARK 2
 #define NFB_VF_PAYLOAD 4
 #define NFB_VF_BATCH 8
+#define NFB_VF_LABELS 16        /* CTA_LABELS + CTA_LABELS_MASK in NFQA_CT */
+/* bytes of connection labels (128 bits), and of their mask */
+#define NFB_LABELS_LEN 16
 
 /* A verdict message without payload needs well under this many bytes. */
 #define NFB_VMSG_SMALL 256
@@ -240,10 +243,12 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
 
 /* ---- verdicts ------------------------------------------------------------ */
 
+/* labels: with NFB_VF_LABELS, 32 bytes: the labels (CTA_LABELS) then their
+ * mask (CTA_LABELS_MASK), 4 host-order u32 words each as the kernel reads them */
 static size_t nfb_build_verdict(char *buf, uint16_t queue, uint32_t id,
                                 uint32_t verdict, int vflags, uint32_t mark,
-                                uint32_t connmark, const char *payload,
-                                uint32_t payload_len)
+                                uint32_t connmark, const char *labels,
+                                const char *payload, uint32_t payload_len)
 {
     struct nlmsghdr *nlh;
 
@@ -253,9 +258,15 @@ static size_t nfb_build_verdict(char *buf, uint16_t queue, uint32_t id,
     nfq_nlmsg_verdict_put(nlh, (int)id, (int)verdict);
     if (vflags & NFB_VF_MARK)
         nfq_nlmsg_verdict_put_mark(nlh, mark);
-    if (vflags & NFB_VF_CONNMARK) {
+    if (vflags & (NFB_VF_CONNMARK | NFB_VF_LABELS)) {
+        /* applied by the kernel's ctnetlink glue (CONFIG_NETFILTER_NETLINK_GLUE_CT) */
         struct nlattr *nest = mnl_attr_nest_start(nlh, NFQA_CT);
-        mnl_attr_put_u32(nlh, CTA_MARK, htonl(connmark));
+        if (vflags & NFB_VF_CONNMARK)
+            mnl_attr_put_u32(nlh, CTA_MARK, htonl(connmark));
+        if ((vflags & NFB_VF_LABELS) && labels) {
+            mnl_attr_put(nlh, CTA_LABELS, NFB_LABELS_LEN, labels);
+            mnl_attr_put(nlh, CTA_LABELS_MASK, NFB_LABELS_LEN, labels + NFB_LABELS_LEN);
+        }
         mnl_attr_nest_end(nlh, nest);
     }
     if (vflags & NFB_VF_PAYLOAD)
@@ -281,9 +292,21 @@ int nfb_q_flush(struct nfb_q *q)
     return rc;
 }
 
+int nfb_q_put_verdict_ct(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags,
+                         uint32_t mark, uint32_t connmark, const char *labels,
+                         const char *payload, uint32_t payload_len);
+
 int nfb_q_put_verdict(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags,
                       uint32_t mark, uint32_t connmark, const char *payload,
                       uint32_t payload_len)
+{
+    return nfb_q_put_verdict_ct(q, id, verdict, vflags & ~NFB_VF_LABELS, mark, connmark,
+                                NULL, payload, payload_len);
+}
+
+int nfb_q_put_verdict_ct(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags,
+                         uint32_t mark, uint32_t connmark, const char *labels,
+                         const char *payload, uint32_t payload_len)
 {
     size_t need;
     int rc;
@@ -297,7 +320,7 @@ int nfb_q_put_verdict(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags
             return rc;
     }
     q->slen += nfb_build_verdict(q->sbuf + q->slen, q->queue, id, verdict, vflags,
-                                 mark, connmark, payload, payload_len);
+                                 mark, connmark, labels, payload, payload_len);
     return 0;
 }
 
@@ -353,9 +376,21 @@ int nfb_q_put_verdicts(struct nfb_q *q, const int64_t *verdicts, int n,
     return 0;
 }
 
+int nfb_q_send_verdict_ct(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
+                          int vflags, uint32_t mark, uint32_t connmark,
+                          const char *labels, const char *payload, uint32_t payload_len);
+
 int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
                        int vflags, uint32_t mark, uint32_t connmark,
                        const char *payload, uint32_t payload_len)
+{
+    return nfb_q_send_verdict_ct(fd, queue, id, verdict, vflags & ~NFB_VF_LABELS, mark,
+                                 connmark, NULL, payload, payload_len);
+}
+
+int nfb_q_send_verdict_ct(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
+                          int vflags, uint32_t mark, uint32_t connmark,
+                          const char *labels, const char *payload, uint32_t payload_len)
 {
     char small[NFB_VMSG_SMALL];
     char *buf = small;
@@ -370,7 +405,7 @@ int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
             return -ENOMEM;
     }
     memset(buf, 0, NFB_VMSG_SMALL);
-    len = nfb_build_verdict(buf, queue, id, verdict, vflags, mark, connmark,
+    len = nfb_build_verdict(buf, queue, id, verdict, vflags, mark, connmark, labels,
                             payload, payload_len);
     do {
         r = send(fd, buf, len, 0);

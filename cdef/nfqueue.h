@@ -50,6 +50,8 @@
 #define NFB_VF_CONNMARK ...
 #define NFB_VF_PAYLOAD ...
 #define NFB_VF_BATCH ...
+#define NFB_VF_LABELS ...     /* connection labels in NFQA_CT (the _ct calls) */
+#define NFB_LABELS_LEN ...    /* bytes of labels, and of their mask */
 
 struct nfb_q {
     struct nfb_rx rx;
@@ -100,5 +102,15 @@ int nfb_q_flush(struct nfb_q *q);
 int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
                        int vflags, uint32_t mark, uint32_t connmark,
                        const char *payload, uint32_t payload_len);
+
+/* The same two with connection labels: with NFB_VF_LABELS, labels holds
+ * 2 * NFB_LABELS_LEN bytes, the labels then their mask (host-order u32
+ * words), sent as CTA_LABELS and CTA_LABELS_MASK in the verdict's NFQA_CT. */
+int nfb_q_put_verdict_ct(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags,
+                         uint32_t mark, uint32_t connmark, const char *labels,
+                         const char *payload, uint32_t payload_len);
+int nfb_q_send_verdict_ct(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
+                          int vflags, uint32_t mark, uint32_t connmark,
+                          const char *labels, const char *payload, uint32_t payload_len);
 
 

@@ -424,6 +424,8 @@ class _Lib:
     NFB_CT_A_SEQADJ_REPLY: Final[int]
     NFB_CT_A_SYNPROXY: Final[int]
     NFB_CT_A_TUPLE_ZONE: Final[int]
+    NFB_CTSET_MARK: Final[int]
+    NFB_CTSET_LABELS: Final[int]
     CAP_CHOWN: Final[int]
     CAP_DAC_OVERRIDE: Final[int]
     CAP_DAC_READ_SEARCH: Final[int]
@@ -501,6 +503,17 @@ class _Lib:
         out: CharArg,
         out_cap: int,
         out_len: CData,
+        /,
+    ) -> int: ...
+    def nfb_ct_set_by_packet(
+        self,
+        fd: int,
+        pkt: CharArg,
+        len: int,
+        zone: int,
+        set: int,
+        mark: int,
+        labels: CharArg,
         /,
     ) -> int: ...
     def nfb_l4_csum_fill(self, buf: CharArg, len: int, /) -> int: ...

@@ -103,6 +103,8 @@ class _Lib:
     NFB_VF_CONNMARK: Final[int]
     NFB_VF_PAYLOAD: Final[int]
     NFB_VF_BATCH: Final[int]
+    NFB_VF_LABELS: Final[int]
+    NFB_LABELS_LEN: Final[int]
 
     def nfb_q_new(
         self,
@@ -153,6 +155,33 @@ class _Lib:
         vflags: int,
         mark: int,
         connmark: int,
+        payload: CharArg,
+        payload_len: int,
+        /,
+    ) -> int: ...
+    def nfb_q_put_verdict_ct(
+        self,
+        q: struct_nfb_q,
+        id: int,
+        verdict: int,
+        vflags: int,
+        mark: int,
+        connmark: int,
+        labels: CharArg,
+        payload: CharArg,
+        payload_len: int,
+        /,
+    ) -> int: ...
+    def nfb_q_send_verdict_ct(
+        self,
+        fd: int,
+        queue: int,
+        id: int,
+        verdict: int,
+        vflags: int,
+        mark: int,
+        connmark: int,
+        labels: CharArg,
         payload: CharArg,
         payload_len: int,
         /,

@@ -14,12 +14,13 @@ from __future__ import annotations
 import errno
 import threading
 from array import array
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Protocol, Tuple, Union
 
 from ._channel import Channel, P
 from ._netlink import check_int
 from ._core import lib as core
 from ._nfqueue import ffi, lib
+from .conntrack.labels import LABEL_HINT, MAX_LABEL, label_bits, labels_bytes
 from .enums import Verdict
 from .errors import VerdictError, error_from_errno
 from .packet import NF, Batch
@@ -40,6 +41,9 @@ V_DEFERRED = lib.NFB_V_DEFERRED
 _VF_MARK = lib.NFB_VF_MARK
 _VF_CONNMARK = lib.NFB_VF_CONNMARK
 _VF_PAYLOAD = lib.NFB_VF_PAYLOAD
+_VF_LABELS = lib.NFB_VF_LABELS
+#: the mask of the labels a verdict sets: all of them are replaced
+_ALL_LABELS = labels_bytes(range(MAX_LABEL + 1))
 F_ID = core.NFB_F_ID
 _VERDICT_MASK = lib.NF_VERDICT_MASK
 #: the verdicts a handler may return (or give with pkt.verdict())
@@ -116,7 +120,9 @@ class QueueVerdicts(Channel[P]):
     _cur_older: int
     _dispatch_thread: Optional[int]
     _send_lock: Any
-    _connmarks: List[Tuple[int, bytes, int]]
+    #: connection marks and labels to set over ctnetlink once the verdicts
+    #: are sent: (packet id, payload, connmark or None, labels or None)
+    _connmarks: List[Tuple[int, bytes, Optional[int], Optional[FrozenSet[int]]]]
     _ctnl: "CtLookup"
     #: verdicts counted here, by verdict number (the batch path counts in C)
     _vc_handler: List[int]
@@ -130,20 +136,27 @@ class QueueVerdicts(Channel[P]):
         return Verdict(v)
 
     def _verdict(self, p: QueuedPacket, v: int, mark: Optional[int], connmark: Optional[int],
-                 payload: Any) -> None:
+                 payload: Any, labels: Any = None) -> None:
         vflags = 0
         m = cm = 0
         data = None
+        lb: Optional[FrozenSet[int]] = None
+        lraw: Any = ffi.NULL
         if mark is not None:
             m = _check_mark("mark", mark)
             vflags |= _VF_MARK
         if connmark is not None:
             cm = _check_mark("connmark", connmark)
             vflags |= _VF_CONNMARK
-            if not self._ct_glue and not p.payload_len:
-                raise ValueError(
-                    "connmark needs the packet's headers: use copy_mode=CopyMode.PACKET "
-                    "with copy_range >= 60")
+        if labels is not None:
+            lb = label_bits("labels", labels)
+            lraw = labels_bytes(lb) + _ALL_LABELS
+            vflags |= _VF_LABELS
+        if (connmark is not None or lb is not None) and not self._ct_glue and not p.payload_len:
+            raise ValueError(
+                "%s needs the packet's headers: use copy_mode=CopyMode.PACKET with "
+                "copy_range >= 60" % ("connmark" if connmark is not None else "labels"))
+        ct_later = (connmark is not None or lb is not None) and not self._ct_glue
         if payload is not None:
             data = _payload_bytes(payload)
             vflags |= _VF_PAYLOAD
@@ -180,11 +193,11 @@ class QueueVerdicts(Channel[P]):
             self._flush_before(i)  # keep the kernel's reinjection in call order
             self._cur_vbuf[i] = V_DONE
             assert self._c is not None  # a batch is being dispatched: open
-            rc = lib.nfb_q_put_verdict(self._c, p.id, v, vflags, m, cm, dptr, dlen)
+            rc = lib.nfb_q_put_verdict_ct(self._c, p.id, v, vflags, m, cm, lraw, dptr, dlen)
             if rc >= 0:
                 self._vc_handler[v & _VERDICT_MASK] += 1
-            if rc >= 0 and connmark is not None and not self._ct_glue:
-                self._connmarks.append((p.id, p.payload, cm))
+            if rc >= 0 and ct_later:
+                self._connmarks.append((p.id, p.payload, connmark, lb))
         else:
             with self._send_lock:
                 if self._closed:
@@ -192,13 +205,13 @@ class QueueVerdicts(Channel[P]):
                 if p._state != OPEN:
                     raise VerdictError("packet %d already has its verdict" % p.id)
                 p._state = DONE
-                rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, p.id, v, vflags, m, cm,
-                                            dptr, dlen)
+                rc = lib.nfb_q_send_verdict_ct(self._fd, self.queue_num, p.id, v, vflags, m,
+                                               cm, lraw, dptr, dlen)
                 self._pending.pop(p.id, None)
                 if rc >= 0:
                     self._vc_sent[v & _VERDICT_MASK] += 1
-            if rc >= 0 and connmark is not None and not self._ct_glue:
-                self._connmarks.append((p.id, p.payload, cm))
+            if rc >= 0 and ct_later:
+                self._connmarks.append((p.id, p.payload, connmark, lb))
                 self._apply_connmarks()
         if rc < 0:
             raise error_from_errno(-rc, "sending the verdict of packet %d" % p.id)
@@ -271,17 +284,27 @@ class QueueVerdicts(Channel[P]):
         return settled
 
     def _apply_connmarks(self) -> None:
-        """Set the connection marks asked for with accept(connmark=...) once
-        their verdicts were sent (the connection is confirmed by then)."""
+        """Set the connection marks and labels asked for with
+        accept(connmark=..., labels=...) once their verdicts were sent (the
+        connection is confirmed by then)."""
         todo, self._connmarks = self._connmarks, []
         first: Optional[BaseException] = None
-        for pid, payload, mark in todo:
-            rc = self._ctnl.set_mark(payload, mark)
+        for pid, payload, mark, labels in todo:
+            rc = self._ctnl.set(payload, mark=mark, labels=labels)
             if rc < 0 and first is None:
+                what = " and ".join(w for w, x in (("mark", mark), ("labels", labels))
+                                    if x is not None)
+                hint = None
+                if rc == -errno.ENOENT:
+                    hint = ("the packet's connection is not tracked: add a rule that uses "
+                            "conntrack in this namespace (e.g. -m conntrack --ctstate "
+                            "NEW,ESTABLISHED)")
+                elif rc == -errno.ENOSPC and labels is not None:
+                    what = "labels"     # the kernel sets a mark before it refuses labels
+                    bit = min(labels) if labels else 0
+                    hint = LABEL_HINT % (bit, bit)
                 first = error_from_errno(
-                    -rc, "setting the connection mark of packet %d (its verdict was given)" % pid,
-                    hint="the packet's connection is not tracked: add a rule that uses "
-                    "conntrack in this namespace (e.g. -m conntrack --ctstate NEW,ESTABLISHED)"
-                    if rc == -errno.ENOENT else None)
+                    -rc, "setting the connection %s of packet %d (its verdict was given)"
+                    % (what, pid), hint=hint)
         if first is not None:
             raise first

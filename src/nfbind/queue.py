@@ -24,7 +24,7 @@ import errno
 import os
 import threading
 from array import array
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Union
 
 from ._channel import Channel, ChannelStats, c_counter
 from ._channels import missing
@@ -148,18 +148,20 @@ class Packet(PacketBase):
     # -- verdicts -----------------------------------------------------------------
 
     def accept(self, mark: Optional[int] = None, connmark: Optional[int] = None,
-               payload: Any = None) -> None:
+               labels: Optional[Iterable[int]] = None, payload: Any = None) -> None:
         """Let the packet go on.
 
-        ``mark`` sets the packet mark, ``connmark`` its connection's mark
-        (the packet must be tracked), ``payload`` replaces the packet: bytes
-        are sent as given; a scapy packet gets its lengths and checksums
-        recomputed.  On a packet with :attr:`csum_notready` the TCP/UDP
-        checksum is completed either way, since the kernel takes a new
-        payload's checksums as final.  Raises VerdictError, ValueError,
+        ``mark`` sets the packet mark, ``connmark`` its connection's mark,
+        ``labels`` its connection's labels (bits 0..127, replacing those it
+        had; the packet must be tracked, and labels need a ``-m connlabel``
+        rule in the namespace, else ENOSPC), ``payload`` replaces the
+        packet: bytes are sent as given; a scapy packet gets its lengths and
+        checksums recomputed.  On a packet with :attr:`csum_notready` the
+        TCP/UDP checksum is completed either way, since the kernel takes a
+        new payload's checksums as final.  Raises VerdictError, ValueError,
         TypeError, NetlinkError.
         """
-        self._b.ch._verdict(self, core.NF_ACCEPT, mark, connmark, payload)
+        self._b.ch._verdict(self, core.NF_ACCEPT, mark, connmark, payload, labels)
 
     def drop(self) -> None:
         """Drop the packet."""
@@ -184,16 +186,17 @@ class Packet(PacketBase):
         self._b.ch._verdict(self, v, None, None, None)
 
     def verdict(self, verdict: Union[Verdict, int], mark: Optional[int] = None,
-                connmark: Optional[int] = None, payload: Any = None) -> None:
-        """Give ``verdict`` (a :class:`Verdict`) with optional mark, connmark
-        and payload."""
+                connmark: Optional[int] = None, payload: Any = None, *,
+                labels: Optional[Iterable[int]] = None) -> None:
+        """Give ``verdict`` (a :class:`Verdict`) with optional mark, connmark,
+        payload and connection labels (as :meth:`accept`)."""
         v = check_int("verdict", verdict, 0, _U32_MAX)
         if v not in PLAIN:
             raise ValueError(
                 "verdict must be Verdict.ACCEPT, DROP, REPEAT or STOP (use "
                 "pkt.queue(num) to queue), got %r" % (verdict,)
             )
-        self._b.ch._verdict(self, v, mark, connmark, payload)
+        self._b.ch._verdict(self, v, mark, connmark, payload, labels)
 
     def __repr__(self) -> str:
         return "<nfbind.Packet id=%d %s%s>" % (

@@ -148,3 +148,26 @@ def tuple_attrs(lib, t: int, src: str, dst: str, proto: int, sport: int, dport: 
     if zone is not None:
         parts.append(nla(lib.CTA_TUPLE_ZONE, be16(zone)))
     return nest(t, *parts)
+
+
+# -- conntrack-tools with a connlabel.conf of the test's own ----------------------------
+
+
+def conntrack_with_labels(ns: NetNS, conf: str, *args: str) -> str:
+    """``conntrack ARGS`` in ``ns`` reading ``conf`` as connlabel.conf.
+
+    conntrack-tools reads label names from /etc/xtables/connlabel.conf only;
+    the command runs in a mount namespace of its own where /etc is an
+    overlay holding that file, so the machine's /etc is left alone."""
+    import shlex
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        script = (
+            "set -e; mount -t tmpfs none {d}; mkdir -p {d}/u/xtables {d}/w; "
+            "printf %s {conf} > {d}/u/xtables/connlabel.conf; "
+            "mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/u,workdir={d}/w /etc; "
+            "exec conntrack {args}").format(
+                d=shlex.quote(d), conf=shlex.quote(conf),
+                args=" ".join(shlex.quote(a) for a in args))
+        return ns.run("unshare", "--mount", "--propagation", "private", "sh", "-c", script)

@@ -3,11 +3,11 @@
 
 A kernel built without CONFIG_NETFILTER_NETLINK_GLUE_CT neither attaches
 conntrack information to queued or logged packets nor applies a verdict's
-NFQA_CT (a connmark).  NfQueue and NfLog then own a :class:`CtLookup`: the
-connection of a packet is looked up, and its mark set, with a ctnetlink
-request built from the packet's own headers (the core's
-``nfb_ct_by_packet``).  The socket is opened on first use and closed with
-the channel.
+NFQA_CT (a connmark, labels).  NfQueue and NfLog then own a
+:class:`CtLookup`: the connection of a packet is looked up, and its mark and
+labels set, with a ctnetlink request built from the packet's own headers
+(the core's ``nfb_ct_by_packet`` and ``nfb_ct_set_by_packet``).  The socket
+is opened on first use and closed with the channel.
 
 Depends on the core module only, like the decoder it hands the answer to,
 so this works without libnetfilter_conntrack.
@@ -17,14 +17,18 @@ from __future__ import annotations
 import errno
 import socket
 import threading
-from typing import Optional, Tuple as _Pair
+from typing import FrozenSet, Optional, Tuple as _Pair
 
 from .._core import ffi, lib
 from .._netlink import open_netfilter_socket
 from .. import netns as _netns
 from ..errors import ClosedError, error_from_errno
 from ._records import ct_flow
+from .labels import MAX_LABEL, labels_bytes
 from .model import Flow
+
+#: the mask of a labels change that replaces them all
+_ALL_LABELS = labels_bytes(range(MAX_LABEL + 1))
 
 __all__ = ["CtLookup"]
 
@@ -85,7 +89,27 @@ class CtLookup:
 
         Raises ClosedError after :meth:`close`, OSError when the socket
         cannot be opened."""
-        return self._request(payload, True, mark)[0]
+        return self.set(payload, mark=mark)
+
+    def set(self, payload: bytes, *, mark: Optional[int] = None,
+            labels: Optional[FrozenSet[int]] = None) -> int:
+        """Set the mark and/or replace the labels (checked bits) of the L3
+        packet's connection, in one request; 0, or -errno from the kernel
+        (-ENOENT: it tracks no such connection; -ENOSPC: labels without the
+        connlabel extension).
+
+        Raises ClosedError after :meth:`close`, OSError when the socket
+        cannot be opened."""
+        what = (lib.NFB_CTSET_MARK if mark is not None else 0) | (
+            lib.NFB_CTSET_LABELS if labels is not None else 0)
+        raw = labels_bytes(labels) + _ALL_LABELS if labels is not None else ffi.NULL
+        with self._lock:
+            if self._closed:
+                raise ClosedError("%s is closed; create a new one" % self._owner)
+            if self._sock is None:
+                self._sock = open_netfilter_socket(self._netns)
+            return int(lib.nfb_ct_set_by_packet(self._sock.fileno(), payload, len(payload), 0,
+                                                what, mark or 0, raw))
 
     def close(self) -> None:
         """Close the socket; later requests raise ClosedError."""
