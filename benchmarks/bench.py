@@ -29,6 +29,10 @@ nflog/drain-fields         the drain again, the handler also reading four
                            fields (prefix, payload_len, indev, timestamp)
 conntrack/dump             50,000 flows dumped into Flow objects vs the
                            libnetfilter_conntrack dumper
+conntrack/filter           one flow of 100,000 selected by its exact tuple
+                           (filtered in the kernel) vs the full dump of the
+                           same table; also the same selection filtered in
+                           userspace
 nfqueue/memory,            RSS of the nfbind consumer over 1,000,000 packets,
 nflog/memory               sampled every 100,000; growth after warm-up
 nfqueue/scale-out          bench_serve.py: 2 workers vs 1 (if present)
@@ -69,6 +73,7 @@ ROWS = [
     ("nflog", "stream", "bench_nflog.py", ["--scenario", "stream", "--fields", "none"]),
     ("nflog", "overload", "bench_nflog.py", ["--scenario", "overload", "--fields", "none"]),
     ("conntrack", "dump", "bench_conntrack.py", ["--impl", "c,nfbind"]),
+    ("conntrack", "filter", "bench_conntrack.py", ["--scenario", "filter", "--flows", "100000"]),
     ("nfqueue", "memory", "bench_nfqueue.py", ["--scenario", "memory"]),
     ("nflog", "memory", "bench_nflog.py", ["--scenario", "memory"]),
     ("nfqueue", "scale-out", "bench_serve.py", []),
@@ -83,7 +88,8 @@ QUICK = {
     ("nfqueue", "overload"): 30000, ("nfqueue", "overload-fixed"): 30000,
     ("nflog", "drain"): 20000, ("nflog", "drain-fields"): 20000,
     ("nflog", "stream"): 20000, ("nflog", "overload"): 30000,
-    ("conntrack", "dump"): 5000, ("nfqueue", "memory"): 300000,
+    ("conntrack", "dump"): 5000, ("conntrack", "filter"): 5000,
+    ("nfqueue", "memory"): 300000,
     ("nflog", "memory"): 300000,
     ("flows", "json"): 5000, ("flows", "sqlite"): 5000, ("flows", "ipfix"): 5000,
 }
@@ -183,6 +189,17 @@ def make_row(channel: str, scenario: str, d: dict) -> dict:
     row: dict = {"channel": channel, "scenario": scenario, "unit": "pps"}
     if scenario in ("drain-fields", "overload-fixed"):
         scenario = scenario.split("-")[0]
+    if channel == "conntrack" and scenario == "filter":
+        # seconds of one dump: the selection vs the whole table, as dumps/s
+        flows = d.get("flows")
+        fs, full = d.get("filtered_seconds_median"), d.get("full_seconds_median")
+        us = d.get("userspace_seconds_median")
+        row.update(unit="dumps/s", flows=flows, reference="full dump",
+                   nfbind_rate=1 / fs if fs else None, c_rate=1 / full if full else None,
+                   ratio=full / fs if fs and full else None,
+                   filtered_seconds_median=fs, full_seconds_median=full,
+                   userspace_seconds_median=us)
+        return row
     if channel == "conntrack":
         flows = d.get("flows")
         cs, ns = d.get("c_seconds_median"), d.get("nfbind_seconds_median")
@@ -290,6 +307,16 @@ def cells(rows: list[dict]) -> list[list[str]]:
             continue
         nf = f"{_num(r.get('nfbind_rate'))} {unit}"
         ref = f"{_num(r.get('c_rate'))} {unit}"
+        if r["channel"] == "conntrack" and r["scenario"] == "filter":
+            def ms(x: float | None) -> str:
+                return "-" if x is None else f"{x * 1000:,.1f} ms"
+            us = r.get("userspace_seconds_median")
+            lines.append([r["channel"], f"filter 1 of {_num(r.get('flows'))}",
+                          f"{ms(r.get('filtered_seconds_median'))} (kernel filter)",
+                          f"{ms(r.get('full_seconds_median'))} (full dump)",
+                          "-" if r.get("ratio") is None else
+                          f"x{r['ratio']:.1f} faster (userspace filter: {ms(us)})", "-", "-"])
+            continue
         if r["scenario"] == "scale-out":
             nf += " (2 workers)"
             ref += " (1 worker)"
@@ -335,7 +362,7 @@ def print_report(info: dict, rows: list[dict], md: bool) -> None:
     print(table(rows))
     print()
     print("ratio = nfbind rate / reference rate (conntrack: also nfbind time / C "
-          "time); lost = sent - received at the far side (nfqueue: q = "
+          "time; filter: full-dump time / filtered-dump time); lost = sent - received at the far side (nfqueue: q = "
           "queue_dropped, user = user_dropped) or sent - handled (nflog: ENOBUFS "
           "= overruns reported), from the round with the median loss; memory: RSS "
           "after 100,000 packets -> largest later sample, growth in %")

@@ -29,7 +29,15 @@ Run as root:
 
 Reported: per round each implementation's seconds and its ratio to C; then
 the median seconds of each and the median over rounds of each per-round
-ratio.  The namespace is always deleted, only processes started here are
+ratio.
+
+``--scenario filter`` (default ``dump``) times, on the same filled table
+(100,000 flows by default), three nfbind dumps per round: the whole table
+("full"), the one flow of entry N/2 selected by its exact tuple (src, dst,
+proto, sport, dport: CTA_FILTER, applied by the kernel; "filtered"), and
+the same selection with the kernel's filter switched off, so userspace
+decodes every flow and keeps one ("userspace").  full/filtered is how much
+the kernel-side filter saves; filtered must see exactly that one flow.  The namespace is always deleted, only processes started here are
 killed, and a global sysctl raised here (nf_conntrack_max) is put back.
 Exit status is non-zero if any run failed or saw a different table.
 _harness.py holds what the drivers share.
@@ -57,6 +65,8 @@ from _harness import (  # noqa: E402
 SYSCTL = "/proc/sys/net/netfilter/"
 
 ALL_IMPLS = ("c", "nfbind", "pyroute2", "conntrack")
+#: --scenario filter: full dump, kernel-filtered, userspace-filtered
+FILTER_IMPLS = ("full", "filtered", "userspace")
 FILL_TIMEOUT = 86400            # conntrack timeout of the filled entries, s
 MAX_FLOWS = 1 << 22
 # the sums every dumper reports; status is compared with the C dumper's
@@ -97,6 +107,14 @@ def _ns_sysctl(ns: Namespace, name: str) -> int:
 
 def _ct_count(ns: Namespace) -> int:
     return int(ns.run("conntrack", "-C", timeout=60).split()[0])
+
+
+def entry_tuple(i: int) -> list[str]:
+    """Entry i's original tuple as ct_dump_nfbind.py --select takes it."""
+    src = 0x0A010000 + (i >> 8)
+    dst = 0x0A020001 + (i % 251)
+    ip = lambda v: ".".join(str((v >> s) & 0xFF) for s in (24, 16, 8, 0))  # noqa: E731
+    return [ip(src), ip(dst), "udp", str(10000 + (i & 0xFF)), "53"]
 
 
 def expected_sums(n: int) -> dict[str, int]:
@@ -160,6 +178,11 @@ def run_one(impl: str, cmd: list[str], env: dict[str, str] | None, ns: Namespace
                 result["stderr"] = err_tail
 
         problems = []
+        if impl in ("filtered", "userspace"):
+            nflows = 1          # the one selected entry, checked below
+            if result.get("flows") == 1 and result.get("selected") != result.get("want"):
+                problems.append(f"selected {result.get('selected')}, "
+                                f"not {result.get('want')}")
         if result.get("flows") != nflows:
             problems.append(f"saw {result.get('flows')} of {nflows} flows")
         if "touch_error" in result:
@@ -168,7 +191,8 @@ def run_one(impl: str, cmd: list[str], env: dict[str, str] | None, ns: Namespace
             problems.append(f"{result['flows'] - result['distinct']} duplicate "
                             f"original tuples")
         sums = result.get("sums")
-        if sums is not None and result.get("flows") == nflows:
+        if sums is not None and result.get("flows") == nflows \
+                and impl not in ("filtered", "userspace"):
             bad = [k for k in SUM_KEYS if sums.get(k) != expect[k]]
             if bad:
                 problems.append("fields differ from the filled table: " + ", ".join(
@@ -216,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds one run may take before it is killed")
     ap.add_argument("--pyroute2-python", help="interpreter for the pyroute2 "
                     "dumper (default: as for --python)")
+    ap.add_argument("--scenario", choices=("dump", "filter"), default="dump",
+                    help="dump: every dumper reads the whole table (default); filter: "
+                    "nfbind's whole-table dump beside the one flow selected by its "
+                    "tuple, in the kernel and in userspace (--impl is ignored)")
     add_common_options(ap, consumer="dumper", size=False,
                        fallback="python3 with PYTHONPATH=src")
     a = ap.parse_args(argv)
@@ -227,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bench: --warmup must be 0..100")
     if a.family == "inet6":
         sys.exit("bench: the filler creates IPv4 entries only; use unspec or inet")
-    if a.impl == "all":
+    filtering = a.scenario == "filter"
+    #: what every ratio is against
+    base = "full" if filtering else "c"
+    if filtering:
+        impls = list(FILTER_IMPLS)
+        explicit = True
+    elif a.impl == "all":
         impls = list(ALL_IMPLS)
         explicit = False
     else:
@@ -245,15 +279,29 @@ def main(argv: list[str] | None = None) -> int:
     dump_ref = build("ct_dump_ref", "ct_dump_ref.c", ["-lnetfilter_conntrack", "-lmnl"])
     fam_args = ["--family", a.family]
     conntrack_cmd = ["conntrack", "-L"] + (["-f", "ipv4"] if a.family == "inet" else [])
-    info: dict = {"flows": a.flows, "rounds": a.rounds, "family": a.family,
+    info: dict = {"scenario": a.scenario, "flows": a.flows, "rounds": a.rounds,
+                  "family": a.family,
                   "kernel": platform.release(), "cpus": os.cpu_count(),
                   "cpu_pin": a.cpu, "warmup": a.warmup,
                   "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     skipped: dict[str, str] = {}
     cmds: dict[str, tuple[list[str], dict[str, str] | None]] = {}
-    if "c" not in impls:
+    if "c" not in impls and not filtering:
         sys.exit("bench: --impl must include c (every ratio is against it)")
     cmds["c"] = ([dump_ref, a.family], None)
+    if filtering:
+        py, env, where = find_python(NFBIND_PROBE, a.python, PYTHON3)
+        if py is None:
+            sys.exit("bench: cannot import nfbind's Conntrack: " + where
+                     + f"\n(build it with: cd {REPO} && python build_ffi.py)")
+        full = [py, os.path.join(HERE, "ct_dump_nfbind.py"), *fam_args,
+                "--timeout", str(a.timeout)]
+        want = entry_tuple(a.flows // 2)
+        cmds["full"] = (full, env)
+        cmds["filtered"] = (full + ["--select", ",".join(want)], env)
+        cmds["userspace"] = (full + ["--select", ",".join(want), "--userspace"], env)
+        info.update(python=py, nfbind=where, pythonpath=env.get("PYTHONPATH"),
+                    selected=want)
     if "nfbind" in impls:
         py, env, where = find_python(NFBIND_PROBE, a.python, PYTHON3)
         if py is None:
@@ -299,11 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                        a.cpu, expect, a.verbose)
 
     def on_row(row: dict) -> None:
-        c = row["c"]
+        c = row[base]
         ratios = {}
         for impl in impls[1:]:
             res = row[impl]
             if res["ok"] and impl != "conntrack" and "sums" in res and c["ok"] \
+                    and not filtering \
                     and res["sums"].get("status") != c["sums"].get("status"):
                 res["ok"] = False
                 res["error"] = (f"status sum {res['sums'].get('status')} != C's "
@@ -389,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(flush=True)
 
             for _ in range(a.warmup):
-                w = run_one("c", cmds["c"][0], None, ns, a.flows, a.timeout, a.cpu,
-                            expect, a.verbose)
+                w = run_one(base, cmds[base][0], cmds[base][1], ns, a.flows, a.timeout,
+                            a.cpu, expect, a.verbose)
                 if not w["ok"]:
                     raise RunError(f"warm-up C dump failed: {w.get('error')}")
 
@@ -423,11 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     if "conntrack" in impls:
         summary["c_wall_median"] = median_of(rounds, "c", "wall")
     for impl in impls[1:]:
-        summary[f"ratio_{impl}_c_median"] = median(
+        summary[f"ratio_{impl}_{base}_median"] = median(
             [row["ratios"][impl] for row in rounds if impl in row["ratios"]])
         cpu = median([row["cpu_ratios"][impl] for row in rounds if impl in row["cpu_ratios"]])
         if cpu is not None:
-            summary[f"cpu_ratio_{impl}_c_median"] = cpu
+            summary[f"cpu_ratio_{impl}_{base}_median"] = cpu
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     summary["ok"] = not failed
 
@@ -447,13 +496,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"median {impl}: {_secs(summary[f'{impl}_seconds_median'])}")
             for impl in impls[1:]:
                 vals = [row["ratios"][impl] for row in rounds if impl in row["ratios"]]
-                rm = summary[f"ratio_{impl}_c_median"]
-                name = "conntrack -L/C (wall)" if impl == "conntrack" else f"{impl}/C"
+                rm = summary[f"ratio_{impl}_{base}_median"]
+                name = ("conntrack -L/C (wall)" if impl == "conntrack" else
+                        f"{impl}/{base}" if filtering else f"{impl}/C")
                 print(f"median ratio {name}: " + ("-" if rm is None else f"{rm:.3f}")
                       + f"  (per round: {', '.join(f'{x:.3f}' for x in vals)})")
-                cr = summary.get(f"cpu_ratio_{impl}_c_median")
+                cr = summary.get(f"cpu_ratio_{impl}_{base}_median")
                 if cr is not None:
-                    print(f"  median CPU-time ratio {impl}/C (user+sys): {cr:.3f}")
+                    print(f"  median CPU-time ratio {impl}/{'C' if base == 'c' else base} "
+                          f"(user+sys): {cr:.3f}")
             print(f"load average: {info['loadavg_start']} at start, "
                   f"{info['loadavg_end']} at end")
         if failed:

@@ -2,6 +2,7 @@
 """nfbind conntrack dumper for benchmarks/bench_conntrack.py.
 
     python ct_dump_nfbind.py [--family unspec|inet|inet6] [--timeout S]
+                             [--select SRC,DST,PROTO,SPORT,DPORT [--userspace]]
 
 The same job as ct_dump_ref.c, written with nfbind: one full dump of the
 current network namespace's conntrack table into a list, so every ``Flow``
@@ -20,6 +21,11 @@ Prints one line:
     {"impl":"nfbind","flows":N,"seconds":S,"sums":{...},...}
 
 ``--family`` other than unspec is passed as ``dump(family=socket.AF_INET...)``.
+``--select`` dumps only the flow with that original tuple
+(``dump(src=, dst=, proto=, sport=, dport=)``, which the kernel filters);
+``--userspace`` switches the kernel-side filter off (as on a kernel without
+CTA_FILTER: every flow is decoded, userspace keeps the one); the flow found
+is reported as "selected", the tuple asked for as "want".
 Killed by SIGALRM (default action) after --timeout seconds (default 120).
 """
 from __future__ import annotations
@@ -91,6 +97,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--family", choices=tuple(FAMILIES), default="unspec")
     ap.add_argument("--timeout", type=int, default=120,
                     help="SIGALRM after this many seconds")
+    ap.add_argument("--select", metavar="SRC,DST,PROTO,SPORT,DPORT",
+                    help="dump only the flow with this original tuple")
+    ap.add_argument("--userspace", action="store_true",
+                    help="with --select: filter in userspace only")
     a = ap.parse_args(argv[1:])
     family = FAMILIES[a.family]
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
@@ -100,7 +110,15 @@ def main(argv: list[str]) -> int:
         from nfbind import Conntrack
     except ImportError:
         from nfbind.conntrack import Conntrack
-    kwargs = {} if family is None else {"family": family}
+    kwargs: dict = {} if family is None else {"family": family}
+    want = None
+    if a.select:
+        src, dst, proto, sport, dport = a.select.split(",")
+        want = [src, dst, proto, int(sport), int(dport)]
+        kwargs.update(src=src, dst=dst, proto=proto, sport=int(sport), dport=int(dport))
+        if a.userspace:
+            from nfbind.conntrack import _pool
+            _pool._FORCE_USERSPACE = True
 
     clock = time.perf_counter
     rss0 = rss_kib()
@@ -116,6 +134,13 @@ def main(argv: list[str]) -> int:
            "user": round(cpu1.user - cpu0.user, 3),
            "sys": round(cpu1.system - cpu0.system, 3),
            "rss_growth_kib": rss1 - rss0}
+    if want is not None:
+        out["want"] = want
+        out["userspace"] = a.userspace
+        if len(flows) == 1:
+            o = flows[0].orig
+            out["selected"] = [str(o.src), str(o.dst), getattr(o.proto, "name", "").lower(),
+                               o.sport, o.dport]
     t2 = clock()
     try:
         out.update(touch(flows))

@@ -133,6 +133,13 @@ def _network(name: str, value: Any) -> Optional[IPNetwork]:
         raise ValueError("%s is not an IPv4/IPv6 address or network: %r" % (name, value)) from None
 
 
+def _addr_in(addr: Any, want: Any) -> bool:
+    """``addr`` is the address ``want``, or in the network ``want``."""
+    if isinstance(want, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return bool(addr in want)
+    return bool(addr == want)
+
+
 class DumpFilter:
     """The checked conditions of a dump or flush, and how they are split
     between the kernel and userspace.
@@ -152,7 +159,7 @@ class DumpFilter:
 
     __slots__ = ("family", "mark", "mark_mask", "status", "status_mask", "zone", "proto",
                  "src", "dst", "sport", "dport", "reply_src", "reply_dst", "reply_sport",
-                 "reply_dport")
+                 "reply_dport", "_addrs")
 
     def __init__(self, family: Any = None, *, mark: Any = None, mark_mask: Any = U32_MAX,
                  zone: Any = None, status: Any = None, status_mask: Any = None,
@@ -183,6 +190,11 @@ class DumpFilter:
             want = 4 if self.family == AF_INET else 6
             if versions != {want}:
                 raise ValueError("family is IPv%d but %s is not" % (want, named[0][0]))
+        # for matches(): an address compares equal (fast), a network contains
+        self._addrs = tuple(
+            (n.network_address if n.prefixlen == _FULL_PREFIX[n.version] else n)
+            if n is not None else None
+            for n in (self.src, self.dst, self.reply_src, self.reply_dst))
 
     @property
     def has_tuple(self) -> bool:
@@ -281,27 +293,29 @@ class DumpFilter:
         o = flow.orig
         if self.proto is not None and o.proto != self.proto:
             return False
-        if self.src is not None and o.src not in self.src:
-            return False
-        if self.dst is not None and o.dst not in self.dst:
-            return False
         if self.sport is not None and o.sport != self.sport:
             return False
         if self.dport is not None and o.dport != self.dport:
             return False
+        src, dst, rsrc, rdst = self._addrs
+        if src is not None and not _addr_in(o.src, src):
+            return False
+        if dst is not None and not _addr_in(o.dst, dst):
+            return False
+        if rsrc is None and rdst is None and self.reply_sport is None and (
+                self.reply_dport is None):
+            return True
         r = flow.reply
-        if self.reply_src is not None or self.reply_dst is not None or (
-                self.reply_sport is not None or self.reply_dport is not None):
-            if r is None:
-                return False
-            if self.reply_src is not None and r.src not in self.reply_src:
-                return False
-            if self.reply_dst is not None and r.dst not in self.reply_dst:
-                return False
-            if self.reply_sport is not None and r.sport != self.reply_sport:
-                return False
-            if self.reply_dport is not None and r.dport != self.reply_dport:
-                return False
+        if r is None:
+            return False
+        if self.reply_sport is not None and r.sport != self.reply_sport:
+            return False
+        if self.reply_dport is not None and r.dport != self.reply_dport:
+            return False
+        if rsrc is not None and not _addr_in(r.src, rsrc):
+            return False
+        if rdst is not None and not _addr_in(r.dst, rdst):
+            return False
         return True
 
     def describe(self) -> str:
