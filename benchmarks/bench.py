@@ -15,6 +15,11 @@ every round and report medians.  Rows:
 =========================  =================================================
 nfqueue/drain              N packets queued while the consumer is stopped,
                            then drained (accept each)
+nfqueue/drain-fields       the same, both handlers also reading five fields
+                           (payload length, mark, indev, hw_protocol,
+                           timestamp)
+nfqueue/drain-batch        the drain again, the C reference accepting with
+                           one batch verdict per 64 packets
 nfqueue/stream             the consumer runs while a sender sends N as fast
                            as it can (queue 65536, 64 MiB buffer)
 nfqueue/overload           queue max length 1024, 256 KiB buffer; C with one
@@ -25,8 +30,9 @@ nfqueue/overload-fixed     the same with nfbind's buffer fixed at 256 KiB
 nflog/drain, stream,       the same three for NFLOG (overload: 256 KiB
 overload                   buffer, default nlbufsiz); the handler gets a
                            Python object per packet
-nflog/drain-fields         the drain again, the handler also reading four
-                           fields (prefix, payload_len, indev, timestamp)
+nflog/drain-fields         the drain again, the handler also reading five
+                           fields (prefix, payload_len, indev, mark,
+                           timestamp), as the C callback does
 conntrack/dump             50,000 flows dumped into Flow objects vs the
                            libnetfilter_conntrack dumper
 conntrack/filter           one flow of 100,000 selected by its exact tuple
@@ -60,6 +66,10 @@ REPO = os.path.dirname(HERE)
 # (channel, scenario, driver, extra driver arguments)
 ROWS = [
     ("nfqueue", "drain", "bench_nfqueue.py", ["--scenario", "drain"]),
+    # handlers that read fields: nfbind's and the C reference's read the same five
+    ("nfqueue", "drain-fields", "bench_nfqueue.py", ["--scenario", "drain", "--fields"]),
+    # the C reference at the kernel path's practical limit: batch verdicts
+    ("nfqueue", "drain-batch", "bench_nfqueue.py", ["--scenario", "drain", "--c-batch", "64"]),
     ("nfqueue", "stream", "bench_nfqueue.py", ["--scenario", "stream"]),
     ("nfqueue", "overload", "bench_nfqueue.py", ["--scenario", "overload"]),
     # the same with nfbind's buffer kept at 256 KiB (by default it doubles
@@ -67,7 +77,7 @@ ROWS = [
     ("nfqueue", "overload-fixed", "bench_nfqueue.py",
      ["--scenario", "overload", "--fixed-rcvbuf"]),
     # NFLOG's handler gets a Python object per packet and reads no field (as
-    # nfqueue's accepts without reading one); drain-fields also reads four
+    # nfqueue's accepts without reading one); drain-fields also reads five
     ("nflog", "drain", "bench_nflog.py", ["--scenario", "drain", "--fields", "none"]),
     ("nflog", "drain-fields", "bench_nflog.py", ["--scenario", "drain"]),
     ("nflog", "stream", "bench_nflog.py", ["--scenario", "stream", "--fields", "none"]),
@@ -85,6 +95,7 @@ ROWS = [
 # --quick: packets (flows) per row, one round
 QUICK = {
     ("nfqueue", "drain"): 10000, ("nfqueue", "stream"): 20000,
+    ("nfqueue", "drain-fields"): 10000, ("nfqueue", "drain-batch"): 10000,
     ("nfqueue", "overload"): 30000, ("nfqueue", "overload-fixed"): 30000,
     ("nflog", "drain"): 20000, ("nflog", "drain-fields"): 20000,
     ("nflog", "stream"): 20000, ("nflog", "overload"): 30000,
@@ -187,7 +198,7 @@ def _loss(channel: str, d: dict, impl: str) -> dict:
 
 def make_row(channel: str, scenario: str, d: dict) -> dict:
     row: dict = {"channel": channel, "scenario": scenario, "unit": "pps"}
-    if scenario in ("drain-fields", "overload-fixed"):
+    if scenario in ("drain-fields", "drain-batch", "overload-fixed"):
         scenario = scenario.split("-")[0]
     if channel == "conntrack" and scenario == "filter":
         # seconds of one dump: the selection vs the whole table, as dumps/s
@@ -282,8 +293,12 @@ def cells(rows: list[dict]) -> list[list[str]]:
         if r["scenario"] == "scale-out":
             label = SCALE_OUT_LABEL
         elif r["scenario"] == "drain-fields":
-            fields = (r.get("detail") or {}).get("fields", "four fields")
+            fields = (r.get("detail") or {}).get("fields", "five fields")
+            if fields is True:       # nfqueue: both handlers read the same five
+                fields = "payload_len,mark,indev,hw_protocol,timestamp (C too)"
             label = f"drain, reading {fields}"
+        elif r["scenario"] == "drain-batch":
+            label = "drain (ref: C, batch verdicts of 64)"
         elif r["scenario"] == "overload-fixed":
             label = "overload, nfbind's buffer fixed"
         elif r.get("reference"):

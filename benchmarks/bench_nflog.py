@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impl", choices=("both", "c", "nfbind"), default="both")
     ap.add_argument("--fields", default=ALL_FIELDS,
                     help="packet fields the nfbind handler reads: a comma-separated "
-                    "subset of %s, or none (default: all four, as the C callback)"
+                    "subset of %s, or none (default: all five, as the C callback)"
                     % ALL_FIELDS)
     ap.add_argument("--rcvbuf", type=int,
                     help="receive buffer to request, bytes (the kernel doubles it; "

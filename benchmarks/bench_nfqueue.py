@@ -212,6 +212,15 @@ def run_one(impl: str, consumer_cmd: list[str], env: dict[str, str] | None,
             problems.append(f"consumer handled {result['packets']} of {npackets}")
         if result["received"] != npackets:
             problems.append(f"receiver got {result['received']} of {npackets}")
+        # --fields: what the handler read must be right (every packet an
+        # IPv4 datagram of 28 + SIZE bytes; both consumers sum the same)
+        extra = result.get("consumer_extra", {})
+        if "fields" in extra:
+            want = {"payload_bytes": npackets * (28 + size),
+                    "hw_protocol_sum": npackets * 0x0800}
+            for key, value in want.items():
+                if extra.get(key) != value:
+                    problems.append(f"{key} is {extra.get(key)}, expected {value}")
         if problems:
             result["error"] = "; ".join(problems)
         else:
@@ -404,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
                     "(rcvbuf_max=rcvbuf) instead of growing, as it does by default")
     ap.add_argument("--sender-cpu", type=int, help="stream, overload, memory: pin "
                     "the sender to this CPU (taskset)")
+    ap.add_argument("--fields", action="store_true", help="drain: both handlers also "
+                    "read five fields of every packet (payload length, mark, indev, "
+                    "hw_protocol, timestamp)")
+    ap.add_argument("--c-batch", type=int, metavar="K", help="drain: the C reference "
+                    "accepts every K packets it read with one batch verdict "
+                    "(nfq_ref --batch-size K) instead of one verdict per packet")
     add_common_options(ap)
     a = ap.parse_args(argv)
 
@@ -418,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bench: --rcvbuf is for stream, overload and memory, 4096..1073741824")
     if a.scenario == "memory" and a.packets < 3 * RSS_EVERY:
         sys.exit(f"bench: --scenario memory needs --packets >= {3 * RSS_EVERY}")
+    if (a.fields or a.c_batch is not None) and a.scenario != "drain":
+        sys.exit("bench: --fields and --c-batch are for --scenario drain")
 
     udp_tool = build("nfb_udp", "nfb_udp.c")
     impls = ["c", "nfbind"] if a.impl == "both" else [a.impl]
@@ -425,12 +442,16 @@ def main(argv: list[str] | None = None) -> int:
     info: dict = {"scenario": a.scenario, "packets": a.packets, "rounds": a.rounds,
                   "size": a.size,
                   "kernel": platform.release(), "cpus": os.cpu_count(),
-                  "cpu_pin": a.cpu, "sender_cpu_pin": a.sender_cpu}
+                  "cpu_pin": a.cpu, "sender_cpu_pin": a.sender_cpu,
+                  "fields": a.fields, "c_batch": a.c_batch}
     if "c" in impls:
-        cmds["c"] = ([build("nfq_ref", "nfq_ref.c", ["-lnetfilter_queue", "-lmnl"])], None)
+        cmds["c"] = ([build("nfq_ref", "nfq_ref.c", ["-lnetfilter_queue", "-lmnl"])]
+                     + (["--fields"] if a.fields else [])
+                     + (["--batch-size", str(a.c_batch)] if a.c_batch else []), None)
     if "nfbind" in impls:
         py, env, where = find_nfbind_python(a.python)
-        cmds["nfbind"] = ([py, os.path.join(HERE, "nfq_nfbind.py")], env)
+        cmds["nfbind"] = ([py, os.path.join(HERE, "nfq_nfbind.py")]
+                          + (["--fields"] if a.fields else []), env)
         info["python"] = py
         info["nfbind"] = where
         info["pythonpath"] = env.get("PYTHONPATH")

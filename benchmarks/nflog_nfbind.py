@@ -10,8 +10,8 @@ The same job as nflog_ref.c, with the same command line (_consumer.py; only
 bytes, default 64 MiB, which the kernel doubles; overruns counted, not
 raised), print READY, and hand every packet to a handler that reads the
 packet fields named in FIELDS and counts.  FIELDS is a comma-separated
-subset of prefix, payload_len, indev, timestamp (default: all four, what
-nflog_ref.c's callback reads), or ``none`` (the packet object is created and
+subset of prefix, payload_len, indev, mark, timestamp (default: all five,
+what nflog_ref.c's callback reads), or ``none`` (the packet object is created and
 handed over, no field is read).
 
 The clock starts when the handler sees the first packet and stops when
@@ -52,6 +52,7 @@ FIELDS = {
     "prefix": "    if pkt.prefix:\n        acc[0] += 1\n",
     "payload_len": "    acc[1] += pkt.payload_len\n",
     "indev": "    acc[2] += pkt.indev or 0\n",
+    "mark": "    acc[4] += pkt.mark or 0\n",
     "timestamp": "    if pkt.timestamp is None:\n        acc[3] += 1\n",
 }
 ALL_FIELDS = ",".join(FIELDS)
@@ -114,7 +115,8 @@ def main(argv: list[str]) -> int:
     # packets seen, first-packet time, N-th packet time, last-packet time
     state = [0, 0.0, 0.0, 0.0]
     rss: list = []
-    acc = [0, 0, 0, 0]      # with a prefix, payload bytes, sum of indev, no timestamp
+    # with a prefix, payload bytes, sum of indev, no timestamp, sum of marks
+    acc = [0, 0, 0, 0, 0]
 
     with NfLog(group, copy_mode=CopyMode.PACKET, copy_range=0xFFFF,
                rcvbuf=rcvbuf, on_overrun="count") as log:
@@ -159,6 +161,7 @@ def main(argv: list[str]) -> int:
             "overruns": stats["overruns"], "extra": late[0], "rcvbuf": granted,
             "recv_calls": stats["recv_calls"], "fields": ",".join(fields) or "none",
             "with_prefix": acc[0], "no_timestamp": acc[3], "payload_bytes": acc[1],
+            "mark_sum": acc[4],
             "idle_stop": True, **({"rss": rss} if rss_every else {}),
             "cpu_seconds": cpu, "stats": stats,
         }, separators=(",", ":")), flush=True)
@@ -177,7 +180,7 @@ def main(argv: list[str]) -> int:
         "fields": ",".join(fields) or "none",
         "with_prefix": acc[0],
         "no_timestamp": acc[3],
-        "payload_bytes": acc[1],
+        "payload_bytes": acc[1], "mark_sum": acc[4],
         "seconds_to_nth_handler": round(t_nth - t_first, 6) if ok else None,
         **({"rss": rss} if rss_every else {}),
         "cpu_seconds": cpu,

@@ -6,8 +6,8 @@
  * nflog_open(), nflog_bind_group(), nflog_set_mode(NFULNL_COPY_PACKET,
  * 0xffff), nflog_callback_register(), then recv() + nflog_handle_packet() in
  * a loop.  The callback reads what a real consumer would (the prefix, the
- * payload pointer and length, the input interface, the timestamp) and
- * counts.
+ * payload pointer and length, the input interface, the mark, the
+ * timestamp) and counts.
  *
  *   nflog_ref [--stream] [--idle S] [--rcvbuf B] [--rss-every K] [--timeout T]
  *             GROUP N
@@ -61,6 +61,7 @@ struct state {
 	unsigned long with_prefix;
 	uint64_t payload_bytes;
 	uint64_t indev_sum;
+	uint64_t mark_sum;
 	double t_nth;
 	double t_last;
 	int stream;
@@ -92,6 +93,7 @@ static int on_packet(struct nflog_g_handle *gh, struct nfgenmsg *nfmsg,
 	if (len > 0 && payload)
 		st->payload_bytes += (uint64_t)len;
 	st->indev_sum += nflog_get_indev(nfa);
+	st->mark_sum += nflog_get_nfmark(nfa);
 	if (nflog_get_timestamp(nfa, &tv) < 0)
 		st->no_timestamp++;
 	st->done++;
@@ -110,11 +112,12 @@ static void report(const struct state *st, double secs, unsigned long enobufs,
 	printf("{\"impl\":\"c\",\"packets\":%lu,\"seconds\":%.6f,\"pps\":%.1f,"
 	       "\"enobufs\":%lu,\"extra\":%lu,\"rcvbuf\":%d,\"recv_calls\":%lu,"
 	       "\"with_prefix\":%lu,\"no_timestamp\":%lu,"
-	       "\"payload_bytes\":%llu,\"cpu_seconds\":%.3f",
+	       "\"payload_bytes\":%llu,\"mark_sum\":%llu,\"cpu_seconds\":%.3f",
 	       st->done > st->npackets ? st->npackets : st->done, secs,
 	       secs > 0 ? (double)st->done / secs : 0.0, enobufs, extra, rcvbuf, recvs,
 	       st->with_prefix, st->no_timestamp,
-	       (unsigned long long)st->payload_bytes, cpu_now() - cpu0);
+	       (unsigned long long)st->payload_bytes,
+	       (unsigned long long)st->mark_sum, cpu_now() - cpu0);
 	if (st->rss_every)
 		rss_print();
 	printf("}\n");

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """nfbind NFQUEUE consumer for benchmarks/bench_nfqueue.py.
 
-    python nfq_nfbind.py [--idle S] [--rcvbuf B] [--rcvbuf-max B] [--rss-every K]
-                         [--timeout T] QUEUE_NUM N MAX_QUEUE_LEN
+    python nfq_nfbind.py [--fields] [--idle S] [--rcvbuf B] [--rcvbuf-max B]
+                         [--rss-every K] [--timeout T] QUEUE_NUM N MAX_QUEUE_LEN
 
 The same job as nfq_ref.c, with the same command line (_consumer.py), written
 with nfbind: bind the queue (copy packet, range 0xffff, a forced receive
@@ -20,6 +20,10 @@ Killed by SIGALRM (default action) if not done within --timeout seconds
 Options for the other scenarios (without them it is the drain consumer
 above):
 
+``--fields``
+    the handler also reads five fields of every packet, as ``nfq_ref
+    --fields`` does: ``payload_len``, ``mark``, ``indev``, ``hw_protocol``
+    and ``timestamp``, and sums them (reported as nfq_ref reports them).
 ``--idle S``
     stop S seconds after the last packet even if fewer than N came (packets
     were lost); exit 0.  "seconds" then runs from the first packet to the
@@ -51,7 +55,8 @@ from _consumer import parse_consumer_args, rss_bytes  # noqa: E402
 
 def main(argv: list[str]) -> int:
     a = parse_consumer_args(argv[1:], "nfq_nfbind", max_len=True,
-                            options={"--rcvbuf-max": ("rcvbuf_max", int, None, "B")})
+                            options={"--rcvbuf-max": ("rcvbuf_max", int, None, "B")},
+                            flags=["--fields"])
     idle = a.idle
     rss_every = a.rss_every
     queue_num, npackets, max_len, timeout = a.num, a.packets, a.max_len, a.timeout
@@ -74,6 +79,30 @@ def main(argv: list[str]) -> int:
             state[0] = c
             if c == 1:
                 state[1] = clock()
+            if c == n:
+                state[2] = clock()
+                stop()
+            return accept
+
+        # payload bytes, mark, indev, hw_protocol sums; packets without a timestamp;
+        # the timestamps' sum in microseconds
+        sums = [0, 0, 0, 0, 0, 0]
+
+        def fields_handler(pkt, state=state, n=npackets, clock=clock,
+                           accept=accept, stop=stop, sums=sums):
+            c = state[0] + 1
+            state[0] = c
+            if c == 1:
+                state[1] = clock()
+            sums[0] += pkt.payload_len
+            sums[1] += pkt.mark or 0
+            sums[2] += pkt.indev or 0
+            sums[3] += pkt.hw_protocol
+            ts = pkt.timestamp
+            if ts is None:
+                sums[4] += 1
+            else:
+                sums[5] += int(ts * 1e6)
             if c == n:
                 state[2] = clock()
                 stop()
@@ -120,7 +149,7 @@ def main(argv: list[str]) -> int:
             if state[0] < npackets:
                 q.run(live, timeout=idle or 3.0)
         else:
-            q.run(handler)
+            q.run(fields_handler if a.fields else handler)
         t_run_end = clock()
         cpu = round(time.process_time() - cpu0, 3)
         signal.alarm(0)
@@ -154,6 +183,10 @@ def main(argv: list[str]) -> int:
         "pps": round(count / secs, 1) if secs > 0 else 0.0,
         "seconds_to_nth_handler": round(t_nth - t_first, 6),
         **({"idle_stop": False} if idle else {}),
+        **({"fields": "payload_len,mark,indev,hw_protocol,timestamp",
+            "payload_bytes": sums[0], "mark_sum": sums[1], "indev_sum": sums[2],
+            "hw_protocol_sum": sums[3], "no_timestamp": sums[4],
+            "timestamp_sum_us": sums[5]} if a.fields else {}),
         **({"rss": rss} if rss_every else {}),
         "cpu_seconds": cpu,
         "rcvbuf_final": rcvbuf_final,

@@ -6,8 +6,8 @@
  * API: one recv per packet, nfq_nlmsg_parse() on it, and ONE NF_ACCEPT verdict
  * per packet, each sent with its own mnl_socket_sendto().
  *
- *   nfq_ref [--batch] [--idle S] [--rcvbuf B] [--rss-every K] [--timeout T]
- *           QUEUE_NUM N MAX_QUEUE_LEN
+ *   nfq_ref [--batch] [--batch-size K] [--fields] [--idle S] [--rcvbuf B] [--rss-every K]
+ *           [--timeout T] QUEUE_NUM N MAX_QUEUE_LEN
  *
  * (the command line is ref_args.h's, shared with nflog_ref.c).  Binds the
  * queue (copy packet, range 0xffff, queue max len MAX_QUEUE_LEN), forces the
@@ -26,12 +26,22 @@
  *   --batch        after a blocking recv, also read every message that is
  *                  readable right away, then accept them all with ONE
  *                  NFQNL_MSG_VERDICT_BATCH up to the highest packet id
+ *   --batch-size K as --batch, but at most K packets per batch verdict (the
+ *                  reads stop at K; a read holds one message)
+ *   --fields       read what a handler reading five fields reads: the
+ *                  payload length, the mark, the input interface, the
+ *                  hardware protocol and the timestamp of every packet
+ *                  (from the attributes nfq_nlmsg_parse() found), summed
+ *                  and reported as "payload_bytes", "mark_sum",
+ *                  "indev_sum", "hw_protocol_sum", "no_timestamp",
+ *                  "timestamp_sum_us"
  *   --idle S       stop S seconds (may be fractional) after the last packet
  *                  even if fewer than N came (packets were lost); exit 0 and
  *                  report "seconds" from the first packet received to the
  *                  last verdict sent
  *   --rss-every K  every K packets, sample the resident set size
  */
+#include <endian.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -75,6 +85,34 @@ static void config_send(struct mnl_socket *nl, struct nlmsghdr *nlh,
 		die(what);
 }
 
+/* what --fields reads, summed so that reading it is not dead code */
+struct field_sums {
+	int on;
+	uint64_t payload_bytes, mark_sum, indev_sum, hw_protocol_sum, ts_sum;
+	unsigned long no_timestamp;
+};
+
+static struct field_sums fsums;
+
+static void read_fields(struct nlattr **attr, const struct nfqnl_msg_packet_hdr *ph)
+{
+	if (attr[NFQA_PAYLOAD])
+		fsums.payload_bytes += mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]);
+	if (attr[NFQA_MARK])
+		fsums.mark_sum += ntohl(mnl_attr_get_u32(attr[NFQA_MARK]));
+	if (attr[NFQA_IFINDEX_INDEV])
+		fsums.indev_sum += ntohl(mnl_attr_get_u32(attr[NFQA_IFINDEX_INDEV]));
+	fsums.hw_protocol_sum += ntohs(ph->hw_protocol);
+	if (attr[NFQA_TIMESTAMP]) {
+		const struct nfqnl_msg_packet_timestamp *ts =
+			mnl_attr_get_payload(attr[NFQA_TIMESTAMP]);
+
+		fsums.ts_sum += be64toh(ts->sec) * 1000000 + be64toh(ts->usec);
+	} else {
+		fsums.no_timestamp++;
+	}
+}
+
 /* Accept every packet message in buf[0..n): one verdict each (single mode),
  * or only note the highest id (batch mode).  Returns packets seen. */
 static unsigned long handle_buf(struct mnl_socket *nl, char *buf, ssize_t n,
@@ -103,6 +141,8 @@ static unsigned long handle_buf(struct mnl_socket *nl, char *buf, ssize_t n,
 			exit(1);
 		}
 		ph = mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
+		if (fsums.on)
+			read_fields(attr, ph);
 		if (batch) {
 			uint32_t id = ntohl(ph->packet_id);
 
@@ -137,7 +177,8 @@ int main(int argc, char **argv)
 	int one = 1, rcvbuf, batch, idled = 0;
 	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
 
-	ref_parse_args(argc, argv, "nfq_ref", REF_BATCH | REF_MAX_LEN, &args);
+	ref_parse_args(argc, argv, "nfq_ref", REF_BATCH | REF_FIELDS | REF_MAX_LEN, &args);
+	fsums.on = args.fields;
 	queue_num = args.num;
 	npackets = args.npackets;
 	max_len = args.max_len;
@@ -214,7 +255,8 @@ int main(int argc, char **argv)
 				 npackets - done);
 		if (batch) {
 			/* everything readable now, then one verdict for all */
-			while (done + got < npackets) {
+			while (done + got < npackets &&
+			       (!args.batch_size || got < args.batch_size)) {
 				recv_calls++;
 				n = recv(mnl_socket_get_fd(nl), buf, buf_size,
 					 MSG_DONTWAIT);
@@ -257,10 +299,20 @@ int main(int argc, char **argv)
 		printf("{\"impl\":\"c\",\"packets\":%lu,\"seconds\":%.6f,"
 		       "\"pps\":%.1f,\"mode\":\"%s\",\"idle_stop\":%s,"
 		       "\"recv_calls\":%lu,\"verdict_msgs\":%lu,\"rcvbuf\":%d,"
-		       "\"cpu_seconds\":%.3f",
+		       "\"batch_size\":%lu,\"cpu_seconds\":%.3f",
 		       done, secs, secs > 0 ? (double)done / secs : 0.0,
 		       batch ? "batch" : "single", idled ? "true" : "false",
-		       recv_calls, verdict_msgs, rcvbuf, cpu_now() - cpu0);
+		       recv_calls, verdict_msgs, rcvbuf, args.batch_size, cpu_now() - cpu0);
+		if (fsums.on)
+			printf(",\"fields\":\"payload_len,mark,indev,hw_protocol,timestamp\","
+			       "\"payload_bytes\":%llu,\"mark_sum\":%llu,\"indev_sum\":%llu,"
+			       "\"hw_protocol_sum\":%llu,\"no_timestamp\":%lu,"
+			       "\"timestamp_sum_us\":%llu",
+			       (unsigned long long)fsums.payload_bytes,
+			       (unsigned long long)fsums.mark_sum,
+			       (unsigned long long)fsums.indev_sum,
+			       (unsigned long long)fsums.hw_protocol_sum, fsums.no_timestamp,
+			       (unsigned long long)fsums.ts_sum);
 		if (rss_every)
 			rss_print();
 		printf("}\n");

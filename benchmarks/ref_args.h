@@ -5,7 +5,7 @@
  * same, see _consumer.py).
  *
  *   PROG [--idle S] [--rcvbuf B] [--rss-every K] [--timeout T]
- *        [--batch | --stream] NUM N [MAX_QUEUE_LEN]
+ *        [--batch] [--batch-size K] [--fields] [--stream] NUM N [MAX_QUEUE_LEN]
  *
  *   NUM            the queue (nfq_ref) or log group (nflog_ref), 0..65535
  *   N              packets to handle, > 0
@@ -20,6 +20,11 @@
  *                  (the first sample, at 0, is taken before READY)
  *   --timeout T    give up T seconds after READY (exit 2), default 60
  *   --batch        nfq_ref: one batch verdict per read (REF_BATCH)
+ *   --batch-size K nfq_ref: as --batch, but a batch verdict at least every
+ *                  K packets (REF_BATCH)
+ *   --fields       nfq_ref: read the packet fields the nfbind fields row
+ *                  reads (payload length, mark, indev, hw_protocol,
+ *                  timestamp) and sum them (REF_FIELDS)
  *   --stream       nflog_ref: packets may be lost; running out of them is
  *                  the normal end (REF_STREAM)
  *
@@ -38,6 +43,7 @@
 #define REF_BATCH	0x1	/* --batch */
 #define REF_STREAM	0x2	/* --stream */
 #define REF_MAX_LEN	0x4	/* the MAX_QUEUE_LEN argument */
+#define REF_FIELDS	0x8	/* --fields */
 
 #define REF_RCVBUF_DEFAULT (64 << 20)
 
@@ -49,7 +55,9 @@ struct ref_args {
 	double idle_s;			/* --idle, 0 if not given */
 	int rcvbuf;			/* --rcvbuf, default 64 MiB */
 	unsigned long rss_every;	/* --rss-every, 0: no samples */
-	int batch;			/* --batch */
+	int batch;			/* --batch or --batch-size */
+	unsigned long batch_size;	/* --batch-size, 0: all that is readable */
+	int fields;			/* --fields */
 	int stream;			/* --stream */
 };
 
@@ -73,17 +81,18 @@ static unsigned long ref_ulong(const char *s, const char *name, unsigned long ma
 static void ref_usage(unsigned takes)
 {
 	fprintf(stderr,
-		"usage: %s [--idle S] [--rcvbuf B] [--rss-every K] [--timeout T]%s%s "
+		"usage: %s [--idle S] [--rcvbuf B] [--rss-every K] [--timeout T]%s%s%s "
 		"%s N%s\n", ref_prog,
-		takes & REF_BATCH ? " [--batch]" : "",
+		takes & REF_BATCH ? " [--batch] [--batch-size K]" : "",
+		takes & REF_FIELDS ? " [--fields]" : "",
 		takes & REF_STREAM ? " [--stream]" : "",
 		takes & REF_MAX_LEN ? "QUEUE_NUM" : "GROUP",
 		takes & REF_MAX_LEN ? " MAX_QUEUE_LEN" : "");
 	exit(64);
 }
 
-/* Parse argv into *a; ``takes`` is a mask of REF_BATCH, REF_STREAM and
- * REF_MAX_LEN.  Exits 64 on a bad command line. */
+/* Parse argv into *a; ``takes`` is a mask of REF_BATCH, REF_STREAM,
+ * REF_FIELDS and REF_MAX_LEN.  Exits 64 on a bad command line. */
 static void ref_parse_args(int argc, char **argv, const char *prog, unsigned takes,
 			   struct ref_args *a)
 {
@@ -94,6 +103,8 @@ static void ref_parse_args(int argc, char **argv, const char *prog, unsigned tak
 		{ "timeout", required_argument, NULL, 't' },
 		{ "batch", no_argument, NULL, 'b' },
 		{ "stream", no_argument, NULL, 'S' },
+		{ "fields", no_argument, NULL, 'f' },
+		{ "batch-size", required_argument, NULL, 'k' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int opt, npos = takes & REF_MAX_LEN ? 3 : 2;
@@ -131,6 +142,21 @@ static void ref_parse_args(int argc, char **argv, const char *prog, unsigned tak
 			if (!(takes & REF_STREAM))
 				ref_usage(takes);
 			a->stream = 1;
+			break;
+		case 'k':
+			if (!(takes & REF_BATCH))
+				ref_usage(takes);
+			a->batch = 1;
+			a->batch_size = ref_ulong(optarg, "--batch-size", 1UL << 20);
+			if (!a->batch_size) {
+				fprintf(stderr, "%s: --batch-size must be > 0\n", prog);
+				exit(64);
+			}
+			break;
+		case 'f':
+			if (!(takes & REF_FIELDS))
+				ref_usage(takes);
+			a->fields = 1;
 			break;
 		default:
 			ref_usage(takes);
