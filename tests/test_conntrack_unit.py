@@ -189,6 +189,10 @@ def test_counters_timestamps_nat_expectation():
     assert Timestamps(1).stop is None and Timestamps(1).duration is None
     n = Nat(dnat=Endpoint(ipaddress.ip_address("10.0.0.1"), 80))
     assert n.snat is None and n.dnat.port == 80
+    assert n.as_dict() == {"snat": None, "dnat": "10.0.0.1:80"}
+    n6 = Nat(snat=Endpoint(ipaddress.ip_address("fd00::1"), 53),
+             dnat=Endpoint(ipaddress.ip_address("192.0.2.9"), None))
+    assert n6.as_dict() == {"snat": "[fd00::1]:53", "dnat": "192.0.2.9"}
     m = Tuple("10.0.0.1", "10.0.0.2", "tcp", 1, 21)
     e = Expectation(m, Tuple("10.0.0.2", "10.0.0.1", "tcp", 0, 2000),
                     Tuple("255.255.255.255", "255.255.255.255", "tcp", 0, 0xFFFF), timeout=5,

@@ -406,10 +406,19 @@ class Nat:
     dnat: Optional[Endpoint] = None
 
     def as_dict(self) -> Dict[str, Optional[str]]:
-        """``snat`` and ``dnat``, each None or ``"ADDRESS:PORT"`` (the port is
-        ``None`` for protocols without ports)."""
-        return {k: None if v is None else "%s:%s" % (v.addr, v.port)
+        """``snat`` and ``dnat``, each None or the endpoint as text:
+        ``"ADDRESS:PORT"``, ``"[IPV6-ADDRESS]:PORT"``, or the address alone
+        for protocols without ports."""
+        return {k: None if v is None else _endpoint_text(v)
                 for k, v in (("snat", self.snat), ("dnat", self.dnat))}
+
+
+def _endpoint_text(e: Endpoint) -> str:
+    if e.port is None:
+        return str(e.addr)
+    if e.addr.version == 6:
+        return "[%s]:%d" % (e.addr, e.port)
+    return "%s:%d" % (e.addr, e.port)
 
 
 @record
