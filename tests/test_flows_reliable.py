@@ -85,6 +85,7 @@ def test_without_reliable_mode_the_recorder_counts_its_losses(ns, monkeypatch):
         s = rec.stats
         assert 0 < s.flows < N // 2, s
         assert s.overruns >= 1 and not s.reliable
+    assert rec.stats.overruns == s.overruns, "the losses still read after close()"
     assert {r.orig.src for r in out.records} < srcs
 
 

@@ -115,13 +115,15 @@ class FlowRecorder:
         self._flows = 0
         self._batches = 0
         self._events = 0
+        self._overruns_at_close = 0
 
     @property
     def stats(self) -> RecorderStats:
         """Live counters (see :class:`RecorderStats`)."""
         s = self._stream
         return RecorderStats(self._flows, self._batches, self._events,
-                             0 if s is None else s.stats.overruns, self._reliable)
+                             self._overruns_at_close if s is None else s.stats.overruns,
+                             self._reliable)
 
     def fileno(self) -> int:
         """The event socket, for your own loop (then call :meth:`step`)."""
@@ -213,6 +215,7 @@ class FlowRecorder:
         stream, self._stream = self._stream, None
         if stream is None:
             return
+        self._overruns_at_close = stream.stats.overruns
         try:
             stream.close()
         finally:
