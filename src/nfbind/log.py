@@ -35,7 +35,8 @@ from .enums import CopyMode, Family
 from .errors import NetlinkError, error_from_errno
 from ._netlink import check_int
 from .conntrack._lookup import CtLookup
-from .packet import NF, Batch, PacketBase, blob, field
+from .packet import HOT_FIELDS, HOT_READS, HOT_SPAN, NF, Batch, PacketBase, blob, field, \
+    hot_struct, hot_variant
 
 __all__ = ["NfLog", "LogPacket", "LogStats"]
 
@@ -64,6 +65,26 @@ _A_SEQ = core.NFB_A_SEQ
 _A_SEQ_GLOBAL = core.NFB_A_SEQ_GLOBAL
 _A_HWTYPE = core.NFB_A_HWTYPE
 _A_HWHDR = core.NFB_A_HWHDR
+_A_MARK = core.NFB_A_MARK
+_A_INDEV = core.NFB_A_INDEV
+_A_PAYLOAD = core.NFB_A_PAYLOAD
+_A_TIMESTAMP = core.NFB_A_TIMESTAMP
+#: what the eager dispatch unpacks from each record, in this (the record's) order
+_HOT = hot_struct([_F_ATTRS, core.NFB_F_HWPROTO, core.NFB_F_MARK, core.NFB_F_INDEV,
+                   core.NFB_F_TS_SEC_HI, core.NFB_F_TS_SEC_LO, core.NFB_F_TS_USEC,
+                   core.NFB_F_PAYLOAD_LEN, _F_PREFIX_OFF, _F_PREFIX_LEN])
+
+
+def _prefix_text(cache: Dict[bytes, str], raw: bytes) -> str:
+    """The prefix ``raw`` decoded, from the channel's cache (a rule set has
+    few distinct prefixes)."""
+    try:
+        return cache[raw]
+    except KeyError:
+        text = raw.decode("utf-8", "replace")
+        if len(cache) < 4096:
+            cache[raw] = text
+        return text
 
 
 class LogPacket(PacketBase):
@@ -87,19 +108,12 @@ class LogPacket(PacketBase):
     def prefix(self) -> str:
         """The rule's ``--nflog-prefix`` (``""`` when it has none)."""
         b = self._b
+        b.reads += 1
         r = b.recs
         o = self._o
         if r[o + _F_ATTRS] & _A_PREFIX:
             start = r[o + _F_PREFIX_OFF]
-            raw = b.data[start : start + r[o + _F_PREFIX_LEN]]
-            cache = b.ch._prefixes
-            try:
-                return cache[raw]
-            except KeyError:
-                text = raw.decode("utf-8", "replace")
-                if len(cache) < 4096:  # a rule set has few distinct prefixes
-                    cache[raw] = text
-                return text
+            return _prefix_text(b.ch._prefixes, b.data[start : start + r[o + _F_PREFIX_LEN]])
         return ""
 
     seq = field(_F_SEQ, _A_SEQ, "The group's sequence number (with ``seq=True``), or None.")
@@ -116,6 +130,11 @@ class LogPacket(PacketBase):
     def __repr__(self) -> str:
         return "<nfbind.LogPacket group=%d prefix=%r %s>" % (
             self.group, self.prefix, self._repr_fields())
+
+
+#: LogPacket with its hot fields as plain slots, filled when the packet is
+#: made (see nfbind.packet)
+_HotLogPacket = hot_variant(LogPacket, HOT_FIELDS + ("prefix",))
 
 
 class LogStats(ChannelStats):
@@ -247,6 +266,7 @@ class NfLog(Channel[LogPacket]):
         self._npackets = 0
         self._handler_errors = 0
         self._prefixes: Dict[bytes, str] = {}
+        self._hot_left = 0      # batches still to fill eagerly (packet.HOT_SPAN)
         self._backlog: List[LogPacket] = []
         self._final: Dict[str, int] = {}
         self._ct_glue = False
@@ -360,7 +380,13 @@ class NfLog(Channel[LogPacket]):
             b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
                       memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"), self)
             self._npackets += n
-            return self._dispatch(handler, b, n)
+            if self._hot_left:
+                self._hot_left -= 1
+                return self._dispatch_hot(handler, b, n)
+            done = self._dispatch(handler, b, n)
+            if b.reads >= HOT_READS * n:
+                self._hot_left = HOT_SPAN - 1
+            return done
 
     def _dispatch(self, handler: Callable[[LogPacket], Any], b: Batch[NfLog], n: int) -> int:
         """Hand each packet of a fresh batch to the handler; the hot loop."""
@@ -384,6 +410,55 @@ class NfLog(Channel[LogPacket]):
         except BaseException:
             # Ctrl-C and the like: the packets not yet handled wait for the
             # next run() or iteration
+            self._backlog = [LogPacket(b, k) for k in range(o, end, NF)] + self._backlog
+            raise
+        if error is not None:
+            raise error
+        return n
+
+    def _dispatch_hot(self, handler: Callable[[LogPacket], Any], b: Batch[NfLog],
+                      n: int) -> int:
+        """:meth:`_dispatch` for a handler that reads the hot fields: each
+        packet is made with them filled in (see nfbind.packet)."""
+        error: Optional[BaseException] = None
+        new = object.__new__
+        cls = _HotLogPacket
+        data = b.data
+        cache = self._prefixes
+        a_mark = _A_MARK
+        a_indev = _A_INDEV
+        a_payload = _A_PAYLOAD
+        a_ts = _A_TIMESTAMP
+        a_prefix = _A_PREFIX
+        o = 0
+        end = n * NF
+        try:
+            for (attrs, hwp, mark, indev, ts_hi, ts_lo, ts_us, plen, pfx_off,
+                 pfx_len) in _HOT.iter_unpack(b.recs):
+                p = new(cls)
+                p._b = b
+                p._o = o
+                o += NF
+                p.hw_protocol = hwp
+                p.mark = mark if attrs & a_mark else None
+                p.indev = indev if attrs & a_indev else None
+                p.payload_len = plen if attrs & a_payload else 0
+                p.timestamp = ((ts_hi << 32) | ts_lo) + ts_us / 1e6 if attrs & a_ts else None
+                if attrs & a_prefix:
+                    raw = data[pfx_off:pfx_off + pfx_len]
+                    try:
+                        p.prefix = cache[raw]
+                    except KeyError:
+                        p.prefix = _prefix_text(cache, raw)
+                else:
+                    p.prefix = ""
+                try:
+                    handler(p)
+                except Exception as e:
+                    self._handler_errors += 1
+                    if error is None:
+                        error = e
+        except BaseException:
             self._backlog = [LogPacket(b, k) for k in range(o, end, NF)] + self._backlog
             raise
         if error is not None:

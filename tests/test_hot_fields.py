@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Hot fields: a handler that reads payload_len, mark, indev, hw_protocol,
+timestamp (and NFLOG's prefix) of most packets gets later batches filled
+eagerly into plain slots (nfbind.packet).  The values must be exactly what
+the lazy properties give, None when absent included, on packets that have
+every attribute and on packets that lack some.
+
+Each test makes its own namespace, installs its own rules and sends real
+packets on loopback.
+"""
+from __future__ import annotations
+
+import pytest
+
+from nfbind import LogPacket, NfLog
+from nfbind import log as log_mod
+from nfbind.packet import HOT_FIELDS, HOT_SPAN
+
+from helpers.nflog import drain_all, nflog, send
+
+pytestmark = pytest.mark.integration
+
+LOG_HOT = HOT_FIELDS + ("prefix",)
+
+
+def test_nflog_hot_fields_equal_the_lazy_ones(ns):
+    # port 5000: marked, logged at OUTPUT (no input interface, no timestamp)
+    # with a prefix and at INPUT without one; port 5001: unmarked, INPUT only
+    ns.iptables("-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", "5000",
+                "-j", "MARK", "--set-mark", "0x2a")
+    nflog(ns, "OUTPUT", 5000, 9, "--nflog-prefix", "out ")
+    nflog(ns, "INPUT", "5000:5001", 9)
+    n = 40 * HOT_SPAN
+    seen = []
+
+    def handler(p):
+        seen.append((p, tuple(getattr(p, f) for f in LOG_HOT)))
+
+    with NfLog(9, netns=ns.name, rcvbuf=32 << 20) as log:
+        # everything is waiting before the first read: full batches
+        send(ns, [b"a%05d" % i for i in range(n)])
+        send(ns, [b"b%05d" % i for i in range(n)], dst=("127.0.0.1", 5001))
+        drain_all(log, handler)
+        assert log.stats.overruns == 0
+
+    assert len(seen) == 3 * n
+    hot = [p for p, _ in seen if type(p) is log_mod._HotLogPacket]
+    # the first batch is read lazily, most later ones eagerly, and every
+    # HOT_SPAN-th again lazily
+    assert len(hot) > len(seen) // 2
+    assert len(hot) < len(seen)
+    for p, values in seen:
+        assert isinstance(p, LogPacket)
+        lazy = LogPacket(p._b, p._o)
+        assert values == tuple(getattr(lazy, f) for f in LOG_HOT)
+        for f, v in zip(LOG_HOT, values):
+            assert type(v) is type(getattr(lazy, f)), f
+        assert repr(p) == repr(lazy)
+    kinds = {(v[0] > 0, v[1], v[2] is None, v[4] is None, v[5]) for _, v in seen}
+    # marked OUTPUT packets with the prefix; marked and unmarked INPUT ones
+    assert kinds == {(True, 0x2A, True, True, "out "), (True, 0x2A, False, False, ""),
+                     (True, None, False, False, "")}
+
+
+def test_nflog_handler_reading_one_field_stays_lazy(ns):
+    nflog(ns, "INPUT", 5000, 9)
+    n = 10 * HOT_SPAN
+    types = set()
+
+    def handler(p):
+        types.add(type(p))
+        assert p.payload_len == 28 + 6
+
+    with NfLog(9, netns=ns.name, rcvbuf=32 << 20) as log:
+        send(ns, [b"a%05d" % i for i in range(n)])
+        assert drain_all(log, handler) == n
+    assert types == {LogPacket}
