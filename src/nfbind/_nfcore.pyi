@@ -74,6 +74,54 @@ class struct_nfb_ct_rec(CStruct):
     synproxy: IntArray
 
 
+class struct_nlmsghdr(CStruct):
+    """``struct nlmsghdr``."""
+
+    nlmsg_len: int
+    nlmsg_type: int
+    nlmsg_flags: int
+    nlmsg_seq: int
+    nlmsg_pid: int
+
+
+class struct_nlmsgerr(CStruct):
+    """``struct nlmsgerr``."""
+
+    error: int
+
+
+class struct_inet_diag_sockid(CStruct):
+    """``struct inet_diag_sockid``."""
+
+    idiag_sport: int
+    idiag_dport: int
+    idiag_src: IntArray
+    idiag_dst: IntArray
+    idiag_if: int
+    idiag_cookie: IntArray
+
+
+class struct_inet_diag_req_v2(CStruct):
+    """``struct inet_diag_req_v2``."""
+
+    sdiag_family: int
+    sdiag_protocol: int
+    idiag_ext: int
+    pad: int
+    idiag_states: int
+    id: struct_inet_diag_sockid
+
+
+class struct_inet_diag_msg(CStruct):
+    """``struct inet_diag_msg``."""
+
+    idiag_family: int
+    idiag_state: int
+    id: struct_inet_diag_sockid
+    idiag_uid: int
+    idiag_inode: int
+
+
 class _FFI(FFI):
     @overload
     def new(
@@ -87,6 +135,26 @@ class _FFI(FFI):
     def new(
         self, cdecl: Literal["struct nfb_ct_rec *"], init: object = ...
     ) -> struct_nfb_ct_rec: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct nlmsghdr *"], init: object = ...
+    ) -> struct_nlmsghdr: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct nlmsgerr *"], init: object = ...
+    ) -> struct_nlmsgerr: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct inet_diag_sockid *"], init: object = ...
+    ) -> struct_inet_diag_sockid: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct inet_diag_req_v2 *"], init: object = ...
+    ) -> struct_inet_diag_req_v2: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct inet_diag_msg *"], init: object = ...
+    ) -> struct_inet_diag_msg: ...
     @overload
     def new(
         self,
@@ -474,6 +542,18 @@ class _Lib:
     PR_CAPBSET_DROP: Final[int]
     PR_CAP_AMBIENT: Final[int]
     PR_CAP_AMBIENT_CLEAR_ALL: Final[int]
+    NETLINK_SOCK_DIAG: Final[int]
+    SOCK_DIAG_BY_FAMILY: Final[int]
+    INET_DIAG_NOCOOKIE: Final[int]
+    TCP_LISTEN: Final[int]
+    TCP_SYN_RECV: Final[int]
+    TCP_TIME_WAIT: Final[int]
+    IPPROTO_HOPOPTS: Final[int]
+    IPPROTO_ROUTING: Final[int]
+    IPPROTO_FRAGMENT: Final[int]
+    IPPROTO_DSTOPTS: Final[int]
+    IPPROTO_AH: Final[int]
+    IPPROTO_NONE: Final[int]
     NFB_STEP_BIND: Final[int]
     NFB_STEP_PARAMS: Final[int]
     NFB_STEP_QMAXLEN: Final[int]
