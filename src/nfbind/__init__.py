@@ -57,6 +57,7 @@ from .conntrack import (
 )
 from .packet import CtSummary, Vlan
 from .privileges import drop_privileges
+from .process import Process
 
 __version__ = "0.1.0"
 
@@ -114,6 +115,7 @@ __all__ = [
     "ExpectFlag",
     "CtSummary",
     "Vlan",
+    "Process",
     "Flow",
     "Tuple",
     "Event",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Optional, Sequence, 
 from ._core import lib
 from .conntrack._records import ct_flow
 from .enums import ArpHook, CtInfo, CtStatus, Family, Hook, TcpState
+from .process import Process, process_of
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
         @property
         def _ctnl(self) -> CtLookup: ...
         def _ifname(self, index: Optional[int]) -> Optional[str]: ...
+        @property
+        def closed(self) -> bool: ...
 
 __all__ = ["PacketBase", "Vlan", "CtSummary", "scapy_payload", "hot_variant", "hot_struct",
            "HOT_FIELDS", "HOT_READS", "HOT_SPAN"]
@@ -438,6 +441,34 @@ class PacketBase:
             ct = ch._ctnl.flow(self.payload)
         self._ct = ct
         return ct
+
+    def process(self) -> Optional[Process]:
+        """The local process whose socket sent the packet (hooks OUTPUT and
+        POSTROUTING) or will receive it (INPUT, PREROUTING): a
+        :class:`~nfbind.Process` (pid, uid, exe, cmdline), or None.
+
+        The socket is looked up by the packet's addresses and ports
+        (NETLINK_SOCK_DIAG, in the channel's network namespace), its owner
+        through ``/proc``; see "Which process" in the NFQUEUE docs for what
+        it costs and what it cannot see.  TCP and UDP over IPv4 and IPv6.
+        None for forwarded packets (FORWARD, and POSTROUTING of a packet
+        that came in on an interface), other protocols, later fragments, a
+        socket that is gone (the process exited or closed it), and a socket
+        no process visible in ``/proc`` holds.  At PREROUTING a packet for
+        another host can match a local socket bound to the wildcard address
+        and its port: look processes up at INPUT or OUTPUT.  On a logged
+        packet the lookup runs when you call it, after the packet went on:
+        a short-lived socket may be gone by then.
+
+        Raises ValueError when the packet's headers were not copied
+        (``copy_mode=CopyMode.META``, or a ``copy_range`` shorter than the
+        IP and TCP/UDP headers), ClosedError after the channel closed,
+        NetlinkError when the kernel refuses the lookup.
+        """
+        r = self._b.recs
+        o = self._o
+        return process_of(self.payload, r[o + _F_FAMILY], r[o + _F_HOOK], self.indev,
+                          self.outdev, self._b.ch)
 
     def scapy(self) -> ScapyPacket:
         """The payload decoded by scapy: ``IP`` or ``IPv6`` by family.
