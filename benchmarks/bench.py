@@ -42,6 +42,9 @@ conntrack/filter           one flow of 100,000 selected by its exact tuple
 nfqueue/memory,            RSS of the nfbind consumer over 1,000,000 packets,
 nflog/memory               sampled every 100,000; growth after warm-up
 nfqueue/scale-out          bench_serve.py: 2 workers vs 1 (if present)
+process/lookup             bench_process.py: pkt.process() on a queued packet,
+                           warm (cached owner) vs cold (caches emptied: a
+                           /proc scan each time)
 =========================  =================================================
 
 Progress goes to stderr; the table (or with ``--json`` one JSON object with
@@ -90,6 +93,7 @@ ROWS = [
     ("flows", "json", "bench_flows.py", ["--output", "json"]),
     ("flows", "sqlite", "bench_flows.py", ["--output", "sqlite"]),
     ("flows", "ipfix", "bench_flows.py", ["--output", "ipfix"]),
+    ("process", "lookup", "bench_process.py", []),
 ]
 
 # --quick: packets (flows) per row, one round
@@ -103,6 +107,7 @@ QUICK = {
     ("nfqueue", "memory"): 300000,
     ("nflog", "memory"): 300000,
     ("flows", "json"): 5000, ("flows", "sqlite"): 5000, ("flows", "ipfix"): 5000,
+    ("process", "lookup"): 5000,
 }
 SCALE_OUT_LABEL = "scale-out 2 workers vs 1"
 
@@ -221,6 +226,14 @@ def make_row(channel: str, scenario: str, d: dict) -> dict:
                    ratio=1.0 / tr if tr else None, time_ratio=tr,
                    nfbind_seconds_median=ns, c_seconds_median=cs,
                    cpu_ratio=d.get("cpu_ratio_nfbind_c_median"))
+        return row
+    if channel == "process":
+        # pkt.process() per second: warm (the owner cached) vs cold (the
+        # caches emptied before each lookup: a /proc scan each time)
+        row.update(unit="lookups/s", reference="cold", lookups=d.get("packets"),
+                   nfbind_rate=d.get("nfbind_pps_median"), c_rate=d.get("c_pps_median"),
+                   ratio=d.get("ratio_median"), processes=d.get("processes"),
+                   fds=d.get("fds"))
         return row
     if scenario == "scale-out":
         row.update(nfbind_rate=d.get("two_workers_pps_median"),
