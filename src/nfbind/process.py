@@ -281,6 +281,9 @@ class SocketLookup:
                 raise ClosedError("the packet's channel is closed: look its process up "
                                   "while the channel is open")
             if self._diag is None or self._pid != os.getpid():
+                if self._diag is not None:  # a forked child's copy of the parent's
+                    self._diag.sock.close()
+                    self._diag = None
                 self._diag = _Diag(_netns.call_in(self._netns, _open_diag))
                 self._pid = os.getpid()
             return _find(self._diag, af, proto, local, lport, remote, rport, ifindex)
