@@ -214,22 +214,33 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
     if (cfg->cmd) {
         NFB_MSG(NFB_STEP_BIND);
         nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, cfg->cmd);
+        /* the copy mode in the bind request itself: the kernel creates a
+         * queue with copy mode NONE and drops, uncounted, every packet that
+         * reaches it before its copy mode is set (a second request would
+         * leave that open while the first one is answered; the kernel
+         * ignores a bad copy mode, so no error is misattributed) */
+        if (cfg->cmd == NFQNL_CFG_CMD_BIND && cfg->copy_mode >= 0)
+            nfq_nlmsg_cfg_put_params(nlh, cfg->copy_mode, cfg->copy_range);
         NFB_END();
     }
-    if (cfg->copy_mode >= 0) {
+    if (cfg->copy_mode >= 0 && cfg->cmd != NFQNL_CFG_CMD_BIND) {
         NFB_MSG(NFB_STEP_PARAMS);
         nfq_nlmsg_cfg_put_params(nlh, cfg->copy_mode, cfg->copy_range);
+        NFB_END();
+    }
+    /* the flags before the length: the kernel applies each request in
+     * turn, and a packet that finds the queue full in between meets the
+     * flags already asked for (close() sets fail-open, then max_len 0: the
+     * other way round, a packet arriving between the two would be dropped) */
+    if (cfg->flags_mask) {
+        NFB_MSG(NFB_STEP_FLAGS);
+        mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(cfg->flags));
+        mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(cfg->flags_mask));
         NFB_END();
     }
     if (cfg->max_len >= 0) {
         NFB_MSG(NFB_STEP_QMAXLEN);
         nfq_nlmsg_cfg_put_qmaxlen(nlh, (uint32_t)cfg->max_len);
-        NFB_END();
-    }
-    if (cfg->flags_mask) {
-        NFB_MSG(NFB_STEP_FLAGS);
-        mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(cfg->flags));
-        mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(cfg->flags_mask));
         NFB_END();
     }
 #undef NFB_MSG
