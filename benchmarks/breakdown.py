@@ -217,8 +217,8 @@ def nfqueue(ns: Namespace, udp: str, n: int, passes: int) -> dict:
                     # accepted by one batch verdict, not timed
                     t = _now()
                     vb = array("q", [lib.NF_ACCEPT]) * k
-                    lib.nfb_q_put_verdicts(c, ffi.from_buffer("int64_t[]", vb), k, 0)
-                    lib.nfb_q_flush(c)
+                    lib.nfb_q_settle(c, c.rx.recs, ffi.from_buffer("int64_t[]", vb), k, 0)
+                    lib.nfb_q_take(c)
                     recv_only.excluded += _now() - t
                 got += k
         recv_only.excluded = 0

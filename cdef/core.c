@@ -275,12 +275,22 @@ static inline void nfb_rec_vlan(uint32_t *rec, const struct nlattr *attr,
  *
  * One non-blocking recvmmsg() brings up to nslots datagrams into slots of
  * slot_size bytes, which are compacted into one contiguous run of netlink
- * messages.  A datagram longer than its slot (MSG_TRUNC) is kept as far as
- * it arrived, its last message's nlmsg_len clamped to the slot, and counted
- * in truncated_msgs: its first attributes still identify it (an NFQUEUE
- * packet still gets its verdict, a flow keeps its tuples), and a cut
- * attribute is skipped by the walker.  The same receive serves packet
- * batches, the answers of a transaction and conntrack events. */
+ * messages; where each datagram ends is kept.  A datagram longer than its
+ * slot (MSG_TRUNC) is kept as far as it arrived, its last message's
+ * nlmsg_len clamped to the slot, and counted in truncated_msgs: its first
+ * attributes still identify it (an NFQUEUE packet still gets its verdict, a
+ * flow keeps its tuples), and a cut attribute is skipped by the walker.  A
+ * message whose nlmsg_len lies (past its datagram, or below a header) ends
+ * the walk of its datagram only: the datagram is counted in malformed and
+ * the walk goes on with the next one, so one corrupt datagram costs no
+ * other packet of the batch.  The same receive serves packet batches, the
+ * answers of a transaction and conntrack events.
+ *
+ * With hold set (NFQUEUE), a packet batch handed out stays held until the
+ * caller takes it (clears held): a receive before that hands out the same
+ * batch again, so a caller interrupted between the receive and keeping the
+ * batch loses nothing.  A transaction or a resize meanwhile parks a held
+ * batch in the stash (its messages are handed out again, first). */
 
 struct nfb_rx {
     int fd;
@@ -292,16 +302,22 @@ struct nfb_rx {
     uint64_t async_errors;  /* NLMSG_ERRORs that answered no request */
     int last_async_error;
     uint64_t truncated_msgs;    /* datagrams cut by a slot (MSG_TRUNC) */
+    uint64_t malformed;     /* datagrams with a message whose length lies */
     uint64_t recv_calls;
     uint64_t send_calls;
     uint64_t ignored;       /* messages that were neither used nor kept */
     int short_read;         /* the last receive found the socket drained */
+    int hold;               /* keep a batch handed out until it is taken */
+    int held;               /* the current batch was handed out, not yet taken */
     /* private */
     uint32_t seq;
     uint32_t slot_size;
     int nslots;
     char *rbuf;             /* nslots * slot_size: the last receive, compacted */
     size_t pos, end;        /* rbuf[pos..end): messages not yet handled */
+    uint32_t *dg_end;       /* where each datagram of the last receive ends in rbuf */
+    uint8_t *dg_cut;        /* ... and whether it was cut (MSG_TRUNC) */
+    int ndg;
     struct mmsghdr *mm;
     struct iovec *iov;
     int rec_cap;
@@ -314,18 +330,25 @@ struct nfb_rx {
 typedef int (*nfb_parse_fn)(void *ctx, const struct nlmsghdr *nlh,
                             const char *base, uint32_t *rec);
 
+static void nfb_rx_park(struct nfb_rx *rx);
+
 static int nfb_rx_alloc(struct nfb_rx *rx, uint32_t slot_size, int nslots)
 {
     char *rbuf = malloc((size_t)slot_size * nslots);
     struct mmsghdr *mm = calloc(nslots, sizeof(*mm));
     struct iovec *iov = calloc(nslots, sizeof(*iov));
     uint32_t *recs = malloc(sizeof(uint32_t) * NFB_F_COUNT * nslots);
-    if (!rbuf || !mm || !iov || !recs) {
-        free(rbuf); free(mm); free(iov); free(recs);
+    uint32_t *dg_end = calloc(nslots, sizeof(*dg_end));
+    uint8_t *dg_cut = calloc(nslots, sizeof(*dg_cut));
+    if (!rbuf || !mm || !iov || !recs || !dg_end || !dg_cut) {
+        free(rbuf); free(mm); free(iov); free(recs); free(dg_end); free(dg_cut);
         return -ENOMEM;
     }
+    nfb_rx_park(rx);        /* a held batch lives in rbuf: keep it */
     free(rx->rbuf); free(rx->mm); free(rx->iov); free(rx->recs);
+    free(rx->dg_end); free(rx->dg_cut);
     rx->rbuf = rbuf; rx->mm = mm; rx->iov = iov; rx->recs = recs;
+    rx->dg_end = dg_end; rx->dg_cut = dg_cut; rx->ndg = 0;
     rx->rec_cap = nslots;
     rx->slot_size = slot_size;
     rx->nslots = nslots;
@@ -347,6 +370,7 @@ static int nfb_rx_init(struct nfb_rx *rx, int fd, uint32_t slot_size, int nslots
 static void nfb_rx_release(struct nfb_rx *rx)
 {
     free(rx->rbuf); free(rx->mm); free(rx->iov); free(rx->recs);
+    free(rx->dg_end); free(rx->dg_cut);
     free(rx->stash);
     memset(rx, 0, sizeof(*rx));
 }
@@ -379,17 +403,19 @@ static void nfb_rx_async_error(struct nfb_rx *rx, const struct nlmsghdr *h)
     }
 }
 
-/* Parse data[0..len): packets through fn into records, errors counted. */
-static int nfb_rx_parse(struct nfb_rx *rx, char *data, size_t len,
-                        uint16_t pkt_type, nfb_parse_fn fn, void *ctx)
+/* Parse the messages of data[from..to) (one datagram, or messages known to
+ * be whole) into records from record n on; returns the new count, or
+ * -ENOMEM.  Offsets in the records are relative to data.  A message whose
+ * nlmsg_len does not fit ends the walk: counted in malformed unless the
+ * range was cut by its slot (then it is counted in truncated_msgs). */
+static int nfb_rx_parse_range(struct nfb_rx *rx, char *data, size_t from, size_t to,
+                              int cut, int n, uint16_t pkt_type, nfb_parse_fn fn,
+                              void *ctx)
 {
     const struct nlmsghdr *nlh;
     int remaining;
-    int n = 0;
 
-    rx->data = data;
-    rx->data_len = len;
-    nfb_msg_for_each(nlh, data, len, remaining) {
+    nfb_msg_for_each(nlh, data + from, to - from, remaining) {
         if (nlh->nlmsg_type == NLMSG_ERROR) {
             nfb_rx_async_error(rx, nlh);
         } else if (nlh->nlmsg_type == pkt_type &&
@@ -402,8 +428,61 @@ static int nfb_rx_parse(struct nfb_rx *rx, char *data, size_t len,
             n += fn(ctx, nlh, data, rec);
         }
     }
+    if (remaining > 0 && !cut)
+        rx->malformed++;
+    return n;
+}
+
+/* Parse data[0..len) as one run of messages: packets through fn into
+ * records, errors counted. */
+static int nfb_rx_parse(struct nfb_rx *rx, char *data, size_t len,
+                        uint16_t pkt_type, nfb_parse_fn fn, void *ctx)
+{
+    int n;
+
+    rx->data = data;
+    rx->data_len = len;
+    rx->npkts = 0;
+    n = nfb_rx_parse_range(rx, data, 0, len, 0, 0, pkt_type, fn, ctx);
+    if (n < 0)
+        return n;
     rx->npkts = n;
     return n;
+}
+
+/* Parse what the last receive brought, datagram by datagram. */
+static int nfb_rx_parse_dgrams(struct nfb_rx *rx, uint16_t pkt_type, nfb_parse_fn fn,
+                               void *ctx)
+{
+    size_t from = 0;
+    int i, n = 0;
+
+    rx->data = rx->rbuf;
+    rx->data_len = rx->end;
+    rx->npkts = 0;
+    for (i = 0; i < rx->ndg; i++) {
+        size_t to = rx->dg_end[i];
+        n = nfb_rx_parse_range(rx, rx->rbuf, from, to, rx->dg_cut[i], n, pkt_type,
+                               fn, ctx);
+        if (n < 0)
+            return n;
+        from = to;
+    }
+    rx->npkts = n;
+    return n;
+}
+
+/* The end of the datagram of the last receive that holds rbuf[pos]. */
+static size_t nfb_rx_dgram_end(const struct nfb_rx *rx, size_t pos, int *cut)
+{
+    int i;
+    for (i = 0; i < rx->ndg; i++)
+        if (rx->dg_end[i] > pos) {
+            *cut = rx->dg_cut[i];
+            return rx->dg_end[i];
+        }
+    *cut = 0;
+    return rx->end;
 }
 
 /* One non-blocking receive into rbuf; the messages are rbuf[0..end).
@@ -412,9 +491,10 @@ static int nfb_rx_parse(struct nfb_rx *rx, char *data, size_t len,
 static int nfb_rx_fill(struct nfb_rx *rx)
 {
     int i, r;
-    size_t used = 0;
+    size_t used = 0, cap = (size_t)rx->slot_size * rx->nslots;
 
     rx->pos = rx->end = 0;
+    rx->ndg = 0;
     for (i = 0; i < rx->nslots; i++) {
         rx->iov[i].iov_base = rx->rbuf + (size_t)i * rx->slot_size;
         rx->iov[i].iov_len = rx->slot_size;
@@ -439,8 +519,10 @@ static int nfb_rx_fill(struct nfb_rx *rx)
     for (i = 0; i < r; i++) {
         size_t l = rx->mm[i].msg_len;
         char *src = rx->rbuf + (size_t)i * rx->slot_size;
+        int cut = 0;
         if (rx->mm[i].msg_hdr.msg_flags & MSG_TRUNC) {
             rx->truncated_msgs++;
+            cut = 1;
             l = rx->slot_size & ~(size_t)(NLMSG_ALIGNTO - 1);
             if (l >= NLMSG_HDRLEN && ((struct nlmsghdr *)src)->nlmsg_len > l)
                 ((struct nlmsghdr *)src)->nlmsg_len = (uint32_t)l;
@@ -449,24 +531,29 @@ static int nfb_rx_fill(struct nfb_rx *rx)
             memmove(rx->rbuf + used, src, l);
         /* a datagram of unaligned length: its padding is zeros, not what the
          * buffer held before (a lying nlmsg_len must not read stale bytes) */
-        if (NLMSG_ALIGN(l) != l &&
-            used + NLMSG_ALIGN(l) <= (size_t)rx->slot_size * rx->nslots)
+        if (NLMSG_ALIGN(l) != l && used + NLMSG_ALIGN(l) <= cap)
             memset(rx->rbuf + used + l, 0, NLMSG_ALIGN(l) - l);
         used += NLMSG_ALIGN(l);
+        if (used > cap)
+            used = cap;
+        rx->dg_end[i] = (uint32_t)used;
+        rx->dg_cut[i] = (uint8_t)cut;
     }
-    if (used > (size_t)rx->slot_size * rx->nslots)
-        used = (size_t)rx->slot_size * rx->nslots;
+    rx->ndg = r;
     rx->end = used;
     return r;
 }
 
 /* Drain what is readable now into one packet batch; never blocks.  Returns
  * the number of records, 0 when nothing was waiting, or -errno.  Packets a
- * transaction read meanwhile (the stash) come first. */
+ * transaction read meanwhile (the stash) come first.  With hold, a batch
+ * not yet taken is handed out again. */
 static int nfb_rx_recv(struct nfb_rx *rx, uint16_t pkt_type, nfb_parse_fn fn, void *ctx)
 {
     int r;
 
+    if (rx->held)
+        return rx->npkts;
     rx->npkts = 0;
     rx->data_len = 0;
     if (rx->stash_ready) {
@@ -477,13 +564,17 @@ static int nfb_rx_recv(struct nfb_rx *rx, uint16_t pkt_type, nfb_parse_fn fn, vo
     if (rx->stash_len) {
         rx->stash_ready = 1;
         rx->short_read = 0;
-        return nfb_rx_parse(rx, rx->stash, rx->stash_len, pkt_type, fn, ctx);
+        r = nfb_rx_parse(rx, rx->stash, rx->stash_len, pkt_type, fn, ctx);
+    } else {
+        r = nfb_rx_fill(rx);
+        if (r < 0)
+            return r;
+        rx->pos = rx->end;
+        r = nfb_rx_parse_dgrams(rx, pkt_type, fn, ctx);
     }
-    r = nfb_rx_fill(rx);
-    if (r < 0)
-        return r;
-    rx->pos = rx->end;
-    return nfb_rx_parse(rx, rx->rbuf, rx->end, pkt_type, fn, ctx);
+    if (r > 0 && rx->hold)
+        rx->held = 1;
+    return r;
 }
 
 /* Keep a packet message read while waiting for an answer, for the next
@@ -513,6 +604,37 @@ static void nfb_rx_stash(struct nfb_rx *rx, const struct nlmsghdr *nlh)
     memset(rx->stash + rx->stash_len + nlh->nlmsg_len, 0, l - nlh->nlmsg_len);
     rx->stash_len += l;
     rx->short_read = 0;     /* the next receive has these to hand out */
+}
+
+/* A batch handed out and not taken is about to lose its buffer (a
+ * transaction reads into rbuf, a resize frees it): keep its messages in the
+ * stash, which the next receive hands out first.  Its packet messages are
+ * whole (the parser took them), so they are kept as they are. */
+static void nfb_rx_park(struct nfb_rx *rx)
+{
+    const struct nlmsghdr *nlh;
+    size_t from = 0;
+    int i, remaining;
+
+    if (!rx->held)
+        return;
+    rx->held = 0;
+    rx->npkts = 0;
+    rx->data_len = 0;
+    if (rx->stash_ready) {
+        /* it is the stash itself: hand it out again */
+        rx->stash_ready = 0;
+        return;
+    }
+    /* it is in rbuf, so the stash was empty when it was handed out; its
+     * errors were counted then, and its packet messages are kept */
+    for (i = 0; i < rx->ndg; i++) {
+        nfb_msg_for_each(nlh, rx->rbuf + from, rx->dg_end[i] - from, remaining) {
+            if (nlh->nlmsg_type >= NLMSG_MIN_TYPE)
+                nfb_rx_stash(rx, nlh);
+        }
+        from = rx->dg_end[i];
+    }
 }
 
 /* ---- the request/answer transaction -------------------------------------------
@@ -654,11 +776,16 @@ static int nfb_rx_answers(struct nfb_rx *rx, struct nfb_txn *t, int timeout_ms)
     for (;;) {
         while (rx->pos < rx->end) {
             const struct nlmsghdr *h = (const struct nlmsghdr *)(rx->rbuf + rx->pos);
-            size_t left = rx->end - rx->pos;
+            int cut;
+            size_t dend = nfb_rx_dgram_end(rx, rx->pos, &cut);
+            size_t left = dend - rx->pos;
             int rc;
             if (!nfb_nlmsg_ok(h, (int)left)) {
-                rx->pos = rx->end;      /* the rest of the batch is no message */
-                break;
+                /* the rest of this datagram is no message: on with the next */
+                if (!cut)
+                    rx->malformed++;
+                rx->pos = dend;
+                continue;
             }
             rx->pos += NLMSG_ALIGN(h->nlmsg_len) < left ? NLMSG_ALIGN(h->nlmsg_len) : left;
             rc = nfb_txn_route(rx, t, h);
@@ -694,6 +821,7 @@ static int nfb_rx_transact(struct nfb_rx *rx, struct nfb_txn *t, const char *buf
     int rc;
     if (t->nmsg == 0)
         return 0;
+    nfb_rx_park(rx);        /* the answers are read into rbuf */
     rc = nfb_rx_send(rx, buf, len);
     if (rc < 0)
         return rc;

@@ -167,7 +167,8 @@ enum nfb_step {
 #define NFB_A_HWHDR ...
 
 /* The receive state every channel's socket has: one recvmmsg() batch, the
- * current packet records, and the counters. */
+ * current packet records, and the counters.  Each datagram of a batch is
+ * parsed on its own: a malformed one costs only itself. */
 struct nfb_rx {
     int fd;
     char *data;             /* current packet batch: contiguous netlink messages */
@@ -178,10 +179,14 @@ struct nfb_rx {
     uint64_t async_errors;  /* NLMSG_ERRORs that answered no request */
     int last_async_error;
     uint64_t truncated_msgs;    /* datagrams cut by the receive buffer (MSG_TRUNC) */
+    uint64_t malformed;     /* datagrams with a message whose length lies: the
+                               rest of that datagram skipped, not of the batch */
     uint64_t recv_calls;
     uint64_t send_calls;
     uint64_t ignored;       /* messages neither used nor kept */
     int short_read;         /* the last receive found the socket drained */
+    int held;               /* the batch handed out is not taken yet (NFQUEUE):
+                               the next receive hands it out again */
     ...;
 };
 

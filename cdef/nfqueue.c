@@ -14,6 +14,7 @@
 
 #define NFB_V_DONE (-1)
 #define NFB_V_DEFERRED (-2)
+#define NFB_V_CLOSED (-3)
 
 #define NFB_VF_MARK 1
 #define NFB_VF_CONNMARK 2
@@ -33,6 +34,9 @@ struct nfb_q {
     uint16_t queue;
     uint64_t batch_verdicts;
     uint64_t by_verdict[NF_MAX_VERDICT + 1];
+    uint64_t packets;       /* packets taken, each id once */
+    uint32_t last_id;       /* the highest id taken */
+    int have_id;
     char *sbuf;             /* pending verdict messages */
     size_t slen;
 };
@@ -49,6 +53,7 @@ struct nfb_q *nfb_q_new(int fd, uint16_t queue, uint32_t slot_size, int nslots)
         free(q);
         return NULL;
     }
+    q->rx.hold = 1;         /* a batch stays until Python has taken it */
     return q;
 }
 
@@ -179,6 +184,29 @@ int nfb_q_recv(struct nfb_q *q)
 {
     return nfb_rx_recv(&q->rx, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET,
                        nfb_q_parse_packet, NULL);
+}
+
+/* Whether packet id a came after b (ids wrap around at 2**32). */
+static inline int nfb_q_id_after(uint32_t a, uint32_t b)
+{
+    return (int32_t)(a - b) > 0;
+}
+
+int nfb_q_take(struct nfb_q *q)
+{
+    int i, fresh = 0;
+
+    for (i = 0; i < q->rx.npkts; i++) {
+        uint32_t id = q->rx.recs[(size_t)i * NFB_F_COUNT + NFB_F_ID];
+        if (!q->have_id || nfb_q_id_after(id, q->last_id)) {
+            q->last_id = id;
+            q->have_id = 1;
+            fresh++;
+        }
+    }
+    q->packets += (uint64_t)fresh;
+    q->rx.held = 0;
+    return fresh;
 }
 
 /* ---- configuration ------------------------------------------------------ */
@@ -335,61 +363,130 @@ int nfb_q_put_verdict_ct(struct nfb_q *q, uint32_t id, uint32_t verdict, int vfl
     return 0;
 }
 
-int nfb_q_put_verdicts(struct nfb_q *q, const int64_t *verdicts, int n,
-                       int older_pending)
+/* Count one verdict given (by_verdict: NF_QUEUE whatever the target queue). */
+static inline void nfb_q_count(struct nfb_q *q, uint32_t v)
 {
-    int i, rc;
+    v &= NF_VERDICT_MASK;
+    q->by_verdict[v <= NF_MAX_VERDICT ? v : NF_DROP]++;
+}
+
+/* Queue the verdicts decided in vbuf[0..n) (recs: the batch's records) and
+ * mark each entry queued NFB_V_DONE.  Runs of one plain verdict become one
+ * kernel batch verdict unless older_pending is set (a packet of an earlier
+ * batch still waits for its verdict: a batch verdict would cover it too);
+ * an entry without a verdict yet (NFB_V_DEFERRED) ends batching for the
+ * entries after it.  Entries already done (NFB_V_DONE, NFB_V_CLOSED) are
+ * skipped, so calling it again queues nothing twice. */
+static int nfb_q_queue_decided(struct nfb_q *q, const uint32_t *recs, int64_t *vbuf,
+                               int n, int older_pending)
+{
+    int i, k, rc;
     int blocked = older_pending;
-    int run_len = 0;
+    int run_len = 0, run_first = 0;
     uint32_t run_verdict = 0, run_last_id = 0;
 
-#define NFB_FLUSH_RUN() do {                                               \
-        if (run_len) {                                                     \
-            rc = nfb_q_put_verdict(q, run_last_id, run_verdict,            \
-                                   run_len > 1 ? NFB_VF_BATCH : 0,         \
-                                   0, 0, NULL, 0);                         \
-            if (rc < 0)                                                    \
-                return rc;                                                 \
-            if (run_len > 1)                                               \
-                q->batch_verdicts++;                                       \
-            run_len = 0;                                                   \
-        }                                                                  \
+#define NFB_FLUSH_RUN(upto) do {                                          \
+        if (run_len) {                                                    \
+            rc = nfb_q_put_verdict(q, run_last_id, run_verdict,           \
+                                   run_len > 1 ? NFB_VF_BATCH : 0,        \
+                                   0, 0, NULL, 0);                        \
+            if (rc < 0)                                                   \
+                return rc;                                                \
+            if (run_len > 1)                                              \
+                q->batch_verdicts++;                                      \
+            for (k = run_first; k < (upto); k++)                          \
+                if (vbuf[k] >= 0)                                         \
+                    vbuf[k] = NFB_V_DONE;                                 \
+            run_len = 0;                                                  \
+        }                                                                 \
     } while (0)
 
-    if (n > q->rx.npkts)
-        n = q->rx.npkts;
     for (i = 0; i < n; i++) {
-        int64_t v = verdicts[i];
-        uint32_t id = q->rx.recs[(size_t)i * NFB_F_COUNT + NFB_F_ID];
-        if (v == NFB_V_DONE)
-            continue;
-        if (v < 0) {           /* deferred: later packets can't be batched */
-            NFB_FLUSH_RUN();
+        int64_t v = vbuf[i];
+        uint32_t id = recs[(size_t)i * NFB_F_COUNT + NFB_F_ID];
+        if (v == NFB_V_DEFERRED) {  /* no verdict yet: later ones can't be batched */
+            NFB_FLUSH_RUN(i);
             blocked = 1;
             continue;
         }
-        q->by_verdict[((uint32_t)v & NF_VERDICT_MASK) <= NF_MAX_VERDICT
-                    ? ((uint32_t)v & NF_VERDICT_MASK) : NF_DROP]++;
+        if (v < 0)
+            continue;
+        nfb_q_count(q, (uint32_t)v);
         if (blocked) {
             rc = nfb_q_put_verdict(q, id, (uint32_t)v, 0, 0, 0, NULL, 0);
             if (rc < 0)
                 return rc;
+            vbuf[i] = NFB_V_DONE;
             continue;
         }
         if (run_len && (uint32_t)v != run_verdict)
-            NFB_FLUSH_RUN();
+            NFB_FLUSH_RUN(i);
+        if (!run_len)
+            run_first = i;
         run_verdict = (uint32_t)v;
         run_last_id = id;
         run_len++;
     }
-    NFB_FLUSH_RUN();
+    NFB_FLUSH_RUN(n);
 #undef NFB_FLUSH_RUN
+    return 0;
+}
+
+int nfb_q_settle(struct nfb_q *q, const uint32_t *recs, int64_t *vbuf, int n,
+                 int older_pending)
+{
+    int rc = nfb_q_queue_decided(q, recs, vbuf, n, older_pending);
+    if (rc < 0)
+        return rc;
+    return nfb_q_flush(q);
+}
+
+int nfb_q_put_verdict_at(struct nfb_q *q, const uint32_t *recs, int64_t *vbuf, int i,
+                         int older_pending, uint32_t verdict, int vflags, uint32_t mark,
+                         uint32_t connmark, const char *labels, const char *payload,
+                         uint32_t payload_len)
+{
+    int rc;
+
+    if (vbuf[i] != NFB_V_DEFERRED)
+        return -EALREADY;
+    if ((vflags & NFB_VF_PAYLOAD) && payload_len > NFB_MAX_PAYLOAD)
+        return -EMSGSIZE;
+    /* the verdicts decided before it go first: the kernel reinjects in order */
+    rc = nfb_q_queue_decided(q, recs, vbuf, i, older_pending);
+    if (rc < 0)
+        return rc;
+    rc = nfb_q_put_verdict_ct(q, recs[(size_t)i * NFB_F_COUNT + NFB_F_ID], verdict, vflags,
+                              mark, connmark, labels, payload, payload_len);
+    if (rc < 0)
+        return rc;
+    nfb_q_count(q, verdict);
+    vbuf[i] = NFB_V_DONE;
     return 0;
 }
 
 int nfb_q_send_verdict_ct(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
                           int vflags, uint32_t mark, uint32_t connmark,
                           const char *labels, const char *payload, uint32_t payload_len);
+
+int nfb_q_send_verdict_at(int fd, uint16_t queue, int64_t *slot, uint32_t id,
+                          uint32_t verdict, int vflags, uint32_t mark, uint32_t connmark,
+                          const char *labels, const char *payload, uint32_t payload_len)
+{
+    int64_t expect = NFB_V_DEFERRED;
+    int rc;
+
+    if ((vflags & NFB_VF_PAYLOAD) && payload_len > NFB_MAX_PAYLOAD)
+        return -EMSGSIZE;
+    if (!__atomic_compare_exchange_n(slot, &expect, NFB_V_DONE, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return -EALREADY;
+    rc = nfb_q_send_verdict_ct(fd, queue, id, verdict, vflags, mark, connmark, labels,
+                               payload, payload_len);
+    if (rc < 0)     /* not sent: the packet still waits for its verdict */
+        __atomic_store_n(slot, NFB_V_DEFERRED, __ATOMIC_RELEASE);
+    return rc;
+}
 
 int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,
                        int vflags, uint32_t mark, uint32_t connmark,

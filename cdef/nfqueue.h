@@ -16,6 +16,8 @@
 
 #define NFQNL_CFG_CMD_BIND ...
 #define NFQNL_CFG_CMD_UNBIND ...
+#define NFQA_CFG_QUEUE_MAXLEN ...
+#define NFQA_CFG_FLAGS ...
 
 #define NFQA_PACKET_HDR ...
 #define NFQA_MARK ...
@@ -41,9 +43,11 @@
 /* The kernel clamps copy_range to this; an NFQA_PAYLOAD carries at most it. */
 #define NFB_MAX_PAYLOAD ...
 
-/* Special entries of the verdict array given to nfb_q_put_verdicts(). */
-#define NFB_V_DONE ...      /* already has its verdict (sent or buffered) */
-#define NFB_V_DEFERRED ...  /* no verdict yet: the user gives it later */
+/* A batch's verdict array holds one int64 per packet: its verdict, decided
+ * and not yet queued, or one of these. */
+#define NFB_V_DONE ...      /* has its verdict (queued or sent) */
+#define NFB_V_DEFERRED ...  /* no verdict yet */
+#define NFB_V_CLOSED ...    /* given the default verdict by close() */
 
 /* Flags of nfb_q_put_verdict(). */
 #define NFB_VF_MARK ...
@@ -57,9 +61,12 @@ struct nfb_q {
     struct nfb_rx rx;
     uint16_t queue;
     uint64_t batch_verdicts;
-    /* verdicts given through nfb_q_put_verdicts(), by verdict (NF_DROP ..
-     * NF_STOP; NF_QUEUE whatever the target queue) */
+    /* verdicts given through nfb_q_settle() and nfb_q_put_verdict_at(), by
+     * verdict (NF_DROP .. NF_STOP; NF_QUEUE whatever the target queue) */
     uint64_t by_verdict[...];
+    uint64_t packets;       /* packets taken, each id once */
+    uint32_t last_id;       /* the highest id taken */
+    int have_id;            /* ... once one was */
     ...;
 };
 
@@ -84,19 +91,42 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
 
 /* Drain what is readable now into one batch; never blocks.  Returns the
  * number of packets parsed (0: nothing to read), or -errno (-ENOBUFS: the
- * kernel dropped messages; q->overruns counts them). */
+ * kernel dropped messages; q->overruns counts them).  The batch stays held
+ * (rx.held) until nfb_q_take(): until then each call hands it out again. */
 int nfb_q_recv(struct nfb_q *q);
+/* The batch handed out is kept by the caller: count its packets (each id
+ * once: q->packets, q->last_id) and let the next nfb_q_recv() read on.
+ * Returns how many of its packets were not taken before. */
+int nfb_q_take(struct nfb_q *q);
 
 /* Append one verdict message to the send buffer (flushing when full). */
 int nfb_q_put_verdict(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags,
                       uint32_t mark, uint32_t connmark, const char *payload,
                       uint32_t payload_len);
-/* Verdicts for the current batch, verdicts[i] for packet i (or NFB_V_*).
- * Runs of one plain verdict become one kernel batch verdict unless
- * older_pending is set (an earlier packet still waits for its verdict). */
-int nfb_q_put_verdicts(struct nfb_q *q, const int64_t *verdicts, int n,
-                       int older_pending);
+/* The verdicts decided in vbuf[0..n) of a batch whose records are recs:
+ * queued (each entry becoming NFB_V_DONE as it is) and sent.  Runs of one
+ * plain verdict become one kernel batch verdict unless older_pending is set
+ * (a packet of an earlier batch still waits for its verdict); an entry
+ * NFB_V_DEFERRED ends batching for the entries after it.  Calling it again
+ * sends nothing twice.  0 or -errno. */
+int nfb_q_settle(struct nfb_q *q, const uint32_t *recs, int64_t *vbuf, int n,
+                 int older_pending);
+/* Entry i's verdict with a mark, connmark or payload, queued after the
+ * verdicts decided before it (the kernel reinjects in order); vbuf[i]
+ * becomes NFB_V_DONE.  -EALREADY when vbuf[i] was not NFB_V_DEFERRED. */
+int nfb_q_put_verdict_at(struct nfb_q *q, const uint32_t *recs, int64_t *vbuf, int i,
+                         int older_pending, uint32_t verdict, int vflags, uint32_t mark,
+                         uint32_t connmark, const char *labels, const char *payload,
+                         uint32_t payload_len);
 int nfb_q_flush(struct nfb_q *q);
+
+/* Send the verdict of the packet whose verdict slot is *slot right away
+ * (thread-safe: no shared buffer): the slot goes from NFB_V_DEFERRED to
+ * NFB_V_DONE atomically (-EALREADY when it was not NFB_V_DEFERRED), and
+ * back when the send failed. */
+int nfb_q_send_verdict_at(int fd, uint16_t queue, int64_t *slot, uint32_t id,
+                          uint32_t verdict, int vflags, uint32_t mark, uint32_t connmark,
+                          const char *labels, const char *payload, uint32_t payload_len);
 
 /* Build and send one verdict right away; thread-safe (no shared buffer). */
 int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,

@@ -89,6 +89,8 @@ static void fz_recv_all(void *arg)
     for (k = 0; k < 64; k++) {
         int rc = nfb_q_recv(q);
         fz_check(&q->rx, rc);
+        if (rc > 0)
+            nfb_q_take(q);  /* kept, as NfQueue does: the next receive reads on */
         if (rc <= 0 && !q->rx.stash_len)
             break;
     }

@@ -353,6 +353,7 @@ def test_stash_survives_a_second_configuration_wait():
             w.recv(4096)    # the request it sent
             assert q.lib.nfb_q_recv(c) == 1
             ids.append(c.rx.recs[lib.NFB_F_ID])
+            q.lib.nfb_q_take(c)     # kept, as NfQueue does: the next receive reads on
         assert q.lib.nfb_q_recv(c) == 0
     finally:
         r.close()

@@ -198,6 +198,8 @@ class PacketRx:
         data = bytes(self.ffi.buffer(self.rx.data, self.rx.data_len)) if self.rx.data_len else b""
         words = self.lib.NFB_F_COUNT
         recs = [[self.rx.recs[i * words + k] for k in range(words)] for i in range(max(n, 0))]
+        if self.kind == "queue" and n > 0:
+            self.lib.nfb_q_take(self.c)     # kept, as NfQueue does: the next receive reads on
         return n, recs, data
 
     def feed(self, dgrams: List[bytes]) -> Tuple[int, List[List[int]], List[bytes]]:

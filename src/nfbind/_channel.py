@@ -14,6 +14,7 @@ import errno
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -29,6 +30,7 @@ from .errors import ClosedError, NetlinkError, Overrun, error_from_errno
 
 if TYPE_CHECKING:
     from typing import Protocol
+    from types import FrameType
 
     from ._nfcore import struct_nfb_rx
 
@@ -50,6 +52,58 @@ ON_OVERRUN = ("count", "raise")
 
 #: batches drained back to back before the loop looks at stop() again
 _MAX_BATCHES_PER_WAKE = 64
+
+
+#: forks this process went through (as parent or child) since nfbind was
+#: imported: a channel used since the last one is its process's to close
+_FORKS = [0]
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_parent=_forked, after_in_child=_forked)
+
+
+def _held_elsewhere(fd: int) -> bool:
+    """Whether a process other than this one holds the socket ``fd`` (it
+    was inherited across a fork): /proc/*/fd links to its inode.  A process
+    whose descriptors cannot be read counts as holding it when it is this
+    one's parent or child (a forked copy, e.g. with capabilities set on the
+    interpreter, which makes /proc/PID/fd root's)."""
+    target = "socket:[%d]" % os.fstat(fd).st_ino
+    me, parent = os.getpid(), os.getppid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return True
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            names = os.listdir("/proc/%d/fd" % pid)
+        except PermissionError:
+            if pid == parent or _ppid(pid) == me:
+                return True
+            continue
+        except OSError:     # gone meanwhile
+            continue
+        for name in names:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, name)) == target:
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 class OverrunWarning(RuntimeWarning):
@@ -184,6 +238,10 @@ class Channel(Generic[P]):
 
     _sock: Optional[socket.socket] = None
     _closed = True
+    #: the thread handing a batch to handlers right now (None: none)
+    _dispatch_thread: Optional[int] = None
+    #: _FORKS when the channel was opened or a loop last ran on it
+    _used_at = 0
     #: the subclass's C state; None once closed
     _c: Optional[_ChannelState]
     #: its counters as they were when it closed (ChannelStats reads them then)
@@ -225,6 +283,7 @@ class Channel(Generic[P]):
             self._wake.close()
             raise
         self._fd = self._sock.fileno()
+        self._used_at = _FORKS[0]
         self._closed = False
 
     def _abort_open(self) -> None:
@@ -270,6 +329,38 @@ class Channel(Generic[P]):
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("%s is closed; create a new one" % type(self).__name__)
+
+    def _inherited(self) -> bool:
+        """Whether close() must leave the binding to another process: this
+        one forked (or was forked) since it last used the channel, and
+        another process still holds the socket.  Then close() only closes
+        this process's descriptors; the last process holding it, or one that
+        ran a loop on it since its fork, unbinds and settles."""
+        if self._used_at == _FORKS[0] or self._sock is None:
+            return False
+        return _held_elsewhere(self._sock.fileno())
+
+    def _check_not_in_handler(self, what: str) -> None:
+        """Refuse to enter a loop from one of this channel's own handlers:
+        the batch being handed out has not been finished (for NfQueue: its
+        verdicts not sent), and a nested loop would read the next one."""
+        if self._dispatch_thread != threading.get_ident():
+            return
+        # the marker is cleared in a finally; make sure a dispatch of this
+        # channel really is on the stack (and not a marker left behind)
+        f: Optional[FrameType] = sys._getframe(1)
+        while f is not None:
+            if f.f_code.co_name in self._DISPATCHERS and f.f_locals.get("self") is self:
+                raise RuntimeError(
+                    "%s.%s() was called from inside one of its own handlers; a handler "
+                    "must return before the loop reads more packets: return the verdict "
+                    "(or None and give it later with pkt.accept()/drop()), and call "
+                    "stop() to leave the loop" % (self._describe(), what))
+            f = f.f_back
+        self._dispatch_thread = None
+
+    #: the methods that call handlers (for _check_not_in_handler)
+    _DISPATCHERS: Tuple[str, ...] = ("_dispatch", "_dispatch_list", "_run_backlog")
 
     def _overrun(self, count: int) -> None:
         """Apply the ENOBUFS policy (called by _drain_once on -ENOBUFS)."""
@@ -362,33 +453,50 @@ class Channel(Generic[P]):
         ``max_batches`` bounds the receive calls of one drain.
 
         Raises ClosedError (the channel is closed), TypeError/ValueError (a
-        bad argument), and what the handler raises (after its batch).
+        bad argument), RuntimeError (called from inside one of this
+        channel's own handlers), and what the handler raises (after its
+        batch).
         """
         self._check_open()
         check_handler(handler)
-        return self._drain(handler, check_int("max_batches", max_batches, 1, 1 << 30))
+        max_batches = check_int("max_batches", max_batches, 1, 1 << 30)
+        self._check_not_in_handler("drain")
+        return self._drain(handler, max_batches)
 
     def _drain(self, handler: Callable[[P], Any], max_batches: int = _MAX_BATCHES_PER_WAKE) -> int:
         """drain() for nfbind's own loops: 0 once the channel is closed (also
         by another thread meanwhile), which ends them."""
+        self._used_at = _FORKS[0]
         total = 0
         more = True
-        for _ in range(max_batches):
-            if self._closed:
-                more = False
-                break
-            n = self._drain_once(handler)
-            if not n:
-                more = False
-                break
-            total += max(n, 0)
-            # the last receive found the socket drained (and the handlers
-            # stashed nothing meanwhile): no need to ask it again
-            if self._closed or self._short_read():
-                more = False
-                break
+        try:
+            for _ in range(max_batches):
+                if self._closed:
+                    more = False
+                    break
+                n = self._drain_once(handler)
+                if not n:
+                    more = False
+                    break
+                total += max(n, 0)
+                # the last receive found the socket drained (and the handlers
+                # stashed nothing meanwhile): no need to ask it again
+                if self._closed or self._short_read():
+                    more = False
+                    break
+        except Exception:
+            raise
+        except BaseException:
+            # KeyboardInterrupt and the like, in a handler or between two:
+            # what was decided before it goes out now
+            self._interrupted()
+            raise
         self._more = more
         return total
+
+    def _interrupted(self) -> None:
+        """After an interruption of the loop (NfQueue: send the verdicts
+        decided and not sent yet)."""
 
     def _short_read(self) -> bool:
         """Whether the last receive found the socket drained."""
@@ -430,11 +538,13 @@ class Channel(Generic[P]):
         comes out of ``run()`` once the batch it was in has been completed.
 
         Raises ClosedError, Overrun (``on_overrun="raise"``), NetlinkError,
-        TypeError/ValueError (a bad handler or timeout, before any wait).
+        TypeError/ValueError (a bad handler or timeout, before any wait),
+        RuntimeError (called from inside one of this channel's own handlers).
         """
         self._check_open()
         check_handler(handler)
         timeout = check_timeout(timeout)
+        self._check_not_in_handler("run")
         waiter = self._wake.waiter([self._fd])
         try:
             idle_since = time.monotonic()
@@ -462,6 +572,7 @@ class Channel(Generic[P]):
     def _collect(self) -> Iterator[P]:
         """Packets one by one, for ``for pkt in channel``."""
         self._check_open()
+        self._check_not_in_handler("__iter__")
         buf: Deque[P] = deque()
         waiter = self._wake.waiter([self._fd])
         try:
@@ -533,7 +644,10 @@ class Channel(Generic[P]):
     # -- lifetime -----------------------------------------------------------
 
     def close(self) -> None:
-        """Release the socket.  Safe to call twice."""
+        """Release the socket.  Safe to call twice.  After a fork, a process
+        that has not run a loop on the channel since, while another process
+        holds the socket, only closes its own descriptors: the binding is
+        the other process's."""
         if self._closed:
             return
         self.stop()

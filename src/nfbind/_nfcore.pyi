@@ -21,10 +21,12 @@ class struct_nfb_rx(CStruct):
     async_errors: int
     last_async_error: int
     truncated_msgs: int
+    malformed: int
     recv_calls: int
     send_calls: int
     ignored: int
     short_read: int
+    held: int
 
 
 class struct_nfb_ct_tuple(CStruct):

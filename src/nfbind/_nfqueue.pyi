@@ -26,6 +26,9 @@ class struct_nfb_q(CStruct):
     queue: int
     batch_verdicts: int
     by_verdict: IntArray
+    packets: int
+    last_id: int
+    have_id: int
 
 
 class struct_nfb_qcfg(CStruct):
@@ -104,6 +107,8 @@ class _Lib:
     NFQNL_MSG_VERDICT_BATCH: Final[int]
     NFQNL_CFG_CMD_BIND: Final[int]
     NFQNL_CFG_CMD_UNBIND: Final[int]
+    NFQA_CFG_QUEUE_MAXLEN: Final[int]
+    NFQA_CFG_FLAGS: Final[int]
     NFQA_PACKET_HDR: Final[int]
     NFQA_MARK: Final[int]
     NFQA_HWADDR: Final[int]
@@ -124,6 +129,7 @@ class _Lib:
     NFB_MAX_PAYLOAD: Final[int]
     NFB_V_DONE: Final[int]
     NFB_V_DEFERRED: Final[int]
+    NFB_V_CLOSED: Final[int]
     NFB_VF_MARK: Final[int]
     NFB_VF_CONNMARK: Final[int]
     NFB_VF_PAYLOAD: Final[int]
@@ -150,6 +156,7 @@ class _Lib:
         /,
     ) -> int: ...
     def nfb_q_recv(self, q: struct_nfb_q, /) -> int: ...
+    def nfb_q_take(self, q: struct_nfb_q, /) -> int: ...
     def nfb_q_put_verdict(
         self,
         q: struct_nfb_q,
@@ -162,15 +169,47 @@ class _Lib:
         payload_len: int,
         /,
     ) -> int: ...
-    def nfb_q_put_verdicts(
+    def nfb_q_settle(
         self,
         q: struct_nfb_q,
-        verdicts: CData,
+        recs: CData,
+        vbuf: CData,
         n: int,
         older_pending: int,
         /,
     ) -> int: ...
+    def nfb_q_put_verdict_at(
+        self,
+        q: struct_nfb_q,
+        recs: CData,
+        vbuf: CData,
+        i: int,
+        older_pending: int,
+        verdict: int,
+        vflags: int,
+        mark: int,
+        connmark: int,
+        labels: CharArg,
+        payload: CharArg,
+        payload_len: int,
+        /,
+    ) -> int: ...
     def nfb_q_flush(self, q: struct_nfb_q, /) -> int: ...
+    def nfb_q_send_verdict_at(
+        self,
+        fd: int,
+        queue: int,
+        slot: CData,
+        id: int,
+        verdict: int,
+        vflags: int,
+        mark: int,
+        connmark: int,
+        labels: CharArg,
+        payload: CharArg,
+        payload_len: int,
+        /,
+    ) -> int: ...
     def nfb_q_send_verdict(
         self,
         fd: int,

@@ -1,13 +1,23 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""NfQueue's verdicts: checking what comes with one, buffering it with its
+"""NfQueue's verdicts: checking what comes with one, keeping it with its
 batch or sending it at once, the kernel's batch verdict, and connection marks
 set over ctnetlink where the kernel cannot set them itself.
 
+Every received batch is a :class:`Flight`: its packet records and one int64
+verdict slot per packet (``vbuf``), the one place that says whether a packet
+has its verdict.  A slot holds a verdict decided and not yet queued, or
+V_DONE (queued or sent), V_DEFERRED (none yet) or V_CLOSED (close() gave it
+the default verdict).  Only C calls move a slot to V_DONE, in the same call
+that queues or sends its verdict (``nfb_q_settle``, ``nfb_q_put_verdict_at``,
+and ``nfb_q_send_verdict_at``, which also tests the slot atomically), so a
+KeyboardInterrupt, which Python raises only between bytecodes, can never fall
+between a verdict being taken as given and its being on its way: a decided
+verdict stays in its slot until the next entry point (the loop, a batch
+verdict, close()) sends it, and is never sent twice.
+
 :class:`QueueVerdicts` is a base class of :class:`nfbind.NfQueue`; it works
-on the state NfQueue sets up and its receive loop keeps: the packets waiting
-for a verdict (``_pending``), and while a batch is dispatched, that batch and
-its verdict buffer (``_cur_batch``, ``_cur_vbuf``: one int64 per packet, a
-verdict or V_DEFERRED/V_DONE).
+on the state NfQueue's receive loop keeps: the packets handed out without a
+verdict (``_pending``) and the batch being dispatched (``_flight``).
 """
 from __future__ import annotations
 
@@ -23,7 +33,7 @@ from ._nfqueue import ffi, lib
 from .conntrack.labels import LABEL_HINT, MAX_LABEL, label_bits, labels_bytes
 from .enums import Verdict
 from .errors import VerdictError, error_from_errno
-from .packet import NF, Batch
+from .packet import NF, Batch, C
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._nfqueue import struct_nfb_q
@@ -34,23 +44,22 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_PAYLOAD: int = lib.NFB_MAX_PAYLOAD
 
 _U32_MAX = 0xFFFFFFFF
-#: verdict buffer slots: the packet already has its verdict (sent or
-#: buffered), or has none yet (the user gives it later)
+#: verdict slots: has its verdict (queued or sent), has none yet, was given
+#: the default verdict by close()
 V_DONE = lib.NFB_V_DONE
 V_DEFERRED = lib.NFB_V_DEFERRED
+V_CLOSED = lib.NFB_V_CLOSED
 _VF_MARK = lib.NFB_VF_MARK
 _VF_CONNMARK = lib.NFB_VF_CONNMARK
 _VF_PAYLOAD = lib.NFB_VF_PAYLOAD
 _VF_LABELS = lib.NFB_VF_LABELS
 #: the mask of the labels a verdict sets: all of them are replaced
 _ALL_LABELS = labels_bytes(range(MAX_LABEL + 1))
+_EALREADY = errno.EALREADY
 F_ID = core.NFB_F_ID
 _VERDICT_MASK = lib.NF_VERDICT_MASK
 #: the verdicts a handler may return (or give with pkt.verdict())
 PLAIN = frozenset(int(v) for v in (Verdict.ACCEPT, Verdict.DROP, Verdict.REPEAT, Verdict.STOP))
-
-#: Packet._state: waiting for its verdict, verdict given, settled by close()
-OPEN, DONE, CLOSED = 0, 1, 2
 
 
 def _check_mark(name: str, value: Any) -> int:
@@ -85,15 +94,52 @@ def _payload_bytes(payload: Any) -> bytes:
     return data
 
 
+class Flight(Batch[C]):
+    """One received batch of an NfQueue and the verdicts of its packets.
+
+    ``pos`` is the next packet to hand to the handler, ``cur`` the one being
+    handed out (-1: none): a packet whose handler an exception such as
+    KeyboardInterrupt ended before its verdict (or its deferral) was kept is
+    handed out again by the next loop.  ``older``: a packet of an earlier
+    batch waited for its verdict when this one arrived, so runs of equal
+    verdicts must not become kernel batch verdicts.
+    """
+
+    __slots__ = ("n", "vbuf", "vptr", "rptr", "pos", "cur", "older", "last")
+
+    n: int
+    vbuf: "array[int]"
+    vptr: Any
+    rptr: Any
+    pos: int
+    cur: int
+    older: int
+    last: int
+
+    def __init__(self, data: bytes, recs: bytes, ch: C, n: int,
+                 older: int) -> None:
+        # C reads the records from the bytes object itself: a memoryview
+        # exported to cffi must not end up in a garbage cycle (CPython clears
+        # such a view while it is exported, and crashes freeing it later)
+        super().__init__(data, memoryview(recs).cast("I"), ch)
+        self.n = n
+        self.vbuf = array("q", [V_DEFERRED]) * n
+        self.vptr = ffi.from_buffer("int64_t[]", self.vbuf)
+        self.rptr = ffi.from_buffer("uint32_t[]", recs)
+        self.pos = 0
+        self.cur = -1
+        self.older = older
+        self.last = self.recs[(n - 1) * NF + F_ID]
+
+
 class QueuedPacket(Protocol):
     """What the verdict machinery uses of a :class:`nfbind.Packet`."""
 
     id: int
-    _state: int
     _o: int
 
     @property
-    def _b(self) -> Batch[PacketSource]: ...
+    def _b(self) -> Flight[Any]: ...
 
     @property
     def payload(self) -> bytes: ...
@@ -115,17 +161,13 @@ class QueueVerdicts(Channel[P]):
     _pending: Dict[int, QueuedPacket]
     _floor: int
     _max_id: int
-    _cur_batch: Optional[Batch[PacketSource]]
-    _cur_vbuf: Optional[array[int]]
-    _cur_older: int
-    _dispatch_thread: Optional[int]
+    _flight: Optional[Flight[Any]]
     _send_lock: Any
     #: connection marks and labels to set over ctnetlink once the verdicts
     #: are sent: (packet id, payload, connmark or None, labels or None)
     _connmarks: List[Tuple[int, bytes, Optional[int], Optional[FrozenSet[int]]]]
     _ctnl: "CtLookup"
-    #: verdicts counted here, by verdict number (the batch path counts in C)
-    _vc_handler: List[int]
+    #: verdicts sent at once, by verdict number (C counts the rest)
     _vc_sent: List[int]
 
     @staticmethod
@@ -134,6 +176,21 @@ class QueueVerdicts(Channel[P]):
         if v not in PLAIN:
             raise ValueError("%s must be Verdict.ACCEPT, DROP, REPEAT or STOP, got %r" % (name, v))
         return Verdict(v)
+
+    def _already(self, p: QueuedPacket) -> VerdictError:
+        """The error for a verdict on a packet that has one."""
+        if p._b.vbuf[p._o // NF] == V_CLOSED:
+            return VerdictError(
+                "packet %d: its queue was closed and it got the default verdict "
+                "(%s)" % (p.id, Verdict(self.default_verdict).name))
+        return VerdictError("packet %d already has its verdict; each packet gets "
+                            "exactly one" % p.id)
+
+    def _in_flight(self, fl: Flight[Any]) -> bool:
+        """Whether ``fl`` is the batch this thread is dispatching now (its
+        plain verdicts then travel with it)."""
+        return (fl is self._flight and fl.cur >= 0
+                and self._dispatch_thread == threading.get_ident())
 
     def _verdict(self, p: QueuedPacket, v: int, mark: Optional[int], connmark: Optional[int],
                  payload: Any, labels: Any = None) -> None:
@@ -166,79 +223,72 @@ class QueueVerdicts(Channel[P]):
                 buf = bytearray(data)
                 if core.nfb_l4_csum_fill(ffi.from_buffer(buf), len(buf)):
                     data = bytes(buf)
-        # the C calls below take these as they are: no Python call may stand
-        # between marking the packet settled and queueing its verdict, since a
-        # KeyboardInterrupt (raised only at calls and loops) falling there
-        # would leave the packet with no verdict at all
         dptr = data if data is not None else ffi.NULL
         dlen = len(data) if data is not None else 0
-        if p._state != OPEN:
-            if p._state == CLOSED:
-                raise VerdictError(
-                    "packet %d: its queue was closed and it got the default verdict "
-                    "(%s)" % (p.id, Verdict(self.default_verdict).name))
-            raise VerdictError("packet %d already has its verdict; each packet gets "
-                               "exactly one" % p.id)
+        fl = p._b
+        i = p._o // NF
+        if fl.vbuf[i] != V_DEFERRED:
+            raise self._already(p)
         if self._closed:
             raise VerdictError("queue %d is closed" % self.queue_num)
-        if (self._dispatch_thread == threading.get_ident() and p._b is self._cur_batch
-                and self._cur_vbuf is not None):
-            # inside the handler: travels with the batch
-            i = p._o // NF
-            p._state = DONE
-            self._pending.pop(p.id, None)
+        if self._in_flight(fl):
+            # inside the handler: a plain verdict travels with the batch; one
+            # with a mark or payload is queued now, after the verdicts decided
+            # before it (the kernel reinjects in the order it gets them)
             if not vflags:
-                self._cur_vbuf[i] = v
+                fl.vbuf[i] = v
                 return
-            self._flush_before(i)  # keep the kernel's reinjection in call order
-            self._cur_vbuf[i] = V_DONE
             assert self._c is not None  # a batch is being dispatched: open
-            rc = lib.nfb_q_put_verdict_ct(self._c, p.id, v, vflags, m, cm, lraw, dptr, dlen)
-            if rc >= 0:
-                self._vc_handler[v & _VERDICT_MASK] += 1
+            rc = lib.nfb_q_put_verdict_at(self._c, fl.rptr, fl.vptr, i, fl.older, v, vflags,
+                                          m, cm, lraw, dptr, dlen)
+            if rc == -_EALREADY:
+                raise self._already(p)
             if rc >= 0 and ct_later:
                 self._connmarks.append((p.id, p.payload, connmark, lb))
         else:
             with self._send_lock:
                 if self._closed:
                     raise VerdictError("queue %d is closed" % self.queue_num)
-                if p._state != OPEN:
-                    raise VerdictError("packet %d already has its verdict" % p.id)
-                p._state = DONE
-                rc = lib.nfb_q_send_verdict_ct(self._fd, self.queue_num, p.id, v, vflags, m,
-                                               cm, lraw, dptr, dlen)
-                self._pending.pop(p.id, None)
+                rc = lib.nfb_q_send_verdict_at(self._fd, self.queue_num, fl.vptr + i, p.id, v,
+                                               vflags, m, cm, lraw, dptr, dlen)
+                if rc == -_EALREADY:
+                    raise self._already(p)
                 if rc >= 0:
                     self._vc_sent[v & _VERDICT_MASK] += 1
+            self._pending.pop(p.id, None)
             if rc >= 0 and ct_later:
                 self._connmarks.append((p.id, p.payload, connmark, lb))
                 self._apply_connmarks()
         if rc < 0:
             raise error_from_errno(-rc, "sending the verdict of packet %d" % p.id)
 
-    def _flush_before(self, i: int) -> None:
-        """Buffer the plain verdicts already given to packets 0..i-1 of the
-        current batch, so that a verdict with a mark or payload does not
-        overtake them."""
-        vbuf = self._cur_vbuf
-        assert vbuf is not None
-        if i == 0:
-            return
-        assert self._c is not None  # a batch is being dispatched: open
-        rc = lib.nfb_q_put_verdicts(self._c, ffi.from_buffer("int64_t[]", vbuf), i,
-                                    self._cur_older)
-        if rc < 0:
-            raise error_from_errno(-rc, "sending verdicts to queue %d" % self.queue_num)
-        for k in range(i):
-            if vbuf[k] >= 0:
-                vbuf[k] = V_DONE
+    def _settle(self, fl: Flight[Any]) -> int:
+        """Send the verdicts decided in ``fl`` and not sent yet (none twice);
+        0 or -errno."""
+        assert self._c is not None
+        rc: int = lib.nfb_q_settle(self._c, fl.rptr, fl.vptr, fl.n, fl.older)
+        return rc
+
+    def _top_id(self) -> int:
+        """The highest packet id received (0: none yet)."""
+        top = self._max_id
+        c = self._c
+        if c is not None and c.have_id and c.last_id > top:
+            top = int(c.last_id)
+        fl = self._flight
+        if fl is not None and fl.last > top:
+            top = fl.last
+        return top
 
     def verdict_batch(self, up_to_id: int, verdict: Union[Verdict, int] = Verdict.ACCEPT,
                       mark: Optional[int] = None) -> int:
         """Give ``verdict`` to every waiting packet with id <= ``up_to_id``.
 
         One message (the kernel's NFQNL_MSG_VERDICT_BATCH) covers them all.
-        Packets not received yet are left to the handler, whatever their id.
+        Packets not received yet are left to the handler, whatever their id;
+        verdicts already decided (returned by a handler) are sent first and
+        keep their value.  Also from inside a handler: the packet being
+        handled is settled like any other (``has_verdict`` is then True).
         Returns how many received packets it settled.
         """
         self._check_open()
@@ -251,34 +301,40 @@ class QueueVerdicts(Channel[P]):
             vflags |= _VF_MARK
         settled = 0
         with self._lock, self._send_lock:
+            self._check_open()
+            assert self._c is not None
+            fl = self._flight
+            # what handlers decided goes first: the kernel's batch verdict
+            # would give their packets this verdict instead
+            rc = self._settle(fl) if fl is not None else lib.nfb_q_flush(self._c)
             # the kernel settles the ids up to up_to_id it holds, comparing
             # them modulo 2**32: an id beyond the last one received would leave
             # later packets to the kernel's batch (or, 2**31 ahead, settle
             # none) while they are taken as settled here, so stop at that one
-            top = self._max_id
-            if self._cur_batch is not None and self._cur_vbuf is not None:
-                top = max(top, self._cur_batch.recs[(len(self._cur_vbuf) - 1) * NF + F_ID])
-            up_to_id = min(up_to_id, top)
+            up_to_id = min(up_to_id, self._top_id())
             for pid in [pid for pid in self._pending if pid <= up_to_id]:
-                self._pending.pop(pid)._state = DONE
-                settled += 1
-            marked = 0
-            if self._cur_vbuf is not None and self._cur_batch is not None:
-                recs = self._cur_batch.recs
-                for i in range(len(self._cur_vbuf)):
-                    if self._cur_vbuf[i] == V_DEFERRED and recs[i * NF + F_ID] <= up_to_id:
-                        self._cur_vbuf[i] = V_DONE
-                        marked += 1
-            self._floor = max(self._floor, up_to_id)
-            assert self._c is not None
-            rc = lib.nfb_q_flush(self._c)
+                p = self._pending.pop(pid)
+                vb = p._b.vbuf
+                if vb[p._o // NF] == V_DEFERRED:
+                    vb[p._o // NF] = V_DONE
+                    settled += 1
+            if fl is not None:
+                recs, vb = fl.recs, fl.vbuf
+                for i in range(fl.n):
+                    if vb[i] == V_DEFERRED and recs[i * NF + F_ID] <= up_to_id:
+                        vb[i] = V_DONE
+                        settled += 1
             # with no waiting packet up to the id the kernel holds none either:
             # it would answer ENOENT (a refused verdict)
-            if rc >= 0 and (settled or marked):
+            if rc >= 0 and settled:
                 rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, up_to_id, v, vflags,
                                             m, 0, ffi.NULL, 0)
                 if rc >= 0:
-                    self._vc_sent[int(v)] += settled + marked
+                    self._vc_sent[int(v)] += settled
+            # raised only once it was sent: an interruption before leaves the
+            # ids above the floor, which close() then settles
+            if up_to_id > self._floor:
+                self._floor = up_to_id
         if rc < 0:
             raise error_from_errno(-rc, "sending a batch verdict to queue %d" % self.queue_num)
         return settled

@@ -17,6 +17,7 @@ Logging never holds packets: they go on whatever the handler does.  One
 from __future__ import annotations
 
 import errno
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._channel import Channel, ChannelStats, c_counter, config_error
@@ -143,12 +144,15 @@ class LogStats(ChannelStats):
     __slots__ = ()
     _ch: NfLog
     _NAMES = ("packets", "overruns", "handler_errors", "filtered", "recv_calls",
-              "truncated_msgs")
+              "truncated_msgs", "malformed")
 
     filtered = c_counter(
         "filtered", "Packets of another family, skipped by the ``family=`` filter.", rx=False)
     truncated_msgs = c_counter(
         "truncated_msgs", "Messages larger than the receive slot (should stay 0).")
+    malformed = c_counter(
+        "malformed", "Datagrams with a malformed message, skipped (the rest of their "
+        "receive batch is read as usual).")
 
 
 def _groups(groups: Union[int, Iterable[int]]) -> Tuple[int, ...]:
@@ -395,6 +399,7 @@ class NfLog(Channel[LogPacket]):
         cls = LogPacket
         o = 0
         end = n * NF
+        self._dispatch_thread = threading.get_ident()
         try:
             while o < end:
                 p = new(cls)
@@ -412,6 +417,8 @@ class NfLog(Channel[LogPacket]):
             # next run() or iteration
             self._backlog = [LogPacket(b, k) for k in range(o, end, NF)] + self._backlog
             raise
+        finally:
+            self._dispatch_thread = None
         if error is not None:
             raise error
         return n
@@ -468,6 +475,7 @@ class NfLog(Channel[LogPacket]):
     def _dispatch_list(self, handler: Callable[[LogPacket], Any], pkts: List[LogPacket]) -> int:
         error: Optional[BaseException] = None
         k = 0
+        self._dispatch_thread = threading.get_ident()
         try:
             for k, p in enumerate(pkts):
                 try:
@@ -479,6 +487,8 @@ class NfLog(Channel[LogPacket]):
         except BaseException:
             self._backlog = pkts[k + 1:] + self._backlog
             raise
+        finally:
+            self._dispatch_thread = None
         if error is not None:
             raise error
         return len(pkts)
@@ -490,6 +500,10 @@ class NfLog(Channel[LogPacket]):
             return
         c = self._c
         try:
+            if self._inherited():
+                # another process bound the groups (this one was forked
+                # from it): the binding is that process's
+                return
             cfg = ffi.new("struct nfb_logcfg *")
             cfg.cmd = lib.NFULNL_CFG_CMD_UNBIND
             cfg.copy_mode = -1
@@ -501,7 +515,7 @@ class NfLog(Channel[LogPacket]):
             self._ctnl.close()
             self._final = {
                 "overruns": int(c.rx.overruns), "filtered": int(c.filtered),
-                "recv_calls": int(c.rx.recv_calls), "truncated_msgs": int(c.rx.truncated_msgs),
+                "recv_calls": int(c.rx.recv_calls), "truncated_msgs": int(c.rx.truncated_msgs), "malformed": int(c.rx.malformed),
             }
             self._backlog.clear()
             self._c = None

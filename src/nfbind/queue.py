@@ -15,6 +15,15 @@ and sent together in one ``sendmsg``; runs of consecutive packets with the
 same plain verdict become one kernel batch verdict.  A verdict given outside
 the loop (a deferred verdict, from any thread) is sent at once.
 
+What an interruption (Ctrl-C: KeyboardInterrupt, or any exception that is
+not an ``Exception``) does: a verdict the handler decided stays decided and
+is sent by the next ``run()``, ``drain()``, iteration, batch verdict or
+``close()``; a packet whose handler was interrupted before its verdict was
+kept, and the packets after it in its batch, are handed to the handler by
+the next loop (``close()`` gives them the default verdict).  A received
+batch is kept by the C side until Python has taken it, so an interruption
+between the receive and the dispatch loses nothing either.
+
 This module holds the packets and the receive loop; NfQueue's configuration
 is in ``_queue_config.py``, its verdict machinery in ``_queue_verdicts.py``.
 """
@@ -22,8 +31,8 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import threading
-from array import array
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Union
 
 from ._channel import Channel, ChannelStats, c_counter
@@ -36,13 +45,13 @@ except ImportError as e:  # the NFQUEUE channel was not built on this machine
     raise missing("nfqueue", "nfbind.queue") from e
 from . import netns as _netns
 from ._queue_config import ALL_FLAGS, QueueConfig, flag_bits, gso_safe
-from ._queue_verdicts import (CLOSED, DONE, F_ID, MAX_PAYLOAD, OPEN, PLAIN, V_DEFERRED, V_DONE,
+from ._queue_verdicts import (F_ID, MAX_PAYLOAD, PLAIN, V_CLOSED, V_DEFERRED, V_DONE, Flight,
                               QueueVerdicts)
 from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, error_from_errno
 from ._netlink import check_int
 from .conntrack._lookup import CtLookup
-from .packet import NF, Batch, PacketBase, blob, field
+from .packet import NF, PacketBase, blob, field
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._nfqueue import struct_nfb_q
@@ -60,19 +69,24 @@ class QueueStats(ChannelStats):
     __slots__ = ()
     _ch: NfQueue
     _NAMES = ("packets", "overruns", "verdict_errors", "handler_errors",
-              "batch_verdicts", "recv_calls", "send_calls", "pending")
+              "batch_verdicts", "recv_calls", "send_calls", "pending", "malformed")
 
+    packets = c_counter("packets", "Packets received (each once).", rx=False)
     verdict_errors = c_counter(
         "async_errors", "Verdicts the kernel refused (e.g. for an id it no longer holds).",
         key="verdict_errors")
     batch_verdicts = c_counter(
         "batch_verdicts", "Kernel batch verdicts sent for runs of equal verdicts.", rx=False)
     send_calls = c_counter("send_calls", "Send syscalls made for verdicts and configuration.")
+    malformed = c_counter(
+        "malformed", "Datagrams with a malformed message, skipped (the packets of the rest "
+        "of their receive batch are handed out as usual).")
 
     @property
     def pending(self) -> int:
-        """Packets received that still wait for their verdict."""
-        return len(self._ch._pending)
+        """Packets received that still wait for their verdict (handed out
+        without one, or not handed to the handler yet)."""
+        return self._ch._waiting()
 
     @property
     def verdicts(self) -> Dict[Verdict, int]:
@@ -87,7 +101,7 @@ class QueueStats(ChannelStats):
         for v in Verdict:
             i = int(v)
             n = ch._final.get("by_verdict_%d" % i, 0) if c is None else int(c.by_verdict[i])
-            out[v] = n + ch._vc_handler[i] + ch._vc_sent[i]
+            out[v] = n + ch._vc_sent[i]
         return out
 
 
@@ -100,17 +114,15 @@ class Packet(PacketBase):
     verdict raises :class:`VerdictError`.
     """
 
-    __slots__ = ("id", "_state")
+    __slots__ = ("id",)
 
     id: int
-    _state: int
-    _b: Batch[NfQueue]
+    _b: Flight[NfQueue]
 
-    def __init__(self, b: Batch[NfQueue], o: int, pid: int) -> None:
+    def __init__(self, b: Flight[NfQueue], o: int, pid: int) -> None:
         self._b = b
         self._o = o
         self.id = pid
-        self._state = OPEN
 
     # -- queue-only metadata ----------------------------------------------------
 
@@ -143,7 +155,7 @@ class Packet(PacketBase):
     @property
     def has_verdict(self) -> bool:
         """True once the packet has its verdict."""
-        return self._state != OPEN
+        return self._b.vbuf[self._o // NF] != V_DEFERRED
 
     # -- verdicts -----------------------------------------------------------------
 
@@ -200,7 +212,7 @@ class Packet(PacketBase):
 
     def __repr__(self) -> str:
         return "<nfbind.Packet id=%d %s%s>" % (
-            self.id, self._repr_fields(), "" if self._state == OPEN else " (verdict given)")
+            self.id, self._repr_fields(), " (verdict given)" if self.has_verdict else "")
 
 
 class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
@@ -296,9 +308,7 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         self._handler_errors = 0
         self._floor = -1
         self._max_id = 0
-        self._cur_batch = None
-        self._cur_vbuf = None
-        self._cur_older = 0
+        self._flight = None
         self._dispatch_thread = None
         self._close_pending = False
         self._send_lock = threading.RLock()
@@ -308,10 +318,8 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         self._ctnl = CtLookup(netns, "NfQueue")   # conntrack without the kernel's glue
         self._seen_async = 0
         self._connmarks = []
-        # verdicts counted outside the C batch path (where nfb_q_put_verdicts
-        # counts them), by verdict number: given in the dispatching thread
-        # with a mark or payload, and sent under _send_lock
-        self._vc_handler = [0] * (_MAX_VERDICT + 1)
+        # verdicts sent at once (under _send_lock), by verdict number; C
+        # counts those that travel with their batch (by_verdict)
         self._vc_sent = [0] * (_MAX_VERDICT + 1)
 
         self._init_channel(netns=netns, rcvbuf=rcvbuf, on_overrun=on_overrun,
@@ -364,6 +372,9 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         with self._lock:
             if self._closed:
                 return 0
+            fl = self._flight
+            if fl is not None:  # a batch an interruption left unfinished
+                return self._resume(handler, fl)
             if self._backlog:
                 return self._run_backlog(handler)
             c = self._c
@@ -373,135 +384,230 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                 self._warn_async(c)
             if n == 0:
                 return 0
-            b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
-                      memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"), self)
-            self._npackets += n
-            return self._dispatch(handler, b, n)
+            fl = self._take(c, n)
+            if fl is None:
+                return -1
+            return self._dispatch(handler, fl)
 
-    def _dispatch(self, handler: Callable[[Packet], Any], b: Batch[NfQueue], n: int) -> int:
-        recs = b.recs
-        vbuf = array("q", [V_DEFERRED]) * n
+    def _take(self, c: Any, n: int) -> Optional[Flight[NfQueue]]:
+        """Keep the batch ``nfb_q_recv`` handed out as the current flight,
+        then tell C it was taken; None when it holds only packets already
+        taken (an interruption fell between keeping a batch and telling C,
+        which then handed it out again)."""
+        raw = ffi.buffer(c.rx.recs, n * NF * 4)[:]
+        recs = memoryview(raw).cast("I")
+        top = self._top_id()
+        start = 0
+        while start < n and recs[start * NF + F_ID] <= top:
+            start += 1
+        if start == n:
+            lib.nfb_q_take(c)
+            return None
+        fl = Flight(ffi.buffer(c.rx.data, c.rx.data_len)[:], raw, self, n,
+                    1 if self._pending else 0)
+        for i in range(start):
+            fl.vbuf[i] = V_DONE
+        fl.pos = start
+        self._flight = fl
+        lib.nfb_q_take(c)
+        return fl
+
+    def _resume(self, handler: Callable[[Packet], Any], fl: Flight[NfQueue]) -> int:
+        """Go on with a batch an interruption left: the packet being handed
+        out without its verdict (or deferral) kept is handed out again."""
+        i = fl.cur
+        if i >= 0:
+            if (fl.vbuf[i] == V_DEFERRED and fl.recs[i * NF + F_ID] not in self._pending
+                    and fl.pos > i):
+                fl.pos = i
+            fl.cur = -1
+        if fl.pos < fl.n:
+            return self._dispatch(handler, fl)
+        self._finish(fl)
+        return -1
+
+    def _dispatch(self, handler: Callable[[Packet], Any], fl: Flight[NfQueue]) -> int:
+        """Hand the packets of ``fl`` from ``fl.pos`` on to the handler, then
+        send their verdicts.  An exception that is not an ``Exception``
+        (KeyboardInterrupt ...) leaves the batch to the next loop."""
+        recs = fl.recs
+        vbuf = fl.vbuf
+        n = fl.n
         pending = self._pending
-        older = 1 if pending else 0
         floor = self._floor
         plain = PLAIN
+        vcls = Verdict
         new = object.__new__
+        cls = Packet
         error: Optional[BaseException] = None
-        self._cur_batch = b
-        self._cur_vbuf = vbuf
-        self._cur_older = older
+        handed = 0
         self._dispatch_thread = threading.get_ident()
-        i = 0
         try:
-            for i in range(n):
+            i = fl.pos
+            while i < n:
+                if vbuf[i] != V_DEFERRED:   # settled by a batch verdict meanwhile
+                    i += 1
+                    fl.pos = i
+                    continue
                 o = i * NF
                 pid = recs[o + F_ID]
-                if pid <= floor:
+                if pid <= floor:            # ... by one before it was read
                     vbuf[i] = V_DONE
+                    i += 1
+                    fl.pos = i
                     continue
-                p = new(Packet)
-                p._b = b
+                p = new(cls)
+                p._b = fl
                 p._o = o
                 p.id = pid
-                p._state = OPEN
+                fl.cur = i
+                fl.pos = i + 1
+                handed += 1
                 try:
                     v = handler(p)
                 except Exception as e:
                     self._handler_errors += 1
                     if error is None:
                         error = e
-                    if p._state == OPEN:
-                        p._state = DONE
-                        vbuf[i] = int(self.on_error)
+                    if vbuf[i] == V_DEFERRED:
+                        vbuf[i] = self.on_error
+                    fl.cur = -1
+                    i += 1
                     continue
                 if v is None:
-                    if p._state == OPEN:
+                    if vbuf[i] == V_DEFERRED:
                         pending[pid] = p
-                elif p._state == OPEN and v in plain:
-                    p._state = DONE
+                elif (v.__class__ is vcls or v.__class__ is int) and v in plain \
+                        and vbuf[i] == V_DEFERRED:
                     vbuf[i] = v
                 else:
-                    self._handler_errors += 1
-                    if p._state == OPEN:
-                        p._state = DONE
-                        vbuf[i] = int(self.on_error)
-                        if error is None:
-                            error = ValueError(
-                                "the handler returned %r for packet %d: return a "
-                                "Verdict (ACCEPT, DROP, REPEAT, STOP) or None and "
-                                "call pkt.accept()/drop()/queue(n)" % (v, pid))
-                    elif error is None:
-                        error = VerdictError(
-                            "the handler returned %r for packet %d, which already "
-                            "has its verdict: return None after calling "
-                            "pkt.accept()/drop()" % (v, pid))
-        except BaseException as e:
-            # KeyboardInterrupt and the like: the packet being handled gets
-            # on_error; the rest of the batch waits for the next run().
-            error = e
-            cur = recs[i * NF + F_ID]
-            if vbuf[i] == V_DEFERRED and cur not in pending:
-                vbuf[i] = int(self.on_error)
-            for j in range(i + 1, n):
-                o = j * NF
-                pid = recs[o + F_ID]
-                if pid > floor:
-                    p = Packet(b, o, pid)
-                    pending[pid] = p
-                    self._backlog.append(p)
+                    e2 = self._result(p, v)
+                    if error is None:
+                        error = e2
+                fl.cur = -1
+                i += 1
         finally:
             self._dispatch_thread = None
-            self._cur_batch = None
-            self._cur_vbuf = None
-            last = recs[(n - 1) * NF + F_ID]
-            if last > self._max_id:
-                self._max_id = last
-            c = self._c
-            assert c is not None  # close() waits for the dispatch (_close_pending)
-            rc = lib.nfb_q_put_verdicts(c, ffi.from_buffer("int64_t[]", vbuf), n, older)
-            if rc >= 0:
-                rc = lib.nfb_q_flush(c)
-            if self._connmarks:
-                try:
-                    self._apply_connmarks()
-                except NetlinkError as e:
-                    if error is None:
-                        error = e
-            if self._close_pending:
-                self._close_pending = False
-                self._finish_close()
-        if rc < 0 and not isinstance(error, KeyboardInterrupt):
+        self._finish(fl)
+        if error is not None:
+            raise error
+        return handed or -1
+
+    def _result(self, p: Packet, v: Any) -> Optional[BaseException]:
+        """What the handler returned for ``p`` (not None), off the fast path:
+        any int-like verdict value (not a bool, as for ``pkt.verdict()``)
+        is the packet's verdict; anything else is a handler error (counted,
+        ``on_error`` for the packet unless it has its verdict).  Returns the
+        exception ``run()`` raises for it, or None."""
+        try:
+            ok = not isinstance(v, bool) and check_int("verdict", v, 0, _U32_MAX) in PLAIN
+        except (TypeError, ValueError):
+            ok = False
+        if ok and not p.has_verdict:
+            self._verdict(p, int(v), None, None, None)
+            return None
+        self._handler_errors += 1
+        if ok:
+            return VerdictError(
+                "the handler returned %r for packet %d, which already has its verdict: "
+                "return None after calling pkt.accept()/drop()" % (v, p.id))
+        if not p.has_verdict:
+            self._verdict(p, int(self.on_error), None, None, None)
+        exc = TypeError if isinstance(v, bool) or not isinstance(v, int) else ValueError
+        return exc(
+            "the handler returned %r (%s) for packet %d, which is no verdict: return "
+            "Verdict.ACCEPT, DROP, REPEAT or STOP (True and False are not verdicts), or "
+            "None and give the verdict with pkt.accept()/drop()/queue(n); the packet "
+            "got on_error (%s)" % (v, type(v).__name__, p.id, Verdict(self.on_error).name))
+
+    def _finish(self, fl: Flight[NfQueue]) -> None:
+        """Send the verdicts of ``fl`` decided and not sent; forget the batch
+        once every packet of it was handed out."""
+        rc = self._settle(fl)
+        if fl.pos >= fl.n and self._flight is fl:
+            if fl.last > self._max_id:
+                self._max_id = fl.last
+            self._flight = None
+        error: Optional[BaseException] = None
+        if self._connmarks:
+            try:
+                self._apply_connmarks()
+            except NetlinkError as e:
+                error = e
+        if self._close_pending:
+            self._close_pending = False
+            self._finish_close()
+        if rc < 0:
             raise error_from_errno(-rc, "sending verdicts to queue %d" % self.queue_num)
         if error is not None:
             raise error
-        return n
 
     def _run_backlog(self, handler: Callable[[Packet], Any]) -> int:
-        todo, self._backlog = self._backlog, []
-        error = None
-        for k, p in enumerate(todo):
-            if p._state != OPEN:
-                continue
-            try:
-                v = handler(p)
-                if v is not None:
-                    if p._state == OPEN:
-                        self._verdict(p, self._check_plain("handler result", v), None, None, None)
-                    else:
-                        raise VerdictError("packet %d already has its verdict" % p.id)
-            except Exception as e:
-                self._handler_errors += 1
-                if p._state == OPEN:
-                    self._verdict(p, int(self.on_error), None, None, None)
-                error = error or e
-            except BaseException:
-                self._backlog = todo[k + 1:] + self._backlog
-                if p._state == OPEN:
-                    self._verdict(p, int(self.on_error), None, None, None)
-                raise
+        """Hand out the packets an iteration left (they are waiting in
+        ``_pending``), one by one: each leaves the backlog once its handler
+        returned and its result was kept."""
+        bl = self._backlog
+        error: Optional[BaseException] = None
+        handed = 0
+        self._dispatch_thread = threading.get_ident()
+        try:
+            while bl:
+                p = bl[0]
+                if p.has_verdict:
+                    del bl[0]
+                    continue
+                handed += 1
+                try:
+                    v = handler(p)
+                    if v is not None:
+                        e2 = self._result(p, v)
+                        if e2 is not None:
+                            error = error or e2
+                except Exception as e:
+                    self._handler_errors += 1
+                    if not p.has_verdict:
+                        self._verdict(p, int(self.on_error), None, None, None)
+                    error = error or e
+                del bl[0]
+        finally:
+            self._dispatch_thread = None
         if error is not None:
             raise error
-        return len(todo)
+        return handed or -1
+
+    def _interrupted(self) -> None:
+        """An interruption left the loop: send what the handlers decided
+        (a second one meanwhile leaves it to the next entry point)."""
+        # no handler of this queue runs on this thread any more, whatever
+        # the interruption skipped
+        self._dispatch_thread = None
+        with self._lock:
+            c = self._c
+            if self._closed or c is None:
+                return
+            fl = self._flight
+            if fl is not None:
+                self._settle(fl)
+            else:
+                lib.nfb_q_flush(c)
+
+    def _waiting(self) -> int:
+        """Packets received and still without a verdict."""
+        n = 0
+        pending = self._pending
+        for pid, p in list(pending.items()):
+            if p._b.vbuf[p._o // NF] == V_DEFERRED:
+                n += 1
+            else:       # settled where its entry could not be dropped
+                pending.pop(pid, None)
+        fl = self._flight
+        if fl is not None:
+            vb = fl.vbuf
+            n += sum(1 for i in range(fl.pos, fl.n) if vb[i] == V_DEFERRED)
+            i = fl.cur
+            if 0 <= i < fl.pos and vb[i] == V_DEFERRED and fl.recs[i * NF + F_ID] not in pending:
+                n += 1
+        return n
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -531,47 +637,13 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         if self._c is None:
             return
         c = self._c
-        v = int(self.default_verdict)
         try:
+            if self._inherited():
+                # another process bound the queue (this one was forked from
+                # it): its packets and its binding are that process's
+                return
             with self._send_lock:
-                # stop the kernel queueing more: with max_len 0 a new packet
-                # finds the queue full and meets the default verdict there
-                # (accepted through fail-open, or dropped and counted), instead
-                # of being queued after the last read and dropped unseen by
-                # the unbind
-                cfg = ffi.new("struct nfb_qcfg *")
-                cfg.copy_mode = -1
-                cfg.max_len = 0
-                if v in (core.NF_ACCEPT, core.NF_STOP):
-                    cfg.flags_mask = cfg.flags = int(QueueFlag.FAIL_OPEN)
-                lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
-                # read what is already queued to us, so every id is known
-                unread = 0
-                for _ in range(1024):
-                    n = lib.nfb_q_recv(c)
-                    if n == -errno.ENOBUFS:
-                        continue
-                    if n < 0 or (n == 0 and not c.rx.data_len):
-                        break
-                    if n == 0:  # error replies only: read on
-                        continue
-                    recs = memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I")
-                    last = recs[(n - 1) * NF + F_ID]
-                    self._npackets += n
-                    unread += n
-                    if last > self._max_id:
-                        self._max_id = last
-                settled = len(self._pending)
-                for p in self._pending.values():
-                    p._state = CLOSED
-                self._pending.clear()
-                self._backlog.clear()
-                lib.nfb_q_flush(c)
-                if self._max_id > max(self._floor, 0):
-                    lib.nfb_q_send_verdict(self._fd, self.queue_num, self._max_id, v,
-                                           lib.NFB_VF_BATCH, 0, 0, ffi.NULL, 0)
-                    self._vc_sent[v & _VERDICT_MASK] += settled + unread
-                self._closed = True
+                self._settle_all(c)
             cfg = ffi.new("struct nfb_qcfg *")
             cfg.cmd = lib.NFQNL_CFG_CMD_UNBIND
             cfg.copy_mode = -1
@@ -580,13 +652,64 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         finally:
             self._ctnl.close()
             self._final = {
+                "packets": int(c.packets),
                 "overruns": int(c.rx.overruns), "verdict_errors": int(c.rx.async_errors),
                 "batch_verdicts": int(c.batch_verdicts), "recv_calls": int(c.rx.recv_calls),
-                "send_calls": int(c.rx.send_calls),
+                "send_calls": int(c.rx.send_calls), "malformed": int(c.rx.malformed),
             }
             for i in range(_MAX_VERDICT + 1):
                 self._final["by_verdict_%d" % i] = int(c.by_verdict[i])
             self._c = None
+
+    def _settle_all(self, c: Any) -> None:
+        """close(): send the verdicts handlers decided, stop the queue taking
+        packets, read what it holds, and give every packet still without a
+        verdict the default one."""
+        v = int(self.default_verdict)
+        fl = self._flight
+        if fl is not None:
+            self._settle(fl)
+        # stop the kernel queueing more: with max_len 0 a new packet finds
+        # the queue full and meets the default verdict there (accepted through
+        # fail-open, or dropped and counted), instead of being queued after
+        # the last read and dropped unseen by the unbind
+        cfg = ffi.new("struct nfb_qcfg *")
+        cfg.copy_mode = -1
+        cfg.max_len = 0
+        if v in (core.NF_ACCEPT, core.NF_STOP):
+            cfg.flags_mask = cfg.flags = int(QueueFlag.FAIL_OPEN)
+        lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
+        # read what is already queued to us, so every id is known (nfb_q_take
+        # counts them and keeps the highest id)
+        settled = 0
+        for _ in range(1024):
+            n = lib.nfb_q_recv(c)
+            if n == -errno.ENOBUFS:
+                continue
+            if n < 0 or (n == 0 and not c.rx.data_len):
+                break
+            settled += lib.nfb_q_take(c)
+        top = self._top_id()
+        for p in self._pending.values():
+            vb = p._b.vbuf
+            if vb[p._o // NF] == V_DEFERRED:
+                vb[p._o // NF] = V_CLOSED
+                settled += 1
+        if fl is not None:
+            vb = fl.vbuf
+            for i in range(fl.n):
+                if vb[i] == V_DEFERRED:
+                    vb[i] = V_CLOSED
+                    settled += 1
+        lib.nfb_q_flush(c)
+        if top > max(self._floor, 0):
+            if lib.nfb_q_send_verdict(self._fd, self.queue_num, top, v, lib.NFB_VF_BATCH, 0, 0,
+                                      ffi.NULL, 0) >= 0:
+                self._vc_sent[v & _VERDICT_MASK] += settled
+        self._closed = True
+        self._pending.clear()
+        self._backlog.clear()
+        self._flight = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
