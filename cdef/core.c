@@ -256,6 +256,41 @@ static inline void nfb_rec_string(uint32_t *rec, int off_field, const char *p, u
     nfb_rec_range(rec, off_field, off, len);
 }
 
+/* The hot fields of one packet record, as Python values want them: the
+ * timestamp already in seconds (the same double Python computes from the
+ * record's words), absent values flagged in code. */
+struct nfb_hot {
+    uint32_t code;          /* NFB_HOT_* bits: the attributes the packet has */
+    uint32_t hw_protocol;
+    uint32_t mark;          /* 0 when absent */
+    uint32_t indev;         /* 0 when absent */
+    uint32_t payload_len;   /* 0 without a payload */
+    uint32_t extra;         /* the channel's: NFQUEUE the packet id, NFLOG the prefix number */
+    double timestamp;       /* 0 when absent */
+};
+
+enum {
+    NFB_HOT_MARK = 1u << 0,
+    NFB_HOT_INDEV = 1u << 1,
+    NFB_HOT_TIMESTAMP = 1u << 2,
+};
+
+static inline void nfb_hot_from_rec(const uint32_t *rec, struct nfb_hot *h)
+{
+    uint32_t a = rec[NFB_F_ATTRS];
+    h->code = (a & NFB_A_MARK ? NFB_HOT_MARK : 0) | (a & NFB_A_INDEV ? NFB_HOT_INDEV : 0) |
+              (a & NFB_A_TIMESTAMP ? NFB_HOT_TIMESTAMP : 0);
+    h->hw_protocol = rec[NFB_F_HWPROTO];
+    h->mark = a & NFB_A_MARK ? rec[NFB_F_MARK] : 0;
+    h->indev = a & NFB_A_INDEV ? rec[NFB_F_INDEV] : 0;
+    h->payload_len = a & NFB_A_PAYLOAD ? rec[NFB_F_PAYLOAD_LEN] : 0;
+    h->extra = 0;
+    h->timestamp = a & NFB_A_TIMESTAMP
+        ? (double)(((uint64_t)rec[NFB_F_TS_SEC_HI] << 32) | rec[NFB_F_TS_SEC_LO]) +
+          (double)rec[NFB_F_TS_USEC] / 1e6
+        : 0.0;
+}
+
 /* NFQA_VLAN / NFULA_VLAN: nested be16 proto and TCI. */
 static inline void nfb_rec_vlan(uint32_t *rec, const struct nlattr *attr,
                                 uint16_t proto_type, uint16_t tci_type)

@@ -166,6 +166,21 @@ enum nfb_step {
 #define NFB_A_HWTYPE ...
 #define NFB_A_HWHDR ...
 
+/* The hot fields of one packet record (see nfbind/packet.py), filled in C
+ * for a whole batch by nfb_log_hot() / nfb_q_hot(). */
+struct nfb_hot {
+    uint32_t code;
+    uint32_t hw_protocol;
+    uint32_t mark;
+    uint32_t indev;
+    uint32_t payload_len;
+    uint32_t extra;
+    double timestamp;
+};
+#define NFB_HOT_MARK ...
+#define NFB_HOT_INDEV ...
+#define NFB_HOT_TIMESTAMP ...
+
 /* The receive state every channel's socket has: one recvmmsg() batch, the
  * current packet records, and the counters.  Each datagram of a batch is
  * parsed on its own: a malformed one costs only itself. */

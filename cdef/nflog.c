@@ -10,10 +10,22 @@
 #include "core.c"
 #include <libnetfilter_log/libnetfilter_log.h>
 
+/* distinct prefixes numbered by nfb_log_hot() (cdef/nflog.h declares the
+ * table as [256][64]) */
+#define NFB_LOG_PREFIXES 255
+#define NFB_LOG_PREFIX_MAX 64     /* the longest a rule's prefix can be */
+#define NFB_LOG_PREFIX_NONE 0     /* the packet has no prefix */
+#define NFB_LOG_PREFIX_OTHER 0xffffffffu  /* not numbered: read it from the record */
+
 struct nfb_log {
     struct nfb_rx rx;
     int family;             /* keep only packets of this family; -1: all */
     uint64_t filtered;      /* packets skipped by the family filter */
+    struct nfb_hot *hot;    /* nfb_log_hot(): one per packet of the batch */
+    int hot_cap;
+    int nprefixes;          /* prefixes numbered so far (1..nprefixes) */
+    uint8_t prefix_len[NFB_LOG_PREFIXES + 1];
+    char prefixes[NFB_LOG_PREFIXES + 1][NFB_LOG_PREFIX_MAX];
 };
 
 struct nfb_logcfg {
@@ -44,7 +56,55 @@ void nfb_log_free(struct nfb_log *l)
     if (!l)
         return;
     nfb_rx_release(&l->rx);
+    free(l->hot);
     free(l);
+}
+
+/* The number of the prefix rec points at: 1.. in the order prefixes were
+ * first seen, NFB_LOG_PREFIX_NONE, or NFB_LOG_PREFIX_OTHER once the table
+ * is full (or for a prefix longer than a rule's can be). */
+static uint32_t nfb_log_prefix_number(struct nfb_log *l, const uint32_t *rec)
+{
+    const char *p;
+    uint32_t len;
+    int i;
+
+    if (!(rec[NFB_F_ATTRS] & NFB_A_PREFIX))
+        return NFB_LOG_PREFIX_NONE;
+    p = l->rx.data + rec[NFB_F_PREFIX_OFF];
+    len = rec[NFB_F_PREFIX_LEN];
+    if (len >= NFB_LOG_PREFIX_MAX)
+        return NFB_LOG_PREFIX_OTHER;
+    for (i = 1; i <= l->nprefixes; i++)
+        if (l->prefix_len[i] == len && memcmp(l->prefixes[i], p, len) == 0)
+            return (uint32_t)i;
+    if (l->nprefixes == NFB_LOG_PREFIXES)
+        return NFB_LOG_PREFIX_OTHER;
+    i = ++l->nprefixes;
+    l->prefix_len[i] = (uint8_t)len;
+    memcpy(l->prefixes[i], p, len);
+    return (uint32_t)i;
+}
+
+/* The hot fields of the current batch's packets into l->hot (the prefix's
+ * number in extra).  Returns the number of packets, or -ENOMEM. */
+int nfb_log_hot(struct nfb_log *l)
+{
+    int i, n = l->rx.npkts;
+
+    if (n > l->hot_cap) {
+        struct nfb_hot *h = realloc(l->hot, sizeof(*h) * (size_t)n);
+        if (!h)
+            return -ENOMEM;
+        l->hot = h;
+        l->hot_cap = n;
+    }
+    for (i = 0; i < n; i++) {
+        const uint32_t *rec = l->rx.recs + (size_t)i * NFB_F_COUNT;
+        nfb_hot_from_rec(rec, &l->hot[i]);
+        l->hot[i].extra = nfb_log_prefix_number(l, rec);
+    }
+    return n;
 }
 
 /* NFULA_* attribute -> nfbind's presence bit in NFB_F_ATTRS */

@@ -17,10 +17,17 @@
 #define NFULNL_CFG_F_SEQ_GLOBAL ...
 #define NFULNL_CFG_F_CONNTRACK ...
 
+#define NFB_LOG_PREFIX_NONE ...
+#define NFB_LOG_PREFIX_OTHER ...
+
 struct nfb_log {
     struct nfb_rx rx;
     int family;
     uint64_t filtered;
+    struct nfb_hot *hot;
+    int nprefixes;
+    uint8_t prefix_len[256];
+    char prefixes[256][64];
     ...;
 };
 
@@ -37,6 +44,11 @@ struct nfb_logcfg {
 struct nfb_log *nfb_log_new(int fd, uint32_t slot_size, int nslots, int family);
 void nfb_log_free(struct nfb_log *l);
 int nfb_log_recv(struct nfb_log *l);
+/* The hot fields of the current batch's packets into l->hot, one struct
+ * nfb_hot per packet, the number of the packet's prefix in extra (1.. in the
+ * order this channel first saw them; NFB_LOG_PREFIX_NONE: no prefix;
+ * NFB_LOG_PREFIX_OTHER: not numbered).  Returns the packets, or -ENOMEM. */
+int nfb_log_hot(struct nfb_log *l);
 /* Configure groups[0..ngroups) alike; waits for the kernel's answers.
  * Returns 0 or -errno; *failed_group and *failed_step (NFB_STEP_*) say
  * what failed. */

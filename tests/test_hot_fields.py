@@ -25,11 +25,13 @@ LOG_HOT = HOT_FIELDS + ("prefix",)
 
 def test_nflog_hot_fields_equal_the_lazy_ones(ns):
     # port 5000: marked, logged at OUTPUT (no input interface, no timestamp)
-    # with a prefix and at INPUT without one; port 5001: unmarked, INPUT only
+    # with a prefix and at INPUT without one; port 5001: unmarked, INPUT only,
+    # another prefix (not ASCII)
     ns.iptables("-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", "5000",
                 "-j", "MARK", "--set-mark", "0x2a")
     nflog(ns, "OUTPUT", 5000, 9, "--nflog-prefix", "out ")
-    nflog(ns, "INPUT", "5000:5001", 9)
+    nflog(ns, "INPUT", 5000, 9)
+    nflog(ns, "INPUT", 5001, 9, "--nflog-prefix", "in h\u00e9")
     n = 40 * HOT_SPAN
     seen = []
 
@@ -59,7 +61,7 @@ def test_nflog_hot_fields_equal_the_lazy_ones(ns):
     kinds = {(v[0] > 0, v[1], v[2] is None, v[4] is None, v[5]) for _, v in seen}
     # marked OUTPUT packets with the prefix; marked and unmarked INPUT ones
     assert kinds == {(True, 0x2A, True, True, "out "), (True, 0x2A, False, False, ""),
-                     (True, None, False, False, "")}
+                     (True, None, False, False, "in h\u00e9")}
 
 
 def test_nflog_handler_reading_one_field_stays_lazy(ns):

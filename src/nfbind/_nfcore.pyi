@@ -9,6 +9,18 @@ from typing import Final, Literal, overload
 from ._cdata import FFI, CData, CharArg, CharArray, CStruct, IntArray
 
 
+class struct_nfb_hot(CStruct):
+    """``struct nfb_hot``."""
+
+    code: int
+    hw_protocol: int
+    mark: int
+    indev: int
+    payload_len: int
+    extra: int
+    timestamp: float
+
+
 class struct_nfb_rx(CStruct):
     """``struct nfb_rx``."""
 
@@ -125,6 +137,10 @@ class struct_inet_diag_msg(CStruct):
 
 
 class _FFI(FFI):
+    @overload
+    def new(
+        self, cdecl: Literal["struct nfb_hot *"], init: object = ...
+    ) -> struct_nfb_hot: ...
     @overload
     def new(
         self, cdecl: Literal["struct nfb_rx *"], init: object = ...
@@ -303,6 +319,9 @@ class _Lib:
     NFB_A_SEQ_GLOBAL: Final[int]
     NFB_A_HWTYPE: Final[int]
     NFB_A_HWHDR: Final[int]
+    NFB_HOT_MARK: Final[int]
+    NFB_HOT_INDEV: Final[int]
+    NFB_HOT_TIMESTAMP: Final[int]
     NFNL_SUBSYS_CTNETLINK: Final[int]
     NFNL_SUBSYS_CTNETLINK_EXP: Final[int]
     IPCTNL_MSG_CT_NEW: Final[int]

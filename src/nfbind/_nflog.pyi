@@ -8,6 +8,7 @@ from typing import Final, Literal, overload
 
 from ._cdata import FFI, CData, CharArg, CharArray, CStruct, IntArray
 from ._nfcore import (
+    struct_nfb_hot as struct_nfb_hot,
     struct_nfb_rx as struct_nfb_rx,
     struct_nfb_ct_tuple as struct_nfb_ct_tuple,
     struct_nfb_ct_rec as struct_nfb_ct_rec,
@@ -25,6 +26,10 @@ class struct_nfb_log(CStruct):
     rx: struct_nfb_rx
     family: int
     filtered: int
+    hot: struct_nfb_hot
+    nprefixes: int
+    prefix_len: IntArray
+    prefixes: CharArray
 
 
 class struct_nfb_logcfg(CStruct):
@@ -40,6 +45,10 @@ class struct_nfb_logcfg(CStruct):
 
 
 class _FFI(FFI):
+    @overload
+    def new(
+        self, cdecl: Literal["struct nfb_hot *"], init: object = ...
+    ) -> struct_nfb_hot: ...
     @overload
     def new(
         self, cdecl: Literal["struct nfb_rx *"], init: object = ...
@@ -106,6 +115,8 @@ class _Lib:
     NFULNL_CFG_F_SEQ: Final[int]
     NFULNL_CFG_F_SEQ_GLOBAL: Final[int]
     NFULNL_CFG_F_CONNTRACK: Final[int]
+    NFB_LOG_PREFIX_NONE: Final[int]
+    NFB_LOG_PREFIX_OTHER: Final[int]
 
     def nfb_log_new(
         self,
@@ -117,6 +128,7 @@ class _Lib:
     ) -> struct_nfb_log: ...
     def nfb_log_free(self, l: struct_nfb_log, /) -> None: ...
     def nfb_log_recv(self, l: struct_nfb_log, /) -> int: ...
+    def nfb_log_hot(self, l: struct_nfb_log, /) -> int: ...
     def nfb_log_config(
         self,
         l: struct_nfb_log,

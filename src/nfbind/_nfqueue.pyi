@@ -8,6 +8,7 @@ from typing import Final, Literal, overload
 
 from ._cdata import FFI, CData, CharArg, CharArray, CStruct, IntArray
 from ._nfcore import (
+    struct_nfb_hot as struct_nfb_hot,
     struct_nfb_rx as struct_nfb_rx,
     struct_nfb_ct_tuple as struct_nfb_ct_tuple,
     struct_nfb_ct_rec as struct_nfb_ct_rec,
@@ -43,6 +44,10 @@ class struct_nfb_qcfg(CStruct):
 
 
 class _FFI(FFI):
+    @overload
+    def new(
+        self, cdecl: Literal["struct nfb_hot *"], init: object = ...
+    ) -> struct_nfb_hot: ...
     @overload
     def new(
         self, cdecl: Literal["struct nfb_rx *"], init: object = ...

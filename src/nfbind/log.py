@@ -66,14 +66,11 @@ _A_SEQ = core.NFB_A_SEQ
 _A_SEQ_GLOBAL = core.NFB_A_SEQ_GLOBAL
 _A_HWTYPE = core.NFB_A_HWTYPE
 _A_HWHDR = core.NFB_A_HWHDR
-_A_MARK = core.NFB_A_MARK
-_A_INDEV = core.NFB_A_INDEV
-_A_PAYLOAD = core.NFB_A_PAYLOAD
-_A_TIMESTAMP = core.NFB_A_TIMESTAMP
-#: what the eager dispatch unpacks from each record, in this (the record's) order
-_HOT = hot_struct([_F_ATTRS, core.NFB_F_HWPROTO, core.NFB_F_MARK, core.NFB_F_INDEV,
-                   core.NFB_F_TS_SEC_HI, core.NFB_F_TS_SEC_LO, core.NFB_F_TS_USEC,
-                   core.NFB_F_PAYLOAD_LEN, _F_PREFIX_OFF, _F_PREFIX_LEN])
+#: struct nfb_hot (cdef/core.h), what nfb_log_hot() fills for each packet
+_HOT = hot_struct(ffi)
+_HOT_MARK = core.NFB_HOT_MARK
+_HOT_INDEV = core.NFB_HOT_INDEV
+_HOT_TIMESTAMP = core.NFB_HOT_TIMESTAMP
 
 
 def _prefix_text(cache: Dict[bytes, str], raw: bytes) -> str:
@@ -271,6 +268,8 @@ class NfLog(Channel[LogPacket]):
         self._handler_errors = 0
         self._prefixes: Dict[bytes, str] = {}
         self._hot_left = 0      # batches still to fill eagerly (packet.HOT_SPAN)
+        # prefix number (nfb_log_hot) -> prefix; 0: none
+        self._prefix_names: List[str] = [""]
         self._backlog: List[LogPacket] = []
         self._final: Dict[str, int] = {}
         self._ct_glue = False
@@ -384,9 +383,9 @@ class NfLog(Channel[LogPacket]):
             b = Batch(ffi.buffer(c.rx.data, c.rx.data_len)[:],
                       memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I"), self)
             self._npackets += n
-            if self._hot_left:
+            if self._hot_left and lib.nfb_log_hot(c) == n:
                 self._hot_left -= 1
-                return self._dispatch_hot(handler, b, n)
+                return self._dispatch_hot(handler, b, n, ffi.buffer(c.hot, n * _HOT.size)[:])
             done = self._dispatch(handler, b, n)
             if b.reads >= HOT_READS * n:
                 self._hot_left = HOT_SPAN - 1
@@ -423,42 +422,35 @@ class NfLog(Channel[LogPacket]):
             raise error
         return n
 
-    def _dispatch_hot(self, handler: Callable[[LogPacket], Any], b: Batch[NfLog],
-                      n: int) -> int:
+    def _dispatch_hot(self, handler: Callable[[LogPacket], Any], b: Batch[NfLog], n: int,
+                      hot: bytes) -> int:
         """:meth:`_dispatch` for a handler that reads the hot fields: each
-        packet is made with them filled in (see nfbind.packet)."""
+        packet is made with them filled in, from ``hot``, the batch's
+        ``struct nfb_hot`` (see nfbind.packet)."""
         error: Optional[BaseException] = None
         new = object.__new__
         cls = _HotLogPacket
-        data = b.data
-        cache = self._prefixes
-        a_mark = _A_MARK
-        a_indev = _A_INDEV
-        a_payload = _A_PAYLOAD
-        a_ts = _A_TIMESTAMP
-        a_prefix = _A_PREFIX
+        names = self._prefix_names
+        h_mark = _HOT_MARK
+        h_indev = _HOT_INDEV
+        h_ts = _HOT_TIMESTAMP
         o = 0
         end = n * NF
         try:
-            for (attrs, hwp, mark, indev, ts_hi, ts_lo, ts_us, plen, pfx_off,
-                 pfx_len) in _HOT.iter_unpack(b.recs):
+            for (code, hwp, mark, indev, plen, pfx, ts) in _HOT.iter_unpack(hot):
                 p = new(cls)
                 p._b = b
                 p._o = o
-                o += NF
                 p.hw_protocol = hwp
-                p.mark = mark if attrs & a_mark else None
-                p.indev = indev if attrs & a_indev else None
-                p.payload_len = plen if attrs & a_payload else 0
-                p.timestamp = ((ts_hi << 32) | ts_lo) + ts_us / 1e6 if attrs & a_ts else None
-                if attrs & a_prefix:
-                    raw = data[pfx_off:pfx_off + pfx_len]
-                    try:
-                        p.prefix = cache[raw]
-                    except KeyError:
-                        p.prefix = _prefix_text(cache, raw)
-                else:
-                    p.prefix = ""
+                p.mark = mark if code & h_mark else None
+                p.indev = indev if code & h_indev else None
+                p.payload_len = plen
+                p.timestamp = ts if code & h_ts else None
+                try:
+                    p.prefix = names[pfx]
+                except IndexError:
+                    p.prefix = self._prefix_number(b, o, pfx)
+                o += NF
                 try:
                     handler(p)
                 except Exception as e:
@@ -471,6 +463,25 @@ class NfLog(Channel[LogPacket]):
         if error is not None:
             raise error
         return n
+
+    def _prefix_number(self, b: Batch[NfLog], o: int, number: int) -> str:
+        """The prefix of the packet at record ``o``, whose number (from
+        nfb_log_hot) this channel has not seen yet: learn the new numbers
+        from the C table, or read it from the record (not numbered)."""
+        c = self._c
+        assert c is not None  # called while dispatching, under the lock
+        names = self._prefix_names
+        if len(names) <= c.nprefixes:
+            table = ffi.buffer(c.prefixes)
+            width = len(table) // len(c.prefix_len)
+            for k in range(len(names), int(c.nprefixes) + 1):
+                raw = table[k * width : k * width + c.prefix_len[k]]
+                names.append(_prefix_text(self._prefixes, raw))
+        if number < len(names):
+            return names[number]
+        r = b.recs
+        start = r[o + _F_PREFIX_OFF]
+        return _prefix_text(self._prefixes, b.data[start : start + r[o + _F_PREFIX_LEN]])
 
     def _dispatch_list(self, handler: Callable[[LogPacket], Any], pkts: List[LogPacket]) -> int:
         error: Optional[BaseException] = None

@@ -7,12 +7,15 @@ packet object holds only a reference to its batch and its offset; every field
 is read on first access, so a handler that looks at two fields pays for two.
 
 **speed:** a handler that reads the hot fields (payload length, mark, input
-interface, hardware protocol, timestamp; NFLOG's prefix too) of most packets
+interface, hardware protocol, timestamp; NFLOG's prefix too) of its packets
 gets them as plain slot values instead: the channel counts the hot reads of
 a batch (:attr:`Batch.reads`), and while they are at least
-:data:`HOT_READS` per packet it fills later batches eagerly, from one
-``struct.iter_unpack`` per batch, into the channel's :func:`hot_variant`
-class, re-checking with a lazy batch every :data:`HOT_SPAN` batches.  A slot
+:data:`HOT_READS` per packet it fills later batches eagerly into the
+channel's :func:`hot_variant` class, re-checking with a lazy batch every
+:data:`HOT_SPAN` batches.  The C helper prepares the values of a whole
+batch in one call (``struct nfb_hot``: the timestamp already a double,
+absent values flagged, NFLOG's prefixes numbered), read with one
+``struct.iter_unpack``.  A slot
 read costs a few ns where a property costs 100 or more; the values are the
 same, ``None`` when absent included.
 """
@@ -94,7 +97,8 @@ _CTINFOS = {int(c): c for c in CtInfo}
 #: the fields every packet class gets as plain slots in its hot variant
 HOT_FIELDS = ("payload_len", "mark", "indev", "hw_protocol", "timestamp")
 #: hot-field reads per packet of a lazy batch from which the next batches
-#: are filled eagerly (an eager fill costs about what 1.5 lazy reads do)
+#: are filled eagerly (filling them costs about what one or two lazy reads
+#: do: docs/performance.rst)
 HOT_READS = 2
 #: batches filled eagerly before a lazy one checks again that the handler
 #: still reads the hot fields
@@ -129,23 +133,17 @@ def hot_variant(cls: type, names: Sequence[str]) -> Any:
     return sub
 
 
-def hot_struct(fields: Sequence[int]) -> struct.Struct:
-    """A struct reading the record words ``fields`` (ascending) of each
-    record: ``iter_unpack`` over a batch's records yields one tuple of them
-    per packet.  Raises ImportError if the words are not in ascending order
-    (the dispatch loops unpack them in that order)."""
-    if list(fields) != sorted(set(fields)):
-        raise ImportError("nfbind: the hot record words are out of order: %r" % (fields,))
-    fmt = "="
-    pos = 0
-    for f in fields:
-        if f > pos:
-            fmt += "%dx" % ((f - pos) * 4)
-        fmt += "I"
-        pos = f + 1
-    if NF > pos:
-        fmt += "%dx" % ((NF - pos) * 4)
-    return struct.Struct(fmt)
+def hot_struct(ffi: Any) -> struct.Struct:
+    """A struct reading a batch of ``struct nfb_hot`` (cdef/core.h), which the
+    C helper fills for the hot fields: ``iter_unpack`` yields ``(code,
+    hw_protocol, mark, indev, payload_len, extra, timestamp)`` per packet.
+    Raises ImportError if the compiler laid the struct out otherwise."""
+    s = struct.Struct("=6Id")
+    names = ("code", "hw_protocol", "mark", "indev", "payload_len", "extra", "timestamp")
+    offsets = [ffi.offsetof("struct nfb_hot", f) for f in names]
+    if offsets != [0, 4, 8, 12, 16, 20, 24] or ffi.sizeof("struct nfb_hot") != s.size:
+        raise ImportError("nfbind: unexpected layout of struct nfb_hot: %r" % (offsets,))
+    return s
 
 
 class Vlan(NamedTuple):
