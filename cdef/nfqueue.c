@@ -39,6 +39,8 @@ struct nfb_q {
     int have_id;
     char *sbuf;             /* pending verdict messages */
     size_t slen;
+    struct nfb_hot *hot;    /* nfb_q_hot(): one per packet of the batch */
+    int hot_cap;
 };
 
 struct nfb_q *nfb_q_new(int fd, uint16_t queue, uint32_t slot_size, int nslots)
@@ -63,7 +65,29 @@ void nfb_q_free(struct nfb_q *q)
         return;
     nfb_rx_release(&q->rx);
     free(q->sbuf);
+    free(q->hot);
     free(q);
+}
+
+/* The hot fields of the current batch's packets into q->hot (the packet id
+ * in extra).  Returns the number of packets, or -ENOMEM. */
+int nfb_q_hot(struct nfb_q *q)
+{
+    int i, n = q->rx.npkts;
+
+    if (n > q->hot_cap) {
+        struct nfb_hot *h = realloc(q->hot, sizeof(*h) * (size_t)n);
+        if (!h)
+            return -ENOMEM;
+        q->hot = h;
+        q->hot_cap = n;
+    }
+    for (i = 0; i < n; i++) {
+        const uint32_t *rec = q->rx.recs + (size_t)i * NFB_F_COUNT;
+        nfb_hot_from_rec(rec, &q->hot[i]);
+        q->hot[i].extra = rec[NFB_F_ID];
+    }
+    return n;
 }
 
 int nfb_q_resize(struct nfb_q *q, uint32_t slot_size, int nslots)

@@ -67,6 +67,7 @@ struct nfb_q {
     uint64_t packets;       /* packets taken, each id once */
     uint32_t last_id;       /* the highest id taken */
     int have_id;            /* ... once one was */
+    struct nfb_hot *hot;    /* nfb_q_hot() */
     ...;
 };
 
@@ -94,6 +95,10 @@ int nfb_q_config(struct nfb_q *q, const struct nfb_qcfg *cfg, int timeout_ms,
  * kernel dropped messages; q->overruns counts them).  The batch stays held
  * (rx.held) until nfb_q_take(): until then each call hands it out again. */
 int nfb_q_recv(struct nfb_q *q);
+/* The hot fields of the current batch's packets into q->hot, one struct
+ * nfb_hot per packet, the packet id in extra.  Returns the packets, or
+ * -ENOMEM. */
+int nfb_q_hot(struct nfb_q *q);
 /* The batch handed out is kept by the caller: count its packets (each id
  * once: q->packets, q->last_id) and let the next nfb_q_recv() read on.
  * Returns how many of its packets were not taken before. */

@@ -30,6 +30,7 @@ class struct_nfb_q(CStruct):
     packets: int
     last_id: int
     have_id: int
+    hot: struct_nfb_hot
 
 
 class struct_nfb_qcfg(CStruct):
@@ -161,6 +162,7 @@ class _Lib:
         /,
     ) -> int: ...
     def nfb_q_recv(self, q: struct_nfb_q, /) -> int: ...
+    def nfb_q_hot(self, q: struct_nfb_q, /) -> int: ...
     def nfb_q_take(self, q: struct_nfb_q, /) -> int: ...
     def nfb_q_put_verdict(
         self,

@@ -51,7 +51,8 @@ from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, error_from_errno
 from ._netlink import check_int
 from .conntrack._lookup import CtLookup
-from .packet import NF, PacketBase, blob, field
+from .packet import HOT_FIELDS, HOT_READS, HOT_SPAN, NF, PacketBase, blob, field, hot_struct, \
+    hot_variant
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._nfqueue import struct_nfb_q
@@ -215,6 +216,16 @@ class Packet(PacketBase):
             self.id, self._repr_fields(), " (verdict given)" if self.has_verdict else "")
 
 
+#: Packet with its hot fields as plain slots, filled when the packet is made
+#: (see nfbind.packet)
+_HotPacket = hot_variant(Packet, HOT_FIELDS)
+#: struct nfb_hot (cdef/core.h), what nfb_q_hot() fills for each packet
+_HOT = hot_struct(ffi)
+_HOT_MARK = core.NFB_HOT_MARK
+_HOT_INDEV = core.NFB_HOT_INDEV
+_HOT_TIMESTAMP = core.NFB_HOT_TIMESTAMP
+
+
 class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
     """A netlink socket bound to one NFQUEUE queue.
 
@@ -318,6 +329,7 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         self._ctnl = CtLookup(netns, "NfQueue")   # conntrack without the kernel's glue
         self._seen_async = 0
         self._connmarks = []
+        self._hot_left = 0      # batches still to fill eagerly (packet.HOT_SPAN)
         # verdicts sent at once (under _send_lock), by verdict number; C
         # counts those that travel with their batch (by_verdict)
         self._vc_sent = [0] * (_MAX_VERDICT + 1)
@@ -384,10 +396,14 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                 self._warn_async(c)
             if n == 0:
                 return 0
+            hot = None
+            if self._hot_left and lib.nfb_q_hot(c) == n:
+                self._hot_left -= 1
+                hot = ffi.buffer(c.hot, n * _HOT.size)[:]
             fl = self._take(c, n)
             if fl is None:
                 return -1
-            return self._dispatch(handler, fl)
+            return self._dispatch(handler, fl, hot)
 
     def _take(self, c: Any, n: int) -> Optional[Flight[NfQueue]]:
         """Keep the batch ``nfb_q_recv`` handed out as the current flight,
@@ -426,10 +442,15 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         self._finish(fl)
         return -1
 
-    def _dispatch(self, handler: Callable[[Packet], Any], fl: Flight[NfQueue]) -> int:
+    def _dispatch(self, handler: Callable[[Packet], Any], fl: Flight[NfQueue],
+                  hot: Optional[bytes] = None) -> int:
         """Hand the packets of ``fl`` from ``fl.pos`` on to the handler, then
         send their verdicts.  An exception that is not an ``Exception``
-        (KeyboardInterrupt ...) leaves the batch to the next loop."""
+        (KeyboardInterrupt ...) leaves the batch to the next loop.
+
+        ``hot``: the batch's ``struct nfb_hot`` (nfb_q_hot), for a handler
+        that reads the hot fields: each packet is then made with them filled
+        in (see nfbind.packet)."""
         recs = fl.recs
         vbuf = fl.vbuf
         n = fl.n
@@ -438,19 +459,29 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         plain = PLAIN
         vcls = Verdict
         new = object.__new__
-        cls = Packet
+        cls: Any = Packet
+        hots = None
+        if hot is not None:
+            hots = list(_HOT.iter_unpack(hot))
+            cls = _HotPacket
+            h_mark = _HOT_MARK
+            h_indev = _HOT_INDEV
+            h_ts = _HOT_TIMESTAMP
+        # speed: the ids in one list, constants in locals
+        pids = recs[F_ID::NF].tolist()
+        nf = NF
+        deferred = V_DEFERRED
         error: Optional[BaseException] = None
         handed = 0
         self._dispatch_thread = threading.get_ident()
         try:
             i = fl.pos
             while i < n:
-                if vbuf[i] != V_DEFERRED:   # settled by a batch verdict meanwhile
+                if vbuf[i] != deferred:     # settled by a batch verdict meanwhile
                     i += 1
                     fl.pos = i
                     continue
-                o = i * NF
-                pid = recs[o + F_ID]
+                pid = pids[i]
                 if pid <= floor:            # ... by one before it was read
                     vbuf[i] = V_DONE
                     i += 1
@@ -458,8 +489,15 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                     continue
                 p = new(cls)
                 p._b = fl
-                p._o = o
+                p._o = i * nf
                 p.id = pid
+                if hots is not None:
+                    code, hwp, mark, indev, plen, _, ts = hots[i]
+                    p.hw_protocol = hwp
+                    p.mark = mark if code & h_mark else None
+                    p.indev = indev if code & h_indev else None
+                    p.payload_len = plen
+                    p.timestamp = ts if code & h_ts else None
                 fl.cur = i
                 fl.pos = i + 1
                 handed += 1
@@ -469,16 +507,16 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                     self._handler_errors += 1
                     if error is None:
                         error = e
-                    if vbuf[i] == V_DEFERRED:
+                    if vbuf[i] == deferred:
                         vbuf[i] = self.on_error
                     fl.cur = -1
                     i += 1
                     continue
                 if v is None:
-                    if vbuf[i] == V_DEFERRED:
+                    if vbuf[i] == deferred:
                         pending[pid] = p
                 elif (v.__class__ is vcls or v.__class__ is int) and v in plain \
-                        and vbuf[i] == V_DEFERRED:
+                        and vbuf[i] == deferred:
                     vbuf[i] = v
                 else:
                     e2 = self._result(p, v)
@@ -488,6 +526,8 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                 i += 1
         finally:
             self._dispatch_thread = None
+        if hots is None and handed and fl.reads >= HOT_READS * handed:
+            self._hot_left = HOT_SPAN - 1
         self._finish(fl)
         if error is not None:
             raise error
