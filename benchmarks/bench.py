@@ -27,6 +27,8 @@ nfqueue/overload           queue max length 1024, 256 KiB buffer; C with one
                            (nfbind's buffer doubles after an overrun, as it
                            does by default)
 nfqueue/overload-fixed     the same with nfbind's buffer fixed at 256 KiB
+nfqueue/drain-deadline     the drain with NfQueue(verdict_timeout=30) against
+                           the same drain without: what deadlines cost
 nflog/drain, stream,       the same three for NFLOG (overload: 256 KiB
 overload                   buffer, default nlbufsiz); the handler gets a
                            Python object per packet
@@ -75,6 +77,10 @@ ROWS = [
     ("nfqueue", "drain-batch", "bench_nfqueue.py", ["--scenario", "drain", "--c-batch", "64"]),
     ("nfqueue", "stream", "bench_nfqueue.py", ["--scenario", "stream"]),
     ("nfqueue", "overload", "bench_nfqueue.py", ["--scenario", "overload"]),
+    # the cost of deadlines: the drain with NfQueue(verdict_timeout=...)
+    # against the same drain without (the reference column is nfbind)
+    ("nfqueue", "drain-deadline", "bench_nfqueue.py",
+     ["--scenario", "drain", "--deadline", "30"]),
     # the same with nfbind's buffer kept at 256 KiB (by default it doubles
     # after an overrun, up to the size nfbind picks for max_len 1024)
     ("nfqueue", "overload-fixed", "bench_nfqueue.py",
@@ -100,6 +106,7 @@ ROWS = [
 QUICK = {
     ("nfqueue", "drain"): 10000, ("nfqueue", "stream"): 20000,
     ("nfqueue", "drain-fields"): 10000, ("nfqueue", "drain-batch"): 10000,
+    ("nfqueue", "drain-deadline"): 10000,
     ("nfqueue", "overload"): 30000, ("nfqueue", "overload-fixed"): 30000,
     ("nflog", "drain"): 20000, ("nflog", "drain-fields"): 20000,
     ("nflog", "stream"): 20000, ("nflog", "overload"): 30000,
@@ -203,7 +210,9 @@ def _loss(channel: str, d: dict, impl: str) -> dict:
 
 def make_row(channel: str, scenario: str, d: dict) -> dict:
     row: dict = {"channel": channel, "scenario": scenario, "unit": "pps"}
-    if scenario in ("drain-fields", "drain-batch", "overload-fixed"):
+    if scenario == "drain-deadline":
+        row["reference"] = "no verdict_timeout"
+    if scenario in ("drain-fields", "drain-batch", "overload-fixed", "drain-deadline"):
         scenario = scenario.split("-")[0]
     if channel == "conntrack" and scenario == "filter":
         # seconds of one dump: the selection vs the whole table, as dumps/s

@@ -419,8 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c-batch", type=int, metavar="K", help="drain: the C reference "
                     "accepts every K packets it read with one batch verdict "
                     "(nfq_ref --batch-size K) instead of one verdict per packet")
+    ap.add_argument("--deadline", type=float, metavar="S", help="drain only: the cost "
+                    "of deadlines, nfbind with NfQueue(verdict_timeout=S) against nfbind "
+                    "without (in place of the C reference; the handler accepts every "
+                    "packet at once, as in the plain drain)")
     add_common_options(ap)
     a = ap.parse_args(argv)
+    if a.deadline is not None and (a.scenario != "drain" or a.impl != "both"
+                                   or not 0 < a.deadline <= 86400):
+        sys.exit("bench: --deadline is for --scenario drain with --impl both, 0 < S <= 86400")
 
     check_common(a, tools=("ip", "iptables") + (("taskset",) if a.sender_cpu is not None
                                                  else ()))
@@ -444,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                   "kernel": platform.release(), "cpus": os.cpu_count(),
                   "cpu_pin": a.cpu, "sender_cpu_pin": a.sender_cpu,
                   "fields": a.fields, "c_batch": a.c_batch}
-    if "c" in impls:
+    if "c" in impls and a.deadline is None:
         cmds["c"] = ([build("nfq_ref", "nfq_ref.c", ["-lnetfilter_queue", "-lmnl"])]
                      + (["--fields"] if a.fields else [])
                      + (["--batch-size", str(a.c_batch)] if a.c_batch else []), None)
@@ -455,6 +462,13 @@ def main(argv: list[str] | None = None) -> int:
         info["python"] = py
         info["nfbind"] = where
         info["pythonpath"] = env.get("PYTHONPATH")
+    if a.deadline is not None:
+        # the "c" column is nfbind without deadlines, "nfbind" with them
+        cmds["c"] = cmds["nfbind"]
+        cmds["nfbind"] = (cmds["nfbind"][0] + ["--verdict-timeout", str(a.deadline)],
+                          cmds["nfbind"][1])
+        info["reference"] = "nfbind without verdict_timeout"
+        info["verdict_timeout"] = a.deadline
 
     if a.scenario != "drain":
         info["consumer_options"] = {impl: live_args(impl, a.scenario, a.rcvbuf,

@@ -2,7 +2,8 @@
 """nfbind NFQUEUE consumer for benchmarks/bench_nfqueue.py.
 
     python nfq_nfbind.py [--fields] [--idle S] [--rcvbuf B] [--rcvbuf-max B]
-                         [--rss-every K] [--timeout T] QUEUE_NUM N MAX_QUEUE_LEN
+                         [--rss-every K] [--verdict-timeout S] [--timeout T]
+                         QUEUE_NUM N MAX_QUEUE_LEN
 
 The same job as nfq_ref.c, with the same command line (_consumer.py), written
 with nfbind: bind the queue (copy packet, range 0xffff, a forced receive
@@ -36,6 +37,9 @@ above):
     nfbind's own, the size it picks from MAX_QUEUE_LEN).  The size the
     buffer ended with is reported as "rcvbuf_final" (as the kernel reports
     it: twice the request).
+``--verdict-timeout S``
+    ``NfQueue(verdict_timeout=S)``: every packet gets a deadline (the
+    handler still accepts each at once); for the cost of deadlines.
 ``--rss-every K``
     every K packets, record the process's resident set size (from
     /proc/self/statm); reported as "rss" = [[packets, bytes], ...].
@@ -55,7 +59,9 @@ from _consumer import parse_consumer_args, rss_bytes  # noqa: E402
 
 def main(argv: list[str]) -> int:
     a = parse_consumer_args(argv[1:], "nfq_nfbind", max_len=True,
-                            options={"--rcvbuf-max": ("rcvbuf_max", int, None, "B")},
+                            options={"--rcvbuf-max": ("rcvbuf_max", int, None, "B"),
+                                     "--verdict-timeout": ("verdict_timeout", float, None,
+                                                           "S")},
                             flags=["--fields"])
     idle = a.idle
     rss_every = a.rss_every
@@ -70,7 +76,8 @@ def main(argv: list[str]) -> int:
     rss: list = []
 
     with NfQueue(queue_num, copy_range=0xFFFF, max_len=max_len,
-                 rcvbuf=a.rcvbuf, rcvbuf_max=a.rcvbuf_max) as q:
+                 rcvbuf=a.rcvbuf, rcvbuf_max=a.rcvbuf_max,
+                 **({"verdict_timeout": a.verdict_timeout} if a.verdict_timeout else {})) as q:
         stop = q.stop
 
         def handler(pkt, state=state, n=npackets, clock=clock,

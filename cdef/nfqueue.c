@@ -15,6 +15,7 @@
 #define NFB_V_DONE (-1)
 #define NFB_V_DEFERRED (-2)
 #define NFB_V_CLOSED (-3)
+#define NFB_V_TIMEOUT (-4)
 
 #define NFB_VF_MARK 1
 #define NFB_VF_CONNMARK 2
@@ -399,7 +400,7 @@ static inline void nfb_q_count(struct nfb_q *q, uint32_t v)
  * kernel batch verdict unless older_pending is set (a packet of an earlier
  * batch still waits for its verdict: a batch verdict would cover it too);
  * an entry without a verdict yet (NFB_V_DEFERRED) ends batching for the
- * entries after it.  Entries already done (NFB_V_DONE, NFB_V_CLOSED) are
+ * entries after it.  Entries already done (NFB_V_DONE, _CLOSED, _TIMEOUT) are
  * skipped, so calling it again queues nothing twice. */
 static int nfb_q_queue_decided(struct nfb_q *q, const uint32_t *recs, int64_t *vbuf,
                                int n, int older_pending)
@@ -507,6 +508,23 @@ int nfb_q_send_verdict_at(int fd, uint16_t queue, int64_t *slot, uint32_t id,
         return -EALREADY;
     rc = nfb_q_send_verdict_ct(fd, queue, id, verdict, vflags, mark, connmark, labels,
                                payload, payload_len);
+    if (rc < 0)     /* not sent: the packet still waits for its verdict */
+        __atomic_store_n(slot, NFB_V_DEFERRED, __ATOMIC_RELEASE);
+    return rc;
+}
+
+int nfb_q_send_timeout_at(int fd, uint16_t queue, int64_t *slot, uint32_t id,
+                          uint32_t verdict)
+{
+    int64_t expect = NFB_V_DEFERRED;
+    int rc;
+
+    /* NFB_V_TIMEOUT at once, in the same step that takes the packet: a
+     * verdict racing the deadline then learns why it came too late */
+    if (!__atomic_compare_exchange_n(slot, &expect, NFB_V_TIMEOUT, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return -EALREADY;
+    rc = nfb_q_send_verdict_ct(fd, queue, id, verdict, 0, 0, 0, NULL, NULL, 0);
     if (rc < 0)     /* not sent: the packet still waits for its verdict */
         __atomic_store_n(slot, NFB_V_DEFERRED, __ATOMIC_RELEASE);
     return rc;

@@ -48,6 +48,7 @@
 #define NFB_V_DONE ...      /* has its verdict (queued or sent) */
 #define NFB_V_DEFERRED ...  /* no verdict yet */
 #define NFB_V_CLOSED ...    /* given the default verdict by close() */
+#define NFB_V_TIMEOUT ...   /* given on_timeout at its deadline (verdict_timeout) */
 
 /* Flags of nfb_q_put_verdict(). */
 #define NFB_VF_MARK ...
@@ -132,6 +133,11 @@ int nfb_q_flush(struct nfb_q *q);
 int nfb_q_send_verdict_at(int fd, uint16_t queue, int64_t *slot, uint32_t id,
                           uint32_t verdict, int vflags, uint32_t mark, uint32_t connmark,
                           const char *labels, const char *payload, uint32_t payload_len);
+
+/* The same for a packet whose deadline passed: the plain verdict goes out
+ * and the slot becomes NFB_V_TIMEOUT (-EALREADY: it had a verdict). */
+int nfb_q_send_timeout_at(int fd, uint16_t queue, int64_t *slot, uint32_t id,
+                          uint32_t verdict);
 
 /* Build and send one verdict right away; thread-safe (no shared buffer). */
 int nfb_q_send_verdict(int fd, uint16_t queue, uint32_t id, uint32_t verdict,

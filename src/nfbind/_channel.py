@@ -474,6 +474,7 @@ class Channel(Generic[P]):
                 if self._closed:
                     more = False
                     break
+                self._due()
                 n = self._drain_once(handler)
                 if not n:
                     more = False
@@ -497,6 +498,24 @@ class Channel(Generic[P]):
     def _interrupted(self) -> None:
         """After an interruption of the loop (NfQueue: send the verdicts
         decided and not sent yet)."""
+
+    def _due(self) -> None:
+        """Before each receive: what is due by the clock (NfQueue: the
+        packets whose verdict deadline passed get on_timeout)."""
+
+    def _next_deadline(self) -> Optional[float]:
+        """When ``_due()`` next has work (time.monotonic()), or None: the
+        loops wait no longer than that."""
+        return None
+
+    def _wait_time(self, limit: Optional[float]) -> Optional[float]:
+        """How long a loop may wait: at most ``limit`` seconds (None: no
+        limit), and no later than a millisecond past the next deadline."""
+        nd = self._next_deadline()
+        if nd is None:
+            return limit
+        left = max(0.0, nd - time.monotonic()) + 0.001
+        return left if limit is None else min(left, limit)
 
     def _short_read(self) -> bool:
         """Whether the last receive found the socket drained."""
@@ -561,9 +580,9 @@ class Channel(Generic[P]):
                     left = timeout - (time.monotonic() - idle_since)
                     if left <= 0:
                         break
-                    waiter.wait(min(left, 3600.0))
+                    waiter.wait(self._wait_time(min(left, 3600.0)))
                 else:
-                    waiter.wait()
+                    waiter.wait(self._wait_time(None))
         except KeyboardInterrupt:
             return
         finally:
@@ -584,7 +603,7 @@ class Channel(Generic[P]):
                 if not self._drain(buf.append):
                     if self._stop_requested or self._closed:
                         return
-                    waiter.wait()
+                    waiter.wait(self._wait_time(None))
         finally:
             self._push_back(buf)
             self._consume_stop()
@@ -633,7 +652,13 @@ class Channel(Generic[P]):
                 if not self._drain(buf.append):
                     if self._stop_requested or self._closed:
                         return
-                    await ready.wait()
+                    wait = self._wait_time(None)
+                    timer = None if wait is None else loop.call_later(wait, ready.set)
+                    try:
+                        await ready.wait()
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
                     self._wake.clear()
         finally:
             self._async_wakers.discard(waker)

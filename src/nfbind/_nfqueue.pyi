@@ -136,6 +136,7 @@ class _Lib:
     NFB_V_DONE: Final[int]
     NFB_V_DEFERRED: Final[int]
     NFB_V_CLOSED: Final[int]
+    NFB_V_TIMEOUT: Final[int]
     NFB_VF_MARK: Final[int]
     NFB_VF_CONNMARK: Final[int]
     NFB_VF_PAYLOAD: Final[int]
@@ -215,6 +216,15 @@ class _Lib:
         labels: CharArg,
         payload: CharArg,
         payload_len: int,
+        /,
+    ) -> int: ...
+    def nfb_q_send_timeout_at(
+        self,
+        fd: int,
+        queue: int,
+        slot: CData,
+        id: int,
+        verdict: int,
         /,
     ) -> int: ...
     def nfb_q_send_verdict(

@@ -6,8 +6,8 @@ set over ctnetlink where the kernel cannot set them itself.
 Every received batch is a :class:`Flight`: its packet records and one int64
 verdict slot per packet (``vbuf``), the one place that says whether a packet
 has its verdict.  A slot holds a verdict decided and not yet queued, or
-V_DONE (queued or sent), V_DEFERRED (none yet) or V_CLOSED (close() gave it
-the default verdict).  Only C calls move a slot to V_DONE, in the same call
+V_DONE (queued or sent), V_DEFERRED (none yet), V_CLOSED (close() gave it
+the default verdict) or V_TIMEOUT (on_timeout at its deadline).  Only C calls move a slot to V_DONE, in the same call
 that queues or sends its verdict (``nfb_q_settle``, ``nfb_q_put_verdict_at``,
 and ``nfb_q_send_verdict_at``, which also tests the slot atomically), so a
 KeyboardInterrupt, which Python raises only between bytecodes, can never fall
@@ -49,6 +49,8 @@ _U32_MAX = 0xFFFFFFFF
 V_DONE = lib.NFB_V_DONE
 V_DEFERRED = lib.NFB_V_DEFERRED
 V_CLOSED = lib.NFB_V_CLOSED
+#: ... was given on_timeout at its deadline (verdict_timeout)
+V_TIMEOUT = lib.NFB_V_TIMEOUT
 _VF_MARK = lib.NFB_VF_MARK
 _VF_CONNMARK = lib.NFB_VF_CONNMARK
 _VF_PAYLOAD = lib.NFB_VF_PAYLOAD
@@ -105,7 +107,7 @@ class Flight(Batch[C]):
     verdicts must not become kernel batch verdicts.
     """
 
-    __slots__ = ("n", "vbuf", "vptr", "rptr", "pos", "cur", "older", "last")
+    __slots__ = ("n", "vbuf", "vptr", "rptr", "pos", "cur", "older", "last", "t")
 
     n: int
     vbuf: "array[int]"
@@ -115,6 +117,8 @@ class Flight(Batch[C]):
     cur: int
     older: int
     last: int
+    #: when it was received (time.monotonic(); only with verdict_timeout)
+    t: float
 
     def __init__(self, data: bytes, recs: bytes, ch: C, n: int,
                  older: int) -> None:
@@ -130,6 +134,7 @@ class Flight(Batch[C]):
         self.cur = -1
         self.older = older
         self.last = self.recs[(n - 1) * NF + F_ID]
+        self.t = 0.0
 
 
 class QueuedPacket(Protocol):
@@ -179,10 +184,16 @@ class QueueVerdicts(Channel[P]):
 
     def _already(self, p: QueuedPacket) -> VerdictError:
         """The error for a verdict on a packet that has one."""
-        if p._b.vbuf[p._o // NF] == V_CLOSED:
+        slot = p._b.vbuf[p._o // NF]
+        if slot == V_CLOSED:
             return VerdictError(
                 "packet %d: its queue was closed and it got the default verdict "
                 "(%s)" % (p.id, Verdict(self.default_verdict).name))
+        if slot == V_TIMEOUT:
+            return VerdictError(
+                "packet %d timed out: it waited verdict_timeout=%g s without a verdict "
+                "and got on_timeout; this verdict came too late"
+                % (p.id, getattr(self, "_verdict_timeout", None) or 0))
         return VerdictError("packet %d already has its verdict; each packet gets "
                             "exactly one" % p.id)
 

@@ -33,6 +33,7 @@ import errno
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Union
 
 from ._channel import Channel, ChannelStats, c_counter
@@ -45,8 +46,8 @@ except ImportError as e:  # the NFQUEUE channel was not built on this machine
     raise missing("nfqueue", "nfbind.queue") from e
 from . import netns as _netns
 from ._queue_config import ALL_FLAGS, QueueConfig, flag_bits, gso_safe
-from ._queue_verdicts import (F_ID, MAX_PAYLOAD, PLAIN, V_CLOSED, V_DEFERRED, V_DONE, Flight,
-                              QueueVerdicts)
+from ._queue_deadlines import OnError, OnTimeout, QueueDeadlines
+from ._queue_verdicts import F_ID, MAX_PAYLOAD, PLAIN, V_CLOSED, V_DEFERRED, V_DONE, Flight
 from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, error_from_errno
 from ._netlink import check_int
@@ -69,10 +70,15 @@ class QueueStats(ChannelStats):
 
     __slots__ = ()
     _ch: NfQueue
-    _NAMES = ("packets", "overruns", "verdict_errors", "handler_errors",
+    _NAMES = ("packets", "overruns", "verdict_errors", "handler_errors", "timeouts",
               "batch_verdicts", "recv_calls", "send_calls", "pending", "malformed")
 
     packets = c_counter("packets", "Packets received (each once).", rx=False)
+
+    @property
+    def timeouts(self) -> int:
+        """Packets that got ``on_timeout`` at their deadline (``verdict_timeout``)."""
+        return self._ch._timeouts
     verdict_errors = c_counter(
         "async_errors", "Verdicts the kernel refused (e.g. for an id it no longer holds).",
         key="verdict_errors")
@@ -226,7 +232,7 @@ _HOT_INDEV = core.NFB_HOT_INDEV
 _HOT_TIMESTAMP = core.NFB_HOT_TIMESTAMP
 
 
-class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
+class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
     """A netlink socket bound to one NFQUEUE queue.
 
     Args:
@@ -254,7 +260,14 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
             to this many bytes (default: the larger of ``rcvbuf`` and the size
             picked from max_len).  Pass ``rcvbuf_max=rcvbuf`` for a fixed size.
         netns: a network namespace name, path or fd (see :mod:`nfbind.netns`).
-        on_error: verdict for a packet whose handler raised.
+        on_error: verdict for a packet whose handler raised (or returned
+            no verdict), or a callable ``on_error(pkt, exc)`` returning it
+            (None: as a handler's None); see "Errors in the handler" in the
+            NFQUEUE guide.
+        verdict_timeout: seconds a packet may wait for its verdict, counted
+            from its receive; then it gets ``on_timeout`` (None: no deadline).
+        on_timeout: the verdict at the deadline, or a callable
+            ``on_timeout(pkt)`` returning it.
         default_verdict: verdict for packets still waiting at ``close()``.
         on_overrun: ``"count"`` (default: count ENOBUFS and warn once) or
             ``"raise"`` (raise :class:`Overrun` from the loop).
@@ -283,10 +296,12 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         rcvbuf: Optional[int] = None,
         rcvbuf_max: Optional[int] = None,
         netns: _netns.NetNS = None,
-        on_error: Union[Verdict, int] = Verdict.ACCEPT,
+        on_error: OnError = Verdict.ACCEPT,
         default_verdict: Union[Verdict, int] = Verdict.ACCEPT,
         on_overrun: str = "count",
         no_enobufs: bool = False,
+        verdict_timeout: Optional[float] = None,
+        on_timeout: OnTimeout = Verdict.ACCEPT,
     ) -> None:
         self._c: Optional[struct_nfb_q] = None
         self.queue_num = check_int("queue_num", queue_num, 0, 0xFFFF)
@@ -302,8 +317,8 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         _, flags = flag_bits(False, fail_open=fail_open, conntrack=conntrack, gso=gso,
                              uid_gid=uid_gid, secctx=secctx)
         self._flags = flags
-        self.on_error = self._check_plain("on_error", on_error)
         self.default_verdict = self._check_plain("default_verdict", default_verdict)
+        self._init_policies(on_error, verdict_timeout, on_timeout)
         if not isinstance(no_enobufs, bool):
             raise TypeError("no_enobufs must be True or False, not %r" % (no_enobufs,))
         per_pkt = 2048 if self._copy_mode != CopyMode.PACKET else min(self._copy_range, 1500) + 768
@@ -424,6 +439,8 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         for i in range(start):
             fl.vbuf[i] = V_DONE
         fl.pos = start
+        if self._verdict_timeout is not None:
+            fl.t = time.monotonic()
         self._flight = fl
         lib.nfb_q_take(c)
         return fl
@@ -505,10 +522,9 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                     v = handler(p)
                 except Exception as e:
                     self._handler_errors += 1
+                    e2 = self._handler_failed(p, e)
                     if error is None:
-                        error = e
-                    if vbuf[i] == deferred:
-                        vbuf[i] = self.on_error
+                        error = e2
                     fl.cur = -1
                     i += 1
                     continue
@@ -551,14 +567,12 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
             return VerdictError(
                 "the handler returned %r for packet %d, which already has its verdict: "
                 "return None after calling pkt.accept()/drop()" % (v, p.id))
-        if not p.has_verdict:
-            self._verdict(p, int(self.on_error), None, None, None)
         exc = TypeError if isinstance(v, bool) or not isinstance(v, int) else ValueError
-        return exc(
+        return self._handler_failed(p, exc(
             "the handler returned %r (%s) for packet %d, which is no verdict: return "
             "Verdict.ACCEPT, DROP, REPEAT or STOP (True and False are not verdicts), or "
             "None and give the verdict with pkt.accept()/drop()/queue(n); the packet "
-            "got on_error (%s)" % (v, type(v).__name__, p.id, Verdict(self.on_error).name))
+            "got %s" % (v, type(v).__name__, p.id, self._on_error_name())))
 
     def _finish(self, fl: Flight[NfQueue]) -> None:
         """Send the verdicts of ``fl`` decided and not sent; forget the batch
@@ -568,6 +582,8 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
             if fl.last > self._max_id:
                 self._max_id = fl.last
             self._flight = None
+            if self._verdict_timeout is not None:
+                self._watch(fl)
         error: Optional[BaseException] = None
         if self._connmarks:
             try:
@@ -605,9 +621,8 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                             error = error or e2
                 except Exception as e:
                     self._handler_errors += 1
-                    if not p.has_verdict:
-                        self._verdict(p, int(self.on_error), None, None, None)
-                    error = error or e
+                    e2 = self._handler_failed(p, e)
+                    error = error or e2
                 del bl[0]
         finally:
             self._dispatch_thread = None
@@ -630,6 +645,17 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
                 self._settle(fl)
             else:
                 lib.nfb_q_flush(c)
+
+    def _packet_at(self, fl: Flight[NfQueue], i: int) -> Packet:
+        """The Packet of entry ``i`` of ``fl``: the one handed out if it is
+        waiting, else a new one."""
+        o = i * NF
+        pid = fl.recs[o + F_ID]
+        p = self._pending.get(pid)
+        if isinstance(p, Packet) and p._b is fl:
+            return p
+        p = Packet(fl, o, pid)
+        return p
 
     def _waiting(self) -> int:
         """Packets received and still without a verdict."""
@@ -750,6 +776,7 @@ class NfQueue(QueueConfig[Packet], QueueVerdicts[Packet]):
         self._pending.clear()
         self._backlog.clear()
         self._flight = None
+        self._dl_fifo.clear()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
