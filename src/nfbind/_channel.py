@@ -698,6 +698,16 @@ class Channel(Generic[P]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self: _Self) -> _Self:
+        """``async with channel:``, the same as ``with``: the block's end
+        closes it (also on an exception or a cancellation, which then goes
+        on).  Raises ClosedError on a closed channel."""
+        self._check_open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     def __del__(self) -> None:
         if not self._closed and self._sock is not None:
             try:

@@ -726,6 +726,18 @@ class Conntrack:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> "Conntrack":
+        """``async with Conntrack() as ct:``: the same as ``with``; the
+        calls themselves stay synchronous (each is one netlink exchange).
+        Raises ClosedError on a closed Conntrack."""
+        self._check_open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close every socket when the ``async with`` block ends (also on an
+        exception or a cancellation, which then propagates)."""
+        self.close()
+
     def __del__(self) -> None:
         if not self.closed:
             try:
