@@ -368,9 +368,12 @@ int nfb_q_put_verdict(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags
                                 NULL, payload, payload_len);
 }
 
-int nfb_q_put_verdict_ct(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags,
-                         uint32_t mark, uint32_t connmark, const char *labels,
-                         const char *payload, uint32_t payload_len)
+/* One verdict message for packet ``id`` of queue ``queue`` into the send
+ * buffer (one socket may be bound to several queues). */
+static int nfb_q_put_verdict_to(struct nfb_q *q, uint16_t queue, uint32_t id,
+                                uint32_t verdict, int vflags, uint32_t mark,
+                                uint32_t connmark, const char *labels,
+                                const char *payload, uint32_t payload_len)
 {
     size_t need;
     int rc;
@@ -383,9 +386,17 @@ int nfb_q_put_verdict_ct(struct nfb_q *q, uint32_t id, uint32_t verdict, int vfl
         if (rc < 0)
             return rc;
     }
-    q->slen += nfb_build_verdict(q->sbuf + q->slen, q->queue, id, verdict, vflags,
+    q->slen += nfb_build_verdict(q->sbuf + q->slen, queue, id, verdict, vflags,
                                  mark, connmark, labels, payload, payload_len);
     return 0;
+}
+
+int nfb_q_put_verdict_ct(struct nfb_q *q, uint32_t id, uint32_t verdict, int vflags,
+                         uint32_t mark, uint32_t connmark, const char *labels,
+                         const char *payload, uint32_t payload_len)
+{
+    return nfb_q_put_verdict_to(q, q->queue, id, verdict, vflags, mark, connmark, labels,
+                                payload, payload_len);
 }
 
 /* Count one verdict given (by_verdict: NF_QUEUE whatever the target queue). */
@@ -409,12 +420,14 @@ static int nfb_q_queue_decided(struct nfb_q *q, const uint32_t *recs, int64_t *v
     int blocked = older_pending;
     int run_len = 0, run_first = 0;
     uint32_t run_verdict = 0, run_last_id = 0;
+    uint16_t run_queue = 0;
 
 #define NFB_FLUSH_RUN(upto) do {                                          \
         if (run_len) {                                                    \
-            rc = nfb_q_put_verdict(q, run_last_id, run_verdict,           \
-                                   run_len > 1 ? NFB_VF_BATCH : 0,        \
-                                   0, 0, NULL, 0);                        \
+            rc = nfb_q_put_verdict_to(q, run_queue, run_last_id,          \
+                                      run_verdict,                        \
+                                      run_len > 1 ? NFB_VF_BATCH : 0,     \
+                                      0, 0, NULL, NULL, 0);               \
             if (rc < 0)                                                   \
                 return rc;                                                \
             if (run_len > 1)                                              \
@@ -429,6 +442,9 @@ static int nfb_q_queue_decided(struct nfb_q *q, const uint32_t *recs, int64_t *v
     for (i = 0; i < n; i++) {
         int64_t v = vbuf[i];
         uint32_t id = recs[(size_t)i * NFB_F_COUNT + NFB_F_ID];
+        /* each packet's own queue: a socket may be bound to several, and a
+         * run (a kernel batch verdict) covers one queue */
+        uint16_t qn = (uint16_t)recs[(size_t)i * NFB_F_COUNT + NFB_F_QUEUE];
         if (v == NFB_V_DEFERRED) {  /* no verdict yet: later ones can't be batched */
             NFB_FLUSH_RUN(i);
             blocked = 1;
@@ -438,17 +454,18 @@ static int nfb_q_queue_decided(struct nfb_q *q, const uint32_t *recs, int64_t *v
             continue;
         nfb_q_count(q, (uint32_t)v);
         if (blocked) {
-            rc = nfb_q_put_verdict(q, id, (uint32_t)v, 0, 0, 0, NULL, 0);
+            rc = nfb_q_put_verdict_to(q, qn, id, (uint32_t)v, 0, 0, 0, NULL, NULL, 0);
             if (rc < 0)
                 return rc;
             vbuf[i] = NFB_V_DONE;
             continue;
         }
-        if (run_len && (uint32_t)v != run_verdict)
+        if (run_len && ((uint32_t)v != run_verdict || qn != run_queue))
             NFB_FLUSH_RUN(i);
         if (!run_len)
             run_first = i;
         run_verdict = (uint32_t)v;
+        run_queue = qn;
         run_last_id = id;
         run_len++;
     }
@@ -481,7 +498,8 @@ int nfb_q_put_verdict_at(struct nfb_q *q, const uint32_t *recs, int64_t *vbuf, i
     rc = nfb_q_queue_decided(q, recs, vbuf, i, older_pending);
     if (rc < 0)
         return rc;
-    rc = nfb_q_put_verdict_ct(q, recs[(size_t)i * NFB_F_COUNT + NFB_F_ID], verdict, vflags,
+    rc = nfb_q_put_verdict_to(q, (uint16_t)recs[(size_t)i * NFB_F_COUNT + NFB_F_QUEUE],
+                              recs[(size_t)i * NFB_F_COUNT + NFB_F_ID], verdict, vflags,
                               mark, connmark, labels, payload, payload_len);
     if (rc < 0)
         return rc;

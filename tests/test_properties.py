@@ -234,11 +234,12 @@ NFQ_SPEC = {
 @given(qnum=arg(st.integers(0, U16)), data=st.data())
 def test_nfqueue_constructor(mns, qnum, data):
     kw, valid = draw_kwargs(data, NFQ_SPEC)
-    valid = valid and is_int(qnum, 0, U16)
+    # a queue number, or an iterable of them (one socket, several queues)
+    valid = valid and valid_groups(qnum)
     q = check_outcome(valid, NfQueue, qnum, netns=mns.name, **kw)
     if valid:
         with q:
-            assert q.queue_num == qnum
+            assert q.queue_num == (qnum if isinstance(qnum, int) else tuple(qnum))
             if "copy_range" in kw:
                 assert q.copy_range == kw["copy_range"]
             if "max_len" in kw:

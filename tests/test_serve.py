@@ -440,7 +440,8 @@ def test_cli_range_with_a_busy_queue(ns):
     balance_rule(ns)
     env = child_env()
     with nfbind.NfQueue(1, netns=ns.name):
-        r = subprocess.run([sys.executable, "-m", "nfbind", "queue", "0:1", "--netns", ns.name],
+        r = subprocess.run([sys.executable, "-m", "nfbind", "queue", "0:1", "--workers", "2",
+                            "--netns", ns.name],
                            capture_output=True, text=True, timeout=30, env=env)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr, r.stderr

@@ -10,7 +10,7 @@ constructor checks its arguments with the helpers here and binds through
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Tuple, Union
 
 from ._channel import Channel, P, config_error
 from ._netlink import check_int
@@ -41,6 +41,30 @@ _FLAG_BITS = (("fail_open", QueueFlag.FAIL_OPEN), ("conntrack", QueueFlag.CONNTR
               ("secctx", QueueFlag.SECCTX))
 
 
+def queue_list(value: Union[int, Iterable[int]]) -> Tuple[Union[int, Tuple[int, ...]],
+                                                          Tuple[int, ...]]:
+    """``NfQueue``'s first argument: ``(queue_num, queues)``, where
+    ``queue_num`` is the int given or the tuple of the iterable given, and
+    ``queues`` always the tuple."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError("queue_num must be a queue number or an iterable of them, not %s"
+                        % type(value).__name__)
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = check_int("queue_num", value, 0, 0xFFFF)
+        return n, (n,)
+    try:
+        items: List[Any] = list(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError("queue_num must be a queue number or an iterable of them, not %s"
+                        % type(value).__name__) from None
+    if not items:
+        raise ValueError("queue_num must name at least one queue")
+    out = tuple(check_int("queue number", v, 0, 0xFFFF) for v in items)
+    if len(set(out)) != len(out):
+        raise ValueError("queue_num has duplicate queue numbers: %r" % (out,))
+    return out, out
+
+
 def gso_safe(copy_mode: int, copy_range: int) -> bool:
     """Whether GSO super-packets reach the handler whole with this copy mode."""
     return copy_mode != CopyMode.PACKET or copy_range >= MAX_PAYLOAD
@@ -67,7 +91,7 @@ def flag_bits(optional: bool, **values: Optional[bool]) -> Tuple[int, int]:
 class QueueConfig(Channel[P]):
     """The configuration of :class:`nfbind.NfQueue`."""
 
-    queue_num: int
+    queues: Tuple[int, ...]
     _c: Optional[struct_nfb_q]
     _copy_mode: CopyMode
     _copy_range: int
@@ -99,17 +123,53 @@ class QueueConfig(Channel[P]):
         cfg.flags_mask = flags_mask
         cfg.flags = flags
         step = ffi.new("int *")
+        bound: List[int] = []
+        rc = num = 0
         with self._lock:
-            assert self._c is not None  # set before the first configuration
-            rc = lib.nfb_q_config(self._c, cfg, 2000, step)
+            c = self._c
+            assert c is not None  # set before the first configuration
+            # one socket, several queues: each is configured in turn
+            first = c.queue
+            try:
+                for num in self.queues:
+                    c.queue = num
+                    rc = lib.nfb_q_config(c, cfg, 2000, step)
+                    if rc < 0:
+                        break
+                    bound.append(num)
+            finally:
+                c.queue = first
+            if rc < 0 and cmd == lib.NFQNL_CFG_CMD_BIND and bound:
+                self._unbind(bound)     # all or nothing
         if rc >= 0:
             return
         raise config_error(
-            -rc, "%s queue %d" % (_STEP.get(step[0], "configuring"), self.queue_num),
+            -rc, "%s queue %d" % (_STEP.get(step[0], "configuring"), num),
             binding=step[0] == core.NFB_STEP_BIND, flags=step[0] == core.NFB_STEP_FLAGS,
             busy_hint="queue %d is already bound by another socket (another process "
-            "or another NfQueue); stop that consumer or use another --queue-num"
-            % self.queue_num)
+            "or another NfQueue); stop that consumer or use another --queue-num" % num)
+
+    def _config_each(self, cfg: Any, timeout_ms: int, queues: Optional[Iterable[int]] = None
+                     ) -> None:
+        """``cfg`` for each of ``queues`` (default: all), best effort (close()
+        and a failed bind)."""
+        c = self._c
+        assert c is not None
+        first = c.queue
+        try:
+            for num in self.queues if queues is None else queues:
+                c.queue = num
+                lib.nfb_q_config(c, cfg, timeout_ms, ffi.new("int *"))
+        finally:
+            c.queue = first
+
+    def _unbind(self, queues: Iterable[int]) -> None:
+        """Unbind ``queues``."""
+        cfg = ffi.new("struct nfb_qcfg *")
+        cfg.cmd = lib.NFQNL_CFG_CMD_UNBIND
+        cfg.copy_mode = -1
+        cfg.max_len = -1
+        self._config_each(cfg, 500, queues)
 
     def configure(
         self,

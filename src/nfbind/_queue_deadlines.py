@@ -24,11 +24,11 @@ import math
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Tuple, Union
 
 from ._channel import P
 from ._nfqueue import lib
-from ._queue_verdicts import PLAIN, V_DEFERRED, Flight, QueueVerdicts
+from ._queue_verdicts import F_QUEUE, PLAIN, V_DEFERRED, Flight, QueueVerdicts
 from .enums import Verdict
 from .errors import error_from_errno
 from .packet import NF
@@ -81,6 +81,8 @@ class QueueDeadlines(QueueVerdicts[P]):
     _dl_fifo: Deque[Tuple[float, Flight[Any]]]
     _dl_lock: threading.Lock
     _timeouts: int
+    #: with several queues: timeouts by queue
+    _qtimeouts: Dict[int, int]
 
     def _init_policies(self, on_error: Any, verdict_timeout: Any, on_timeout: Any) -> None:
         """Check and keep on_error, verdict_timeout and on_timeout."""
@@ -102,6 +104,7 @@ class QueueDeadlines(QueueVerdicts[P]):
         self._dl_fifo = deque()
         self._dl_lock = threading.Lock()
         self._timeouts = 0
+        self._qtimeouts = {}
 
     def _check_callable_or_plain(self, name: str, v: Any, args: str) -> Verdict:
         if v is None or isinstance(v, (str, bytes)):
@@ -139,7 +142,7 @@ class QueueDeadlines(QueueVerdicts[P]):
             # as after a handler that returned None: a verdict it gave
             # stands, and a packet without one waits for it
             if p._b.vbuf[p._o // NF] == V_DEFERRED:
-                self._pending[p.id] = p
+                self._pending[self._key(p)] = p
             return None
         if _bad_result(r):
             self._give(p, int(self.default_verdict))
@@ -232,8 +235,8 @@ class QueueDeadlines(QueueVerdicts[P]):
                 v = int(r)
             elif error is None and fl.vbuf[i] != V_DEFERRED:
                 # the callable gave the verdict itself
-                self._timeouts += 1
-                self._pending.pop(p.id, None)
+                self._count_timeout(fl, i)
+                self._pending.pop(self._key(p), None)
                 return None
         with self._send_lock:
             if self._closed:
@@ -241,14 +244,20 @@ class QueueDeadlines(QueueVerdicts[P]):
             rc = lib.nfb_q_send_timeout_at(self._fd, self._queue_of(fl, i), fl.vptr + i,
                                            p.id, v)
             if rc >= 0:
-                self._timeouts += 1
+                self._count_timeout(fl, i)
                 self._vc_sent[v & _VERDICT_MASK] += 1
         if rc == -errno.EALREADY:       # a verdict came first: no timeout
             return error
-        self._pending.pop(p.id, None)
+        self._pending.pop(self._key(p), None)
         if rc < 0 and error is None:
             error = error_from_errno(-rc, "sending the on_timeout verdict of packet %d" % p.id)
         return error
 
     def _queue_of(self, fl: Flight[Any], i: int) -> int:
-        return self.queue_num
+        return fl.recs[i * NF + F_QUEUE]
+
+    def _count_timeout(self, fl: Flight[Any], i: int) -> None:
+        self._timeouts += 1
+        if self._multi:
+            q = self._queue_of(fl, i)
+            self._qtimeouts[q] = self._qtimeouts.get(q, 0) + 1

@@ -59,6 +59,7 @@ _VF_LABELS = lib.NFB_VF_LABELS
 _ALL_LABELS = labels_bytes(range(MAX_LABEL + 1))
 _EALREADY = errno.EALREADY
 F_ID = core.NFB_F_ID
+F_QUEUE = core.NFB_F_QUEUE
 _VERDICT_MASK = lib.NF_VERDICT_MASK
 #: the verdicts a handler may return (or give with pkt.verdict())
 PLAIN = frozenset(int(v) for v in (Verdict.ACCEPT, Verdict.DROP, Verdict.REPEAT, Verdict.STOP))
@@ -159,7 +160,11 @@ class QueuedPacket(Protocol):
 class QueueVerdicts(Channel[P]):
     """The verdict machinery of :class:`nfbind.NfQueue`."""
 
-    queue_num: int
+    queues: Tuple[int, ...]
+    #: the first (the only, unless _multi) queue number
+    _q0: int
+    #: bound to several queues: packet ids repeat across them
+    _multi: bool
     default_verdict: Verdict
     _c: Optional[struct_nfb_q]
     _ct_glue: bool
@@ -196,6 +201,13 @@ class QueueVerdicts(Channel[P]):
                 % (p.id, getattr(self, "_verdict_timeout", None) or 0))
         return VerdictError("packet %d already has its verdict; each packet gets "
                             "exactly one" % p.id)
+
+    def _key(self, p: QueuedPacket) -> int:
+        """``p``'s key in ``_pending``: its id, and with several queues also
+        its queue (each queue numbers its packets)."""
+        if self._multi:
+            return p.id | (p._b.recs[p._o + F_QUEUE] << 32)
+        return p.id
 
     def _in_flight(self, fl: Flight[Any]) -> bool:
         """Whether ``fl`` is the batch this thread is dispatching now (its
@@ -241,7 +253,7 @@ class QueueVerdicts(Channel[P]):
         if fl.vbuf[i] != V_DEFERRED:
             raise self._already(p)
         if self._closed:
-            raise VerdictError("queue %d is closed" % self.queue_num)
+            raise VerdictError("%s is closed" % self._describe())
         if self._in_flight(fl):
             # inside the handler: a plain verdict travels with the batch; one
             # with a mark or payload is queued now, after the verdicts decided
@@ -259,14 +271,14 @@ class QueueVerdicts(Channel[P]):
         else:
             with self._send_lock:
                 if self._closed:
-                    raise VerdictError("queue %d is closed" % self.queue_num)
-                rc = lib.nfb_q_send_verdict_at(self._fd, self.queue_num, fl.vptr + i, p.id, v,
-                                               vflags, m, cm, lraw, dptr, dlen)
+                    raise VerdictError("%s is closed" % self._describe())
+                rc = lib.nfb_q_send_verdict_at(self._fd, fl.recs[p._o + F_QUEUE], fl.vptr + i,
+                                               p.id, v, vflags, m, cm, lraw, dptr, dlen)
                 if rc == -_EALREADY:
                     raise self._already(p)
                 if rc >= 0:
                     self._vc_sent[v & _VERDICT_MASK] += 1
-            self._pending.pop(p.id, None)
+            self._pending.pop(self._key(p), None)
             if rc >= 0 and ct_later:
                 self._connmarks.append((p.id, p.payload, connmark, lb))
                 self._apply_connmarks()
@@ -301,8 +313,16 @@ class QueueVerdicts(Channel[P]):
         keep their value.  Also from inside a handler: the packet being
         handled is settled like any other (``has_verdict`` is then True).
         Returns how many received packets it settled.
+
+        Only on an NfQueue of one queue (ValueError otherwise): the kernel's
+        batch verdict covers one queue, whose packet ids mean nothing in the
+        others.
         """
         self._check_open()
+        if self._multi:
+            raise ValueError(
+                "verdict_batch() needs an NfQueue bound to one queue (this one has %d): "
+                "give each packet its verdict, or use one NfQueue per queue" % len(self.queues))
         up_to_id = check_int("up_to_id", up_to_id, 0, _U32_MAX)
         v = self._check_plain("verdict", verdict)
         vflags = lib.NFB_VF_BATCH
@@ -338,7 +358,7 @@ class QueueVerdicts(Channel[P]):
             # with no waiting packet up to the id the kernel holds none either:
             # it would answer ENOENT (a refused verdict)
             if rc >= 0 and settled:
-                rc = lib.nfb_q_send_verdict(self._fd, self.queue_num, up_to_id, v, vflags,
+                rc = lib.nfb_q_send_verdict(self._fd, self._q0, up_to_id, v, vflags,
                                             m, 0, ffi.NULL, 0)
                 if rc >= 0:
                     self._vc_sent[int(v)] += settled
@@ -347,7 +367,7 @@ class QueueVerdicts(Channel[P]):
             if up_to_id > self._floor:
                 self._floor = up_to_id
         if rc < 0:
-            raise error_from_errno(-rc, "sending a batch verdict to queue %d" % self.queue_num)
+            raise error_from_errno(-rc, "sending a batch verdict to queue %d" % self._q0)
         return settled
 
     def _apply_connmarks(self) -> None:

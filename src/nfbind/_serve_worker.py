@@ -72,6 +72,15 @@ def _send(conn: Connection, msg: Tuple[object, ...]) -> None:
             raise
 
 
+def _failed_queue(e: BaseException, queues: Tuple[int, ...]) -> int:
+    """The queue a bind error names (its message says "... queue N")."""
+    text = str(e)
+    for num in queues:
+        if "queue %d" % num in text:
+            return num
+    return queues[0]
+
+
 def worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], Any],
                 options: Dict[str, Any], conn: Connection, stop_r: int,
                 old_mask: Any) -> int:
@@ -89,14 +98,11 @@ def worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], An
     signal.signal(signal.SIGTERM, on_term)
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
-    qs: List[Any] = []
+    # one socket bound to all of this worker's queues
     try:
-        for num in queues:
-            qs.append(NfQueue(num, **options))
+        qs: List[Any] = [NfQueue(queues[0] if len(queues) == 1 else queues, **options)]
     except Exception as e:
-        for q in qs:
-            q.close()
-        _send(conn, ("fail", num, e))
+        _send(conn, ("fail", _failed_queue(e, queues), e))
         return EXIT_BIND
     try:
         conn.send(("bound", os.getpid()))
@@ -104,6 +110,7 @@ def worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], An
         stopping = True
 
     name = "worker %d" % index
+    qname = ",".join(map(str, queues))
     handler = _guarded(handler)
     first: Optional[float] = None
     last: Optional[float] = None
@@ -124,21 +131,21 @@ def worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], An
                 try:
                     n = q.drain(handler)
                 except Overrun as e:  # on_overrun="raise": report it, keep serving
-                    log.warning("%s (queue %d): %s", name, q.queue_num, e)
+                    log.warning("%s (queue %s): %s", name, qname, e)
                     continue
                 except Exception as e:
                     now = q.stats.handler_errors
                     if now == before:  # not the handler's: the queue itself failed
-                        fatal = "%s (queue %d): %s: %s" % (name, q.queue_num,
+                        fatal = "%s (queue %s): %s: %s" % (name, qname,
                                                           type(e).__name__, e)
                         stopping = True
                         break
                     prev, errors = errors, errors + now - before
                     if prev < _LOG_FIRST or prev // 1000 != errors // 1000:
                         shown = _shown(e)
-                        log.error("%s (queue %d): the handler raised %s: %s; the packet "
+                        log.error("%s (queue %s): the handler raised %s: %s; the packet "
                                   "got on_error (%d handler error%s so far in this worker)",
-                                  name, q.queue_num, type(shown).__name__, shown, errors,
+                                  name, qname, type(shown).__name__, shown, errors,
                                   "" if errors == 1 else "s",
                                   exc_info=shown if not prev else None)
                     if first is None:
@@ -154,7 +161,7 @@ def worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], An
             try:
                 q.close()
             except Exception as e:  # keep closing the others
-                log.warning("%s: closing queue %d: %s", name, q.queue_num, e)
+                log.warning("%s: closing queue %s: %s", name, qname, e)
         wake.close()
     try:
         if fatal is not None:
@@ -164,7 +171,7 @@ def worker_main(index: int, queues: Tuple[int, ...], handler: Callable[[Any], An
             "packets": sum(q.stats.packets for q in qs),
             "handler_errors": sum(q.stats.handler_errors for q in qs),
             "overruns": sum(q.stats.overruns for q in qs),
-            "per_queue": {q.queue_num: q.stats.packets for q in qs},
+            "per_queue": {n: c.packets for q in qs for n, c in q.stats.per_queue.items()},
             "first": first,
             "last": last,
         }))

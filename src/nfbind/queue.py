@@ -34,9 +34,9 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from ._channel import Channel, ChannelStats, c_counter
+from ._channel import Channel
 from ._channels import missing
 from ._core import lib as core
 
@@ -45,9 +45,11 @@ try:
 except ImportError as e:  # the NFQUEUE channel was not built on this machine
     raise missing("nfqueue", "nfbind.queue") from e
 from . import netns as _netns
-from ._queue_config import ALL_FLAGS, QueueConfig, flag_bits, gso_safe
+from ._queue_config import ALL_FLAGS, QueueConfig, flag_bits, gso_safe, queue_list
 from ._queue_deadlines import OnError, OnTimeout, QueueDeadlines
-from ._queue_verdicts import F_ID, MAX_PAYLOAD, PLAIN, V_CLOSED, V_DEFERRED, V_DONE, Flight
+from ._queue_stats import QueueCounters, QueueStats
+from ._queue_verdicts import (F_ID, F_QUEUE, MAX_PAYLOAD, PLAIN, V_CLOSED, V_DEFERRED, V_DONE,
+                              Flight)
 from .enums import CopyMode, QueueFlag, Verdict
 from .errors import NetlinkError, VerdictError, error_from_errno
 from ._netlink import check_int
@@ -58,58 +60,11 @@ from .packet import HOT_FIELDS, HOT_READS, HOT_SPAN, NF, PacketBase, blob, field
 if TYPE_CHECKING:  # pragma: no cover
     from ._nfqueue import struct_nfb_q
 
-__all__ = ["NfQueue", "Packet", "QueueStats", "MAX_PAYLOAD"]
+__all__ = ["NfQueue", "Packet", "QueueStats", "QueueCounters", "MAX_PAYLOAD"]
 
 _U32_MAX = 0xFFFFFFFF
 _MAX_VERDICT = lib.NF_MAX_VERDICT
 _VERDICT_MASK = lib.NF_VERDICT_MASK
-
-
-class QueueStats(ChannelStats):
-    """Counters of one NfQueue (read live)."""
-
-    __slots__ = ()
-    _ch: NfQueue
-    _NAMES = ("packets", "overruns", "verdict_errors", "handler_errors", "timeouts",
-              "batch_verdicts", "recv_calls", "send_calls", "pending", "malformed")
-
-    packets = c_counter("packets", "Packets received (each once).", rx=False)
-
-    @property
-    def timeouts(self) -> int:
-        """Packets that got ``on_timeout`` at their deadline (``verdict_timeout``)."""
-        return self._ch._timeouts
-    verdict_errors = c_counter(
-        "async_errors", "Verdicts the kernel refused (e.g. for an id it no longer holds).",
-        key="verdict_errors")
-    batch_verdicts = c_counter(
-        "batch_verdicts", "Kernel batch verdicts sent for runs of equal verdicts.", rx=False)
-    send_calls = c_counter("send_calls", "Send syscalls made for verdicts and configuration.")
-    malformed = c_counter(
-        "malformed", "Datagrams with a malformed message, skipped (the packets of the rest "
-        "of their receive batch are handed out as usual).")
-
-    @property
-    def pending(self) -> int:
-        """Packets received that still wait for their verdict (handed out
-        without one, or not handed to the handler yet)."""
-        return self._ch._waiting()
-
-    @property
-    def verdicts(self) -> Dict[Verdict, int]:
-        """Verdicts given so far, by verdict (every :class:`Verdict`, zeros
-        included; ``QUEUE`` whatever the target queue): returned by the
-        handler, given by the packet's methods, by :meth:`NfQueue.verdict_batch`
-        and by ``close()``.  A packet the handler failed on counts under
-        ``on_error``'s verdict."""
-        ch = self._ch
-        c = ch._c
-        out = {}
-        for v in Verdict:
-            i = int(v)
-            n = ch._final.get("by_verdict_%d" % i, 0) if c is None else int(c.by_verdict[i])
-            out[v] = n + ch._vc_sent[i]
-        return out
 
 
 class Packet(PacketBase):
@@ -233,10 +188,13 @@ _HOT_TIMESTAMP = core.NFB_HOT_TIMESTAMP
 
 
 class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
-    """A netlink socket bound to one NFQUEUE queue.
+    """A netlink socket bound to one NFQUEUE queue, or to several.
 
     Args:
-        queue_num: 0..65535, the ``--queue-num`` of the rule.
+        queue_num: 0..65535, the ``--queue-num`` of the rule; or an iterable
+            of queue numbers (``range(4)`` for ``--queue-balance 0:3``), all
+            bound by this one socket (``pkt.queue_num`` tells them apart;
+            ``queues`` lists them).
         copy_mode: :class:`CopyMode`; ``PACKET`` (default) copies up to
             ``copy_range`` bytes, ``META`` only metadata.
         copy_range: 0..65535 bytes of each packet to copy (the kernel clamps
@@ -283,7 +241,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
 
     def __init__(
         self,
-        queue_num: int,
+        queue_num: Union[int, Iterable[int]],
         *,
         copy_mode: Union[CopyMode, int] = CopyMode.PACKET,
         copy_range: int = 0xFFFF,
@@ -304,7 +262,14 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
         on_timeout: OnTimeout = Verdict.ACCEPT,
     ) -> None:
         self._c: Optional[struct_nfb_q] = None
-        self.queue_num = check_int("queue_num", queue_num, 0, 0xFFFF)
+        #: the queue number given, or the tuple of those given
+        self.queue_num: Union[int, Tuple[int, ...]]
+        self.queue_num, self.queues = queue_list(queue_num)
+        self._q0 = self.queues[0]
+        self._multi = len(self.queues) > 1
+        # with several queues: packets and the highest id taken, by queue
+        self._qpackets: Dict[int, int] = dict.fromkeys(self.queues, 0)
+        self._tops: Dict[int, int] = {}
         copy_mode = check_int("copy_mode", copy_mode, 0, 255)
         if copy_mode not in {int(m) for m in CopyMode}:
             raise ValueError("copy_mode must be a CopyMode (NONE, META, PACKET), got %r" % copy_mode)
@@ -353,7 +318,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
                            no_enobufs=no_enobufs, rcvbuf_max=rcvbuf_max)
         try:
             slot, nslots = self._slots()
-            c = lib.nfb_q_new(self._fd, self.queue_num, slot, nslots)
+            c = lib.nfb_q_new(self._fd, self._q0, slot, nslots)
             if c == ffi.NULL:
                 raise MemoryError("allocating the NFQUEUE buffers")
             self._c = ffi.gc(c, lib.nfb_q_free)
@@ -369,7 +334,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
             raise
 
     def _describe(self) -> str:
-        return "NfQueue(%d)" % self.queue_num
+        return "NfQueue(%s)" % ",".join(map(str, self.queues))
 
     @property
     def stats(self) -> QueueStats:
@@ -388,10 +353,10 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
 
             err = int(c.rx.last_async_error)
             warnings.warn(
-                "queue %d: the kernel refused %d verdict message(s), last with %s (%s); "
+                "%s: the kernel refused %d verdict message(s), last with %s (%s); "
                 "ENOENT means a verdict for a packet the kernel no longer holds. "
                 "See .stats.verdict_errors." % (
-                    self.queue_num, self._seen_async, errno.errorcode.get(err, err),
+                    self._describe(), self._seen_async, errno.errorcode.get(err, err),
                     os.strerror(err)),
                 RuntimeWarning, stacklevel=5)
 
@@ -427,10 +392,13 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
         which then handed it out again)."""
         raw = ffi.buffer(c.rx.recs, n * NF * 4)[:]
         recs = memoryview(raw).cast("I")
-        top = self._top_id()
         start = 0
-        while start < n and recs[start * NF + F_ID] <= top:
-            start += 1
+        if self._multi:
+            start = self._take_multi(recs, n)
+        else:
+            top = self._top_id()
+            while start < n and recs[start * NF + F_ID] <= top:
+                start += 1
         if start == n:
             lib.nfb_q_take(c)
             return None
@@ -445,12 +413,36 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
         lib.nfb_q_take(c)
         return fl
 
+    def _take_multi(self, recs: Any, n: int) -> int:
+        """With several queues (each numbers its packets): how many records
+        at the start of the batch were taken before; count the others and
+        keep each queue's highest id."""
+        tops = self._tops
+        qs = recs[F_QUEUE::NF].tolist()
+        ids = recs[F_ID::NF].tolist()
+        start = 0
+        while start < n and ids[start] <= tops.get(qs[start], 0):
+            start += 1
+        counts = self._qpackets
+        for q, pid in zip(qs[start:], ids[start:]):
+            counts[q] = counts.get(q, 0) + 1
+            if pid > tops.get(q, 0):
+                tops[q] = pid
+        return start
+
+    def _rkey(self, fl: Flight[NfQueue], i: int) -> int:
+        """The ``_pending`` key of entry ``i`` of ``fl`` (as _key())."""
+        o = i * NF
+        if self._multi:
+            return fl.recs[o + F_ID] | (fl.recs[o + F_QUEUE] << 32)
+        return fl.recs[o + F_ID]
+
     def _resume(self, handler: Callable[[Packet], Any], fl: Flight[NfQueue]) -> int:
         """Go on with a batch an interruption left: the packet being handed
         out without its verdict (or deferral) kept is handed out again."""
         i = fl.cur
         if i >= 0:
-            if (fl.vbuf[i] == V_DEFERRED and fl.recs[i * NF + F_ID] not in self._pending
+            if (fl.vbuf[i] == V_DEFERRED and self._rkey(fl, i) not in self._pending
                     and fl.pos > i):
                 fl.pos = i
             fl.cur = -1
@@ -486,6 +478,9 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
             h_ts = _HOT_TIMESTAMP
         # speed: the ids in one list, constants in locals
         pids = recs[F_ID::NF].tolist()
+        # _pending's keys: the ids, with several queues also the queue
+        keys = pids if not self._multi else [
+            pid | (q << 32) for pid, q in zip(pids, recs[F_QUEUE::NF].tolist())]
         nf = NF
         deferred = V_DEFERRED
         error: Optional[BaseException] = None
@@ -530,7 +525,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
                     continue
                 if v is None:
                     if vbuf[i] == deferred:
-                        pending[pid] = p
+                        pending[keys[i]] = p
                 elif (v.__class__ is vcls or v.__class__ is int) and v in plain \
                         and vbuf[i] == deferred:
                     vbuf[i] = v
@@ -594,7 +589,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
             self._close_pending = False
             self._finish_close()
         if rc < 0:
-            raise error_from_errno(-rc, "sending verdicts to queue %d" % self.queue_num)
+            raise error_from_errno(-rc, "sending verdicts to %s" % self._describe())
         if error is not None:
             raise error
 
@@ -651,7 +646,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
         waiting, else a new one."""
         o = i * NF
         pid = fl.recs[o + F_ID]
-        p = self._pending.get(pid)
+        p = self._pending.get(self._rkey(fl, i))
         if isinstance(p, Packet) and p._b is fl:
             return p
         p = Packet(fl, o, pid)
@@ -671,7 +666,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
             vb = fl.vbuf
             n += sum(1 for i in range(fl.pos, fl.n) if vb[i] == V_DEFERRED)
             i = fl.cur
-            if 0 <= i < fl.pos and vb[i] == V_DEFERRED and fl.recs[i * NF + F_ID] not in pending:
+            if 0 <= i < fl.pos and vb[i] == V_DEFERRED and self._rkey(fl, i) not in pending:
                 n += 1
         return n
 
@@ -710,11 +705,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
                 return
             with self._send_lock:
                 self._settle_all(c)
-            cfg = ffi.new("struct nfb_qcfg *")
-            cfg.cmd = lib.NFQNL_CFG_CMD_UNBIND
-            cfg.copy_mode = -1
-            cfg.max_len = -1
-            lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
+            self._unbind(self.queues)
         finally:
             self._ctnl.close()
             self._final = {
@@ -744,9 +735,10 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
         cfg.max_len = 0
         if v in (core.NF_ACCEPT, core.NF_STOP):
             cfg.flags_mask = cfg.flags = int(QueueFlag.FAIL_OPEN)
-        lib.nfb_q_config(c, cfg, 500, ffi.new("int *"))
+        self._config_each(cfg, 500)
         # read what is already queued to us, so every id is known (nfb_q_take
-        # counts them and keeps the highest id)
+        # counts them and keeps the highest id; with several queues, so does
+        # _take_multi, queue by queue)
         settled = 0
         for _ in range(1024):
             n = lib.nfb_q_recv(c)
@@ -754,8 +746,13 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
                 continue
             if n < 0 or (n == 0 and not c.rx.data_len):
                 break
-            settled += lib.nfb_q_take(c)
-        top = self._top_id()
+            if self._multi and n > 0:
+                recs = memoryview(ffi.buffer(c.rx.recs, n * NF * 4)[:]).cast("I")
+                settled += n - self._take_multi(recs, n)
+                lib.nfb_q_take(c)
+            else:
+                settled += lib.nfb_q_take(c)
+        tops = self._tops if self._multi else {self._q0: self._top_id()}
         for p in self._pending.values():
             vb = p._b.vbuf
             if vb[p._o // NF] == V_DEFERRED:
@@ -768,10 +765,13 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
                     vb[i] = V_CLOSED
                     settled += 1
         lib.nfb_q_flush(c)
-        if top > max(self._floor, 0):
-            if lib.nfb_q_send_verdict(self._fd, self.queue_num, top, v, lib.NFB_VF_BATCH, 0, 0,
-                                      ffi.NULL, 0) >= 0:
-                self._vc_sent[v & _VERDICT_MASK] += settled
+        sent = False
+        for qn, top in tops.items():
+            if top > max(self._floor, 0):
+                sent |= lib.nfb_q_send_verdict(self._fd, qn, top, v, lib.NFB_VF_BATCH, 0, 0,
+                                               ffi.NULL, 0) >= 0
+        if sent:
+            self._vc_sent[v & _VERDICT_MASK] += settled
         self._closed = True
         self._pending.clear()
         self._backlog.clear()
@@ -780,4 +780,4 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return "<nfbind.NfQueue %d %s>" % (self.queue_num, state)
+        return "<nfbind.NfQueue %s %s>" % (",".join(map(str, self.queues)), state)

@@ -100,7 +100,8 @@ def serve(
     ``iptables -A INPUT -j NFQUEUE --queue-balance 0:3 --queue-cpu-fanout``.
     The queues are dealt round-robin to ``workers`` processes (queue ``k`` of
     the list goes to worker ``k % workers``); each worker binds its queues
-    with ``queue_options`` and calls ``handler(pkt)`` for every packet, with
+    (one socket for all of them, ``NfQueue(its_queues)``) with
+    ``queue_options`` and calls ``handler(pkt)`` for every packet, with
     the same meaning of the return value as :meth:`NfQueue.run`.  Workers
     are forked, so the handler may be any callable, closures included; what it
     changes lives in its worker's memory.

@@ -212,14 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "Verdict, 'accept'/'drop', True/False, (verdict, mark), new payload "
                        "(bytes or a scapy packet: accepted rewritten), or None for --verdict; "
                        "it may also call pkt.accept()/pkt.drop() itself. A range FIRST:LAST "
-                       "(`--queue-balance FIRST:LAST`) is served by --workers processes, each "
-                       "running the hook; Ctrl-C prints one summary for all of them.")
+                       "(`--queue-balance FIRST:LAST`) is served by one socket bound to every "
+                       "queue of it, or with --workers by that many processes, each running "
+                       "the hook; Ctrl-C prints one summary for all of them.")
     p.add_argument("queues", type=_queue_spec, metavar="NUM|FIRST:LAST",
                    help="queue number 0..65535, or a range of queues for `--queue-balance "
-                   "FIRST:LAST` (served by --workers processes)")
+                   "FIRST:LAST` (one socket bound to them all, or --workers processes)")
     p.add_argument("--workers", "-w", type=_int_type(1, 4096, "workers"), metavar="N",
-                   help="worker processes for a range of queues (default: one per queue, "
-                   "at most one per CPU); each runs the hook in its own process")
+                   help="worker processes for a range of queues (default: none, this "
+                   "process serves them all with one socket); each runs the hook in its "
+                   "own process")
     p.add_argument("--verdict", choices=("accept", "drop"), default="accept",
                    help="the verdict (default accept); with --hook: when it returns None or raises")
     p.add_argument("--mark", type=_u32, metavar="N", help="set this packet mark on accepted packets")

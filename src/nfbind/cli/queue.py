@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """``nfbind queue NUM|FIRST:LAST``: give each packet an NFQUEUE rule queues its
 verdict (``--verdict``, or the ``--hook`` function's) and print the decision;
-a range of queues is served by worker processes through :func:`nfbind.serve`."""
+a range of queues by one socket bound to them all, or with ``--workers`` by
+worker processes through :func:`nfbind.serve`."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import importlib.util
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from .. import netns
 from ..enums import Verdict
@@ -205,32 +206,37 @@ def _verdict_detail(by_verdict: Dict[str, int]) -> str:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """Serve the queue until Ctrl-C (or ``--count`` packets), printing each
-    decision; a range of queues or ``--workers`` goes to worker processes."""
+    decision.  A range of queues is served by one socket bound to all of
+    them; with ``--workers``, by worker processes (:func:`nfbind.serve`)."""
     from .. import NfQueue
 
     hook = load_hook(args.hook) if args.hook else None
     default = Verdict[args.verdict.upper()]
     have_scapy()
-    if len(args.queues) > 1 or (args.workers or 1) > 1:
+    if args.workers is not None:
         return _queue_serve(args, hook, default)
-    args.num = args.queues[0]
+    # one queue, or a range served by one socket bound to all of them
+    nums = list(args.queues)
+    qname = _queue_name(nums)
     out = Output(live=True)
-    tally: Dict[str, int] = {"n": 0, "errors": 0}
+    tally: Dict[str, int] = {"n": 0}
+    errors: Dict[int, int] = {n: 0 for n in nums}
     by_verdict: Dict[str, int] = {}
 
     def hook_error(text: str) -> None:
-        tally["errors"] += 1
         out.clear()
         print(text, file=sys.stderr)
 
     decide = _Decider(args, hook, default, hook_error)
-    q = NfQueue(args.num, fail_open=args.fail_open, netns=args.netns, on_error=default)
-    with q, Interrupt() as intr, endpoint(args.metrics, q,
-                                          hook_errors=lambda: {args.num: tally["errors"]}):
+    q = NfQueue(nums[0] if len(nums) == 1 else nums, fail_open=args.fail_open,
+                netns=args.netns, on_error=default)
+    with q, Interrupt() as intr, endpoint(args.metrics, q, hook_errors=lambda: dict(errors)):
         intr.arm(q.stop)
 
         def handle(pkt: Any) -> None:
-            name, line, _ = decide(pkt)
+            name, line, failed = decide(pkt)
+            if failed:
+                errors[pkt.queue_num] += 1
             by_verdict[name] = by_verdict.get(name, 0) + 1
             tally["n"] += 1
             if args.count is None or tally["n"] <= args.count:
@@ -242,24 +248,36 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
         def status(elapsed: float, dt: float) -> str:
             n = q.stats.packets
-            text = "nfbind queue %d: %d packet%s, %.0f/s, %d overruns" % (
-                args.num, n, "" if n == 1 else "s", rate(n, dt), q.stats.overruns)
-            drops = _queue_proc(args.netns, args.num)
+            text = "nfbind queue %s: %d packet%s, %.0f/s, %d overruns" % (
+                qname, n, "" if n == 1 else "s", rate(n, dt), q.stats.overruns)
+            drops = [d for d in (_queue_proc(args.netns, num) for num in nums) if d]
             if drops:
-                text += ", kernel drops %d (queue full) %d (socket)" % drops
+                text += ", kernel drops %d (queue full) %d (socket)" % (
+                    sum(d[0] for d in drops), sum(d[1] for d in drops))
             return text
 
         with Live(out, status) as live:
             q.run(handle)
         n = tally["n"]
+        nerr = sum(errors.values())
         if intr.hit or out.live:
             detail = _verdict_detail(by_verdict)
-            print("nfbind: queue %d: %d packet%s%s in %.1f s, %d overrun%s%s" % (
-                args.num, n, "" if n == 1 else "s", " (%s)" % detail if detail else "",
+            print("nfbind: queue%s %s: %d packet%s%s in %.1f s, %d overrun%s%s" % (
+                "s" if len(nums) > 1 else "", qname,
+                n, "" if n == 1 else "s", " (%s)" % detail if detail else "",
                 live.elapsed(), q.stats.overruns, "" if q.stats.overruns == 1 else "s",
-                ", %d hook error%s" % (tally["errors"], "" if tally["errors"] == 1 else "s")
-                if tally["errors"] else ""), file=sys.stderr)
+                ", %d hook error%s" % (nerr, "" if nerr == 1 else "s")
+                if nerr else ""), file=sys.stderr)
     return 0
+
+
+def _queue_name(queues: List[int]) -> str:
+    """"5", "0-3" for a range, "1,4,7" otherwise."""
+    if len(queues) == 1:
+        return str(queues[0])
+    if queues == list(range(queues[0], queues[-1] + 1)):
+        return "%d-%d" % (queues[0], queues[-1])
+    return ",".join(map(str, queues))
 
 
 def _write_line(fd: int, text: str) -> None:
@@ -280,8 +298,9 @@ def _queue_serve(args: argparse.Namespace, hook: Optional[Callable[[Any], Any]],
 
     queues = args.queues
     if args.count is not None:
-        raise CliError("--count needs a single queue and one worker (the workers do not "
-                       "share a packet count)", 2)
+        raise CliError("--count does not combine with --workers (the workers do not share "
+                       "a packet count): leave out --workers to serve the queues in one "
+                       "process", 2)
     workers = args.workers or min(len(queues), os.cpu_count() or 1)
     if workers > len(queues):
         raise CliError("--workers must be 1..%d (one queue per worker at least), got %d"
@@ -305,8 +324,7 @@ def _queue_serve(args: argparse.Namespace, hook: Optional[Callable[[Any], Any]],
             counts[base + herr] += 1
         _write_line(stdout, line)
 
-    qname = ("%d-%d" % (queues[0], queues[-1]) if queues == list(range(queues[0], queues[-1] + 1))
-             else ",".join(map(str, queues)))
+    qname = _queue_name(list(queues))
     start = time.monotonic()
 
     def ready(pids: Dict[int, Tuple[int, ...]]) -> None:
