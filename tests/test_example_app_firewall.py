@@ -7,25 +7,31 @@ without a question."""
 from __future__ import annotations
 
 import os
+import queue
+import re
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
+from typing import List
 
 import pytest
 
 from helpers.packets import recv_all
 
-from test_examples import EXAMPLES, SRC, Example, header_rules
 
 pytestmark = pytest.mark.integration
 
 PORT = 5651
-NAME = "app_firewall.py"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "app_firewall.py"
 TIMEOUT = 1.0
 
 
 def _rules(ns) -> None:
-    for line in header_rules(NAME).splitlines():
+    """The iptables rules of the example's header comment."""
+    for line in EXAMPLE.read_text().splitlines():
         line = line.lstrip("# ").strip()
         if line.startswith("iptables "):
             ns.iptables(*line.split()[1:])
@@ -45,30 +51,58 @@ def _perl_sender(ns, data: bytes) -> subprocess.Popen:
     return ns.popen("perl", "-e", code)
 
 
-class _Interactive(Example):
-    """The example with a pipe to its stdin (the person answering)."""
+class _Interactive:
+    """The example running in the namespace, with a pipe to its stdin (the
+    person answering); its stdout is read line by line by a thread."""
 
-    def __init__(self, ns, name: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1")
-        self.name = name
-        self.proc = ns.popen(sys.executable, str(EXAMPLES / name), *args,
+    def __init__(self, ns, *args: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+        self.proc = ns.popen(sys.executable, str(EXAMPLE), *args,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
         self.stdin = self.proc.stdin
-        self._start_readers()
-
-    def _start_readers(self) -> None:
-        import queue
-        import threading
-
-        self.lines = queue.Queue()
-        self.out, self.err = [], []
-        self._t = [threading.Thread(target=self._read, args=(self.proc.stdout, self.lines),
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.out: List[str] = []
+        self.err: List[str] = []
+        self._t = [threading.Thread(target=self._read, args=(self.proc.stdout, True),
                                     daemon=True),
-                   threading.Thread(target=self._read, args=(self.proc.stderr, None),
+                   threading.Thread(target=self._read, args=(self.proc.stderr, False),
                                     daemon=True)]
         for t in self._t:
             t.start()
+
+    def _read(self, f, is_out: bool) -> None:
+        for line in f:
+            line = line.rstrip("\n")
+            if is_out:
+                self.out.append(line)
+                self.lines.put(line)
+            else:
+                self.err.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 10) -> str:
+        """The next stdout line matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            if re.search(pattern, line):
+                return line
+        raise AssertionError("no line matching %r; rc=%s\nstdout:\n%s\nstderr:\n%s" % (
+            pattern, self.proc.poll(), "\n".join(self.out), "\n".join(self.err)))
+
+    def finish(self, timeout: float = 15) -> List[str]:
+        """Wait for the example to exit by itself (--run-for); its stdout."""
+        rc = self.proc.wait(timeout)
+        for t in self._t:
+            t.join(5)
+        assert rc == 0, "exit %d\nstdout:\n%s\nstderr:\n%s" % (
+            rc, "\n".join(self.out), "\n".join(self.err))
+        return self.out
 
 
 @pytest.mark.parametrize("drop", [False, True])
@@ -77,7 +111,7 @@ def test_app_firewall_asks_remembers_and_times_out(ns, drop):
     r = ns.socket()
     r.bind(("127.0.0.1", PORT))
     args = ["--timeout", str(TIMEOUT), "--run-for", "2.5"] + (["--drop-on-timeout"] if drop else [])
-    ex = _Interactive(ns, NAME, *args)
+    ex = _Interactive(ns, *args)
     try:
         ex.wait_for(r"app firewall on queue 0")
         py_exe = os.path.realpath(sys.executable)
