@@ -126,3 +126,34 @@ def test_nfqueue_hot_fields_equal_the_lazy_ones(ns):
     kinds = {(v[0], v[1], v[2] is None, v[4] is None) for _, _, v in seen}
     assert kinds == {(34, 0x2A, True, True), (34, 0x2A, False, False),
                      (34, None, False, False)}
+
+
+def test_nfqueue_hot_fields_on_a_socket_of_two_queues(ns):
+    # port 5000 to queue 9, 5001 to queue 10; both marked, 5001's with another mark
+    for port, mark, qnum in ((5000, "0x2a", 9), (5001, "0x2b", 10)):
+        ns.iptables("-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", str(port),
+                    "-j", "MARK", "--set-mark", mark)
+        ns.iptables("-A", "OUTPUT", "-p", "udp", "--dport", str(port), "-j", "NFQUEUE",
+                    "--queue-num", str(qnum))
+    n = 10 * HOT_SPAN
+    seen = []
+
+    def handler(p):
+        seen.append((p, p.queue_num, tuple(getattr(p, f) for f in HOT_FIELDS)))
+        if len(seen) == 2 * n:
+            q.stop()
+        return Verdict.ACCEPT
+
+    with NfQueue([9, 10], netns=ns.name, max_len=2 * n, rcvbuf=32 << 20) as q:
+        send(ns, [b"a%05d" % i for i in range(n)])
+        send(ns, [b"b%05d" % i for i in range(n)], dst=("127.0.0.1", 5001))
+        q.run(handler, timeout=10)
+        assert q.stats.pending == 0
+
+    assert len(seen) == 2 * n
+    assert any(type(p) is queue_mod._HotPacket for p, _, _ in seen)
+    for p, qnum, values in seen:
+        lazy = Packet(p._b, p._o, p.id)
+        assert values == tuple(getattr(lazy, f) for f in HOT_FIELDS)
+        assert values[1] == {9: 0x2A, 10: 0x2B}[qnum]
+    assert sorted(q for _, q, _ in seen) == [9] * n + [10] * n
