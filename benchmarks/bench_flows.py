@@ -120,8 +120,12 @@ def one_run(impl: str, a: argparse.Namespace, py: str, env: dict, fill: str) -> 
     try:
         with Namespace("nfb-flowbench", tag=f"{impl}") as ns, \
                 tempfile.TemporaryDirectory(prefix="nfb-flows-") as d:
+            # events=1: the flows ct_fill makes before the consumer
+            # subscribes must carry the event extension, which the default
+            # (2: only while someone listens) leaves off; without it their
+            # flush sends no DESTROY event at all
             ns.run("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1",
-                   "net.netfilter.nf_conntrack_timestamp=1")
+                   "net.netfilter.nf_conntrack_timestamp=1", "net.netfilter.nf_conntrack_events=1")
             ns.run(fill, str(a.flows), "3600", timeout=300)
             sink = None
             if out == "ipfix":
