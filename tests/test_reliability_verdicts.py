@@ -313,6 +313,38 @@ def test_log_loops_refused_inside_a_handler(ns):
     assert "NfLog" in errors[0] and "drain()" in errors[0]
 
 
+def test_log_loops_refused_inside_a_handler_that_reads_fields(ns):
+    """A handler that reads the hot fields gets, from its second batch on,
+    packets with them filled in (another dispatcher): nesting is refused
+    there as well."""
+    ns.iptables("-A", "OUTPUT", "-p", "udp", "--dport", str(PORT),
+                "-j", "NFLOG", "--nflog-group", str(GROUP))
+    tx = ns.socket()
+    errors: List[str] = []
+    kinds = []
+    try:
+        with NfLog(GROUP, netns=ns.name) as log:
+
+            def handler(pkt):
+                kinds.append(type(pkt))
+                assert (pkt.payload_len, pkt.mark, pkt.indev, pkt.prefix) == (33, None, None, "")
+                try:
+                    log.drain(lambda p: None)
+                except RuntimeError as e:
+                    errors.append(str(e))
+
+            for i in range(3):      # a batch each
+                tx.sendto(b"log-%d" % i, ("127.0.0.1", PORT))
+                deadline = time.monotonic() + 2
+                while len(kinds) <= i and time.monotonic() < deadline:
+                    select.select([log.fileno()], [], [], 0.1)
+                    log.drain(handler)
+    finally:
+        tx.close()
+    assert len(set(kinds)) == 2, kinds      # the lazy packet, then the filled one
+    assert len(errors) == 3 and all("inside one of its own handlers" in e for e in errors)
+
+
 @pytest.mark.parametrize("default", [Verdict.ACCEPT, Verdict.DROP], ids=["ACCEPT", "DROP"])
 def test_configure_from_a_handler_keeps_the_batch(net, default):
     """configure(copy_range=100) from the handler resizes the receive

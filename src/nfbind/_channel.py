@@ -360,7 +360,8 @@ class Channel(Generic[P]):
         self._dispatch_thread = None
 
     #: the methods that call handlers (for _check_not_in_handler)
-    _DISPATCHERS: Tuple[str, ...] = ("_dispatch", "_dispatch_list", "_run_backlog")
+    _DISPATCHERS: Tuple[str, ...] = ("_dispatch", "_dispatch_hot", "_dispatch_list",
+                                     "_run_backlog")
 
     def _overrun(self, count: int) -> None:
         """Apply the ENOBUFS policy (called by _drain_once on -ENOBUFS)."""

@@ -440,6 +440,7 @@ class NfLog(Channel[LogPacket]):
         h_ts = _HOT_TIMESTAMP
         o = 0
         end = n * NF
+        self._dispatch_thread = threading.get_ident()
         try:
             for (code, hwp, mark, indev, plen, pfx, ts) in _HOT.iter_unpack(hot):
                 p = new(cls)
@@ -464,6 +465,8 @@ class NfLog(Channel[LogPacket]):
         except BaseException:
             self._backlog = [LogPacket(b, k) for k in range(o, end, NF)] + self._backlog
             raise
+        finally:
+            self._dispatch_thread = None
         if error is not None:
             raise error
         return n
