@@ -208,7 +208,11 @@ def test_logged_packet(ns: NetNS) -> None:
         while not got and time.monotonic() < deadline:
             log.run(lambda pkt: got.append(pkt.process()) or log.stop(), timeout=1.0)
         release(recv, send)
+        diag = proc_mod._lookups[log]._diag
+        assert diag is not None and diag.sock.fileno() >= 0
     assert got and isinstance(got[0], Process) and got[0].pid == send.pid
+    # the lookup's sock_diag socket (it holds the namespace) closed with the log
+    assert diag.sock.fileno() == -1 and proc_mod._lookups[log]._closed
 
 
 @pytest.mark.integration

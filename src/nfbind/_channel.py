@@ -240,6 +240,9 @@ class Channel(Generic[P]):
     _closed = True
     #: the thread handing a batch to handlers right now (None: none)
     _dispatch_thread: Optional[int] = None
+    #: what other modules keep for this channel and close with it (an object
+    #: with close(): pkt.process()'s sock_diag socket); see _close_with()
+    _close_also: Tuple[Any, ...] = ()
     #: _FORKS when the channel was opened or a loop last ran on it
     _used_at = 0
     #: the subclass's C state; None once closed
@@ -687,10 +690,18 @@ class Channel(Generic[P]):
                 if self._sock is not None:
                     self._sock.close()
                 self._wake.close()
+                for other in self._close_also:
+                    other.close()
+                self._close_also = ()
                 # an async for sees no wake-up on a pipe closed before its
                 # event loop looked: tell it on that loop
                 for waker in list(self._async_wakers):
                     waker()
+
+    def _close_with(self, other: Any) -> None:
+        """Close ``other`` (anything with ``close()``) when this channel
+        closes."""
+        self._close_also += (other,)
 
     def __enter__(self: _Self) -> _Self:
         self._check_open()

@@ -298,7 +298,7 @@ class SocketLookup:
 
 
 #: one SocketLookup per channel (NfQueue, NfLog) that looked a process up,
-#: closed when its channel is found closed or is collected
+#: closed with its channel (or when the channel is collected)
 _lookups: "weakref.WeakKeyDictionary[Any, SocketLookup]" = weakref.WeakKeyDictionary()
 _lookups_lock = threading.Lock()
 
@@ -316,6 +316,7 @@ def _lookup_for(ch: Any) -> SocketLookup:
         if found is not None:
             return found
         lk = _lookups[ch] = SocketLookup(ch._netns)
+        ch._close_with(lk)
         weakref.finalize(ch, lk.close)
         return lk
 
