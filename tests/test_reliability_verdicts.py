@@ -784,7 +784,7 @@ def test_close_under_a_stream_drops_nothing(ns, soak):
     ns.iptables("-t", "mangle", "-R", "INPUT", "1", "-p", "udp", "--dport", str(PORT),
                 "-m", "comment", "--comment", "queued",
                 "-j", "NFQUEUE", "--queue-num", str(QNUM), "--queue-bypass")
-    cycles = 1000 if soak.full else 150
+    cycles = 2000 if soak.full else 300
     stop = threading.Event()
     sent = [0]
 
@@ -857,31 +857,52 @@ def _udp_in_errors(ns) -> int:
     return int(dict(zip(lines[0][1:], lines[1][1:]))["InErrors"])
 
 
+def _config_requests(cfg_fields: dict) -> List[Set[int]]:
+    """The attribute types of each request nfb_q_config() sends for
+    ``cfg_fields`` (read from a socket pair; nobody answers)."""
+    rx = PairRx("queue")
+    try:
+        cfg = q_ffi.new("struct nfb_qcfg *", cfg_fields)
+        q_lib.nfb_q_config(rx.c, cfg, 0, q_ffi.new("int *"))
+        data = rx.w.recv(65536)
+    finally:
+        rx.close()
+    out = []
+    off = 0
+    while off + NLMSG.size <= len(data):
+        ln = NLMSG.unpack_from(data, off)[0]
+        types = set()
+        a = off + NLMSG.size + 4
+        while a + 4 <= off + ln:
+            alen, atype = struct.unpack_from("=HH", data, a)
+            types.add(atype & 0x3FFF)
+            a += (alen + 3) & ~3
+        out.append(types)
+        off += (ln + 3) & ~3
+    return out
+
+
 def test_close_sets_fail_open_before_it_stops_the_queue():
     """What close() asks of the kernel: fail-open and max_len 0 in one
     configuration go out as two requests, fail-open first (the kernel
     applies them in turn; a packet finding the queue full in between meets
     fail-open, not a drop)."""
-    rx = PairRx("queue")
-    try:
-        cfg = q_ffi.new("struct nfb_qcfg *", dict(copy_mode=-1, max_len=0,
-                                                  flags_mask=core_lib.NFQA_CFG_F_FAIL_OPEN,
-                                                  flags=core_lib.NFQA_CFG_F_FAIL_OPEN))
-        q_lib.nfb_q_config(rx.c, cfg, 0, q_ffi.new("int *"))
-        data = rx.w.recv(65536)
-        kinds = []
-        off = 0
-        while off + NLMSG.size <= len(data):
-            ln = NLMSG.unpack_from(data, off)[0]
-            types = set()
-            a = off + NLMSG.size + 4
-            while a + 4 <= off + ln:
-                alen, atype = struct.unpack_from("=HH", data, a)
-                types.add(atype & 0x3FFF)
-                a += (alen + 3) & ~3
-            kinds.append("flags" if q_lib.NFQA_CFG_FLAGS in types else
-                         "max_len" if q_lib.NFQA_CFG_QUEUE_MAXLEN in types else "other")
-            off += (ln + 3) & ~3
-        assert kinds == ["flags", "max_len"]
-    finally:
-        rx.close()
+    reqs = _config_requests(dict(copy_mode=-1, max_len=0,
+                                 flags_mask=core_lib.NFQA_CFG_F_FAIL_OPEN,
+                                 flags=core_lib.NFQA_CFG_F_FAIL_OPEN))
+    assert reqs == [{q_lib.NFQA_CFG_FLAGS, q_lib.NFQA_CFG_MASK},
+                    {q_lib.NFQA_CFG_QUEUE_MAXLEN}]
+
+
+def test_bind_request_carries_the_copy_mode():
+    """The kernel creates a bound queue with copy mode NONE and drops,
+    counting it nowhere, a packet that reaches it before its copy mode is
+    set: the bind request carries the copy mode itself, so no other request
+    stands between the two."""
+    reqs = _config_requests(dict(cmd=q_lib.NFQNL_CFG_CMD_BIND, copy_mode=2,
+                                 copy_range=0xFFFF, max_len=1024))
+    assert reqs[0] == {q_lib.NFQA_CFG_CMD, q_lib.NFQA_CFG_PARAMS}
+    assert all(q_lib.NFQA_CFG_PARAMS not in r for r in reqs[1:])
+    # a change of copy mode alone is a request of its own
+    assert _config_requests(dict(copy_mode=1, copy_range=0, max_len=-1)) == [
+        {q_lib.NFQA_CFG_PARAMS}]
