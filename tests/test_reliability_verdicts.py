@@ -608,12 +608,12 @@ def test_keyboard_interrupt_before_every_bytecode(net, soak):
 
 
 def test_keyboard_interrupt_storm(net, soak):
-    """SIGALRM raising KeyboardInterrupt every 2 ms (only while nfbind's code
+    """SIGALRM raising KeyboardInterrupt every 1 ms (only while nfbind's code
     or the handler runs, as a Ctrl-C in the loop would) while the caller
     restarts run() and retries its deferred verdicts; a sender streams
     meanwhile.  Every packet gets its handler's verdict, the kernel holds
     none without one before close(), and none was verdicted twice."""
-    n = 21000 if soak.full else 3500
+    n = 21000 if soak.full else 5000
     r = Round(None, net, "storm", n=n)  # type: ignore[arg-type]
     interrupts = [0, 0]
     handler_code = Round.handler.__code__
@@ -646,7 +646,7 @@ def test_keyboard_interrupt_storm(net, soak):
         t = threading.Thread(target=sender, daemon=True)
         t.start()
         deadline = time.monotonic() + (900 if soak.full else 120)
-        signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
+        signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
         try:
             while time.monotonic() < deadline:
                 try:
