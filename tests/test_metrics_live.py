@@ -137,8 +137,34 @@ def test_queue_verdicts_match_what_was_sent_and_proc(qns):
                        reason="queue_full") == row["queue_dropped"] == 0
         assert s.value("nfbind_queue_kernel_dropped_total", queue="5",
                        reason="socket") == row["user_dropped"] == 0
-        assert not s.has("nfbind_queue_timeouts_total") or hasattr(q.stats, "timeouts")
+        assert s.value("nfbind_queue_timeouts_total", queue="5") == 0
     assert sorted(received(rx)) == sorted(b"%da" % i for i in range(7))
+    rx.close()
+
+
+def test_queue_timeouts(qns):
+    """Three packets the handler leaves without a verdict meet their
+    deadline (on_timeout=DROP): nfbind_queue_timeouts_total counts them;
+    the one the handler accepts is not counted."""
+    ns = qns
+    rx = ns.socket()
+    rx.bind(("127.0.0.1", 7000))
+
+    def decide(pkt: Any) -> Any:
+        return Verdict.ACCEPT if pkt.payload.endswith(b"a") else None
+
+    with NfQueue(5, netns=ns.name, verdict_timeout=0.2, on_timeout=Verdict.DROP) as q, \
+            serving(Collector(q)) as url:
+        loop = Loop(q, decide)
+        try:
+            send_udp(ns, 7000, [b"0a", b"1t", b"2t", b"3t"])
+            s = wait_value(url, "nfbind_queue_timeouts_total", 3, queue="5")
+        finally:
+            loop.stop()
+        assert q.stats.timeouts == 3 and q.stats.pending == 0
+        assert s.value("nfbind_queue_packets_total", queue="5") == 4
+        assert ns.queue_proc()[5]["waiting"] == 0
+    assert received(rx) == [b"0a"]
     rx.close()
 
 
