@@ -64,6 +64,33 @@ def check_choice(name: str, value: object, choices: Tuple[_T, ...]) -> _T:
     return choices[choices.index(value)]
 
 
+def check_int_list(name: str, one: str, item: str, value: Any, lo: int, hi: int, *,
+                   kinds: str, empty: str, dups: str) -> Tuple[int, ...]:
+    """An int, or a non-empty iterable of distinct ints, each in ``lo..hi``,
+    as a tuple.  ``name`` is the argument, ``one`` its name in errors when it
+    is a single int, ``item`` one element of an iterable;
+    ``kinds`` says what it may be and ``empty``/``dups`` the errors (each
+    completes "``name`` must be ..." / "``name`` ...").
+
+    Raises TypeError (a str or bytes, neither an int nor an iterable, an
+    element not an int) or ValueError (empty, out of range, duplicates).
+    """
+    if isinstance(value, (str, bytes)):
+        raise TypeError("%s must be %s, not %s" % (name, kinds, type(value).__name__))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (check_int(one, value, lo, hi),)
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError("%s must be %s, not %s" % (name, kinds, type(value).__name__)) from None
+    if not items:
+        raise ValueError("%s must %s" % (name, empty))
+    out = tuple(check_int(item, v, lo, hi) for v in items)
+    if len(set(out)) != len(out):
+        raise ValueError("%s %s: %r" % (name, dups, out))
+    return out
+
+
 def check_int(name: str, value: Any, lo: int, hi: int) -> int:
     """Validate an integer argument before it reaches C.
 

@@ -13,7 +13,7 @@ import errno
 from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Tuple, Union
 
 from ._channel import Channel, P, config_error
-from ._netlink import check_int
+from ._netlink import check_int, check_int_list
 from ._core import lib as core
 from ._nfqueue import ffi, lib
 from ._queue_verdicts import MAX_PAYLOAD
@@ -46,22 +46,11 @@ def queue_list(value: Union[int, Iterable[int]]) -> Tuple[Union[int, Tuple[int, 
     """``NfQueue``'s first argument: ``(queue_num, queues)``, where
     ``queue_num`` is the int given or the tuple of the iterable given, and
     ``queues`` always the tuple."""
-    if isinstance(value, (str, bytes)):
-        raise TypeError("queue_num must be a queue number or an iterable of them, not %s"
-                        % type(value).__name__)
+    out = check_int_list("queue_num", "queue_num", "queue number", value, 0, 0xFFFF,
+                         kinds="a queue number or an iterable of them",
+                         empty="name at least one queue", dups="has duplicate queue numbers")
     if isinstance(value, int) and not isinstance(value, bool):
-        n = check_int("queue_num", value, 0, 0xFFFF)
-        return n, (n,)
-    try:
-        items: List[Any] = list(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError("queue_num must be a queue number or an iterable of them, not %s"
-                        % type(value).__name__) from None
-    if not items:
-        raise ValueError("queue_num must name at least one queue")
-    out = tuple(check_int("queue number", v, 0, 0xFFFF) for v in items)
-    if len(set(out)) != len(out):
-        raise ValueError("queue_num has duplicate queue numbers: %r" % (out,))
+        return out[0], out
     return out, out
 
 

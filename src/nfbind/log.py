@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._nflog import struct_nfb_log
 from .enums import CopyMode, Family
 from .errors import NetlinkError, error_from_errno
-from ._netlink import check_int
+from ._netlink import check_int, check_int_list
 from .conntrack._lookup import CtLookup
 from .packet import HOT_FIELDS, HOT_READS, HOT_SPAN, NF, Batch, PacketBase, blob, field, \
     hot_struct, hot_variant
@@ -153,23 +153,9 @@ class LogStats(ChannelStats):
 
 
 def _groups(groups: Union[int, Iterable[int]]) -> Tuple[int, ...]:
-    if isinstance(groups, (str, bytes)):
-        raise TypeError("groups must be an int or an iterable of ints, not %s"
-                        % type(groups).__name__)
-    if isinstance(groups, int) and not isinstance(groups, bool):
-        items: List[Any] = [groups]
-    else:
-        try:
-            items = list(groups)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError("groups must be an int or an iterable of ints, not %s"
-                            % type(groups).__name__) from None
-    if not items:
-        raise ValueError("groups must name at least one log group")
-    out = tuple(check_int("group", g, 0, 0xFFFF) for g in items)
-    if len(set(out)) != len(out):
-        raise ValueError("groups has duplicates: %r" % (out,))
-    return out
+    return check_int_list("groups", "group", "group", groups, 0, 0xFFFF,
+                          kinds="an int or an iterable of ints",
+                          empty="name at least one log group", dups="has duplicates")
 
 
 class NfLog(Channel[LogPacket]):
