@@ -949,8 +949,12 @@ def test_sigkill_fail_open(ns, soak, threads, tmp_path):
         sent_at_reap = tx.sent
         recorded = read_records(rec)
         assert num not in ns.queue_proc(), "the queue outlived its process"
-        # from now on what passes (--queue-bypass) is the stream's progress
-        tx.progress = lambda: len(recorded) + rx.orig
+        # from now on what passes (--queue-bypass) is the stream's progress.
+        # Counted from the reap: what the dead consumer held (lost) and what
+        # it gave a verdict without recording can add up to the whole window,
+        # and counting from its records would then hold the stream forever.
+        orig_at_reap = rx.orig
+        tx.progress = lambda: sent_at_reap + rx.orig - orig_at_reap
         wait_for(lambda: not tx.is_alive(), 900 if soak.full else 120, "the stream")
     finally:
         tx.stopped.set()
