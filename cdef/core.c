@@ -84,12 +84,42 @@ static inline uint64_t nfb_be64(const void *p)
     return be64toh(v);
 }
 
+/* An attribute's type (the nesting and byte-order flags masked off), its
+ * payload and the payload's length.  Inline here: the parsers call them for
+ * every attribute of every message, where a call into libmnl (through the
+ * PLT) costs more than the read itself. */
+static inline uint16_t nfb_attr_type(const struct nlattr *a)
+{
+    return a->nla_type & NLA_TYPE_MASK;
+}
+
+static inline const void *nfb_attr_data(const struct nlattr *a)
+{
+    return (const char *)a + NLA_HDRLEN;
+}
+
+static inline uint16_t nfb_attr_len(const struct nlattr *a)
+{
+    return (uint16_t)(a->nla_len - NLA_HDRLEN);
+}
+
+/* a is a whole attribute within the len bytes from a */
+static inline int nfb_attr_ok(const struct nlattr *a, int len)
+{
+    return len >= (int)sizeof(*a) && a->nla_len >= sizeof(*a) && (int)a->nla_len <= len;
+}
+
+static inline const struct nlattr *nfb_attr_next(const struct nlattr *a)
+{
+    return (const struct nlattr *)((const char *)a + NLA_ALIGN(a->nla_len));
+}
+
 /* An attribute's payload read as one big-endian integer (the caller checked
  * that the payload is long enough). */
-#define nfb_attr_be16(a) nfb_be16(mnl_attr_get_payload(a))
-#define nfb_attr_be32(a) nfb_be32(mnl_attr_get_payload(a))
-#define nfb_attr_be64(a) nfb_be64(mnl_attr_get_payload(a))
-#define nfb_attr_u8(a) (*(const uint8_t *)mnl_attr_get_payload(a))
+#define nfb_attr_be16(a) nfb_be16(nfb_attr_data(a))
+#define nfb_attr_be32(a) nfb_be32(nfb_attr_data(a))
+#define nfb_attr_be64(a) nfb_be64(nfb_attr_data(a))
+#define nfb_attr_u8(a) (*(const uint8_t *)nfb_attr_data(a))
 
 /* mnl_nlmsg_ok() of libmnl 1.0.4 compares (int)nlmsg_len with the bytes
  * left, so a message claiming 2 GiB or more passes it (a negative int) and
@@ -101,11 +131,17 @@ static inline int nfb_nlmsg_ok(const struct nlmsghdr *nlh, int len)
            nlh->nlmsg_len <= (unsigned int)len;
 }
 
+static inline const struct nlmsghdr *nfb_nlmsg_next(const struct nlmsghdr *nlh, int *len)
+{
+    *len -= (int)NLMSG_ALIGN(nlh->nlmsg_len);
+    return (const struct nlmsghdr *)((const char *)nlh + NLMSG_ALIGN(nlh->nlmsg_len));
+}
+
 /* Every whole message of buf[0..len); a lying nlmsg_len ends the walk. */
 #define nfb_msg_for_each(h, buf, len, remaining)                              \
     for ((h) = (const struct nlmsghdr *)(buf), (remaining) = (int)(len);      \
          nfb_nlmsg_ok((h), (remaining));                                      \
-         (h) = mnl_nlmsg_next((h), &(remaining)))
+         (h) = nfb_nlmsg_next((h), &(remaining)))
 
 /* The one attribute walker: every attribute wholly inside p[0..len).  What
  * is left is counted from the range's own end (libmnl's mnl_attr_for_each()
@@ -114,13 +150,13 @@ static inline int nfb_nlmsg_ok(const struct nlmsghdr *nlh, int len)
  * ends the walk. */
 #define nfb_attr_for_each(a, p, len)                                          \
     for ((a) = (const struct nlattr *)(p);                                    \
-         mnl_attr_ok((a), (int)(len) -                                        \
+         nfb_attr_ok((a), (int)(len) -                                        \
                      (int)((const char *)(a) - (const char *)(p)));           \
-         (a) = mnl_attr_next(a))
+         (a) = nfb_attr_next(a))
 
 /* The attributes nested in attribute n. */
 #define nfb_attr_for_each_nested(a, n)                                        \
-    nfb_attr_for_each(a, mnl_attr_get_payload(n), mnl_attr_get_payload_len(n))
+    nfb_attr_for_each(a, nfb_attr_data(n), nfb_attr_len(n))
 
 /* Where a message's attributes start after its hdrlen-byte family header,
  * and how many bytes of them nlmsg_len holds (negative when it does not even
@@ -297,11 +333,11 @@ static inline void nfb_rec_vlan(uint32_t *rec, const struct nlattr *attr,
 {
     const struct nlattr *va;
     nfb_attr_for_each_nested(va, attr) {
-        if (mnl_attr_get_payload_len(va) < 2)
+        if (nfb_attr_len(va) < 2)
             continue;
-        if (mnl_attr_get_type(va) == proto_type)
+        if (nfb_attr_type(va) == proto_type)
             rec[NFB_F_VLAN_PROTO] = nfb_attr_be16(va);
-        else if (mnl_attr_get_type(va) == tci_type)
+        else if (nfb_attr_type(va) == tci_type)
             rec[NFB_F_VLAN_TCI] = nfb_attr_be16(va);
     }
 }
@@ -729,11 +765,11 @@ static void nfb_extack(char *out, size_t cap, const struct nlmsghdr *h)
     if (NLMSG_HDRLEN + off > h->nlmsg_len)
         return;
     nfb_attr_for_each(a, (const char *)e + off, h->nlmsg_len - NLMSG_HDRLEN - off) {
-        if (mnl_attr_get_type(a) == NLMSGERR_ATTR_MSG) {
-            size_t n = strnlen(mnl_attr_get_payload(a), mnl_attr_get_payload_len(a));
+        if (nfb_attr_type(a) == NLMSGERR_ATTR_MSG) {
+            size_t n = strnlen(nfb_attr_data(a), nfb_attr_len(a));
             if (n >= cap)
                 n = cap - 1;
-            memcpy(out, mnl_attr_get_payload(a), n);
+            memcpy(out, nfb_attr_data(a), n);
             out[n] = '\0';
         }
     }
@@ -1031,23 +1067,23 @@ static void nfb_ct_parse_tuple(const struct nlattr *nest, struct nfb_ct_tuple *t
 {
     const struct nlattr *a, *b;
     nfb_attr_for_each_nested(a, nest) {
-        uint16_t len = mnl_attr_get_payload_len(a);
-        switch (mnl_attr_get_type(a)) {
+        uint16_t len = nfb_attr_len(a);
+        switch (nfb_attr_type(a)) {
         case CTA_TUPLE_IP:
-            nfb_attr_for_each(b, mnl_attr_get_payload(a), len) {
-                uint16_t bl = mnl_attr_get_payload_len(b);
-                switch (mnl_attr_get_type(b)) {
+            nfb_attr_for_each(b, nfb_attr_data(a), len) {
+                uint16_t bl = nfb_attr_len(b);
+                switch (nfb_attr_type(b)) {
                 case CTA_IP_V4_SRC:
                 case CTA_IP_V6_SRC:
                     if (bl == 4 || bl == 16) {
-                        memcpy(t->src, mnl_attr_get_payload(b), bl);
+                        memcpy(t->src, nfb_attr_data(b), bl);
                         t->has |= NFB_T_ADDR | (bl == 16 ? NFB_T_V6 : 0);
                     }
                     break;
                 case CTA_IP_V4_DST:
                 case CTA_IP_V6_DST:
                     if (bl == 4 || bl == 16) {
-                        memcpy(t->dst, mnl_attr_get_payload(b), bl);
+                        memcpy(t->dst, nfb_attr_data(b), bl);
                         t->has |= NFB_T_ADDR | (bl == 16 ? NFB_T_V6 : 0);
                     }
                     break;
@@ -1055,9 +1091,9 @@ static void nfb_ct_parse_tuple(const struct nlattr *nest, struct nfb_ct_tuple *t
             }
             break;
         case CTA_TUPLE_PROTO:
-            nfb_attr_for_each(b, mnl_attr_get_payload(a), len) {
-                uint16_t bl = mnl_attr_get_payload_len(b);
-                switch (mnl_attr_get_type(b)) {
+            nfb_attr_for_each(b, nfb_attr_data(a), len) {
+                uint16_t bl = nfb_attr_len(b);
+                switch (nfb_attr_type(b)) {
                 case CTA_PROTO_NUM:
                     if (bl >= 1) {
                         t->proto = nfb_attr_u8(b);
@@ -1115,8 +1151,8 @@ static uint32_t nfb_ct_parse_counters(const struct nlattr *nest, uint64_t *pk, u
     const struct nlattr *a;
     uint32_t got = 0;
     nfb_attr_for_each_nested(a, nest) {
-        uint16_t len = mnl_attr_get_payload_len(a);
-        switch (mnl_attr_get_type(a)) {
+        uint16_t len = nfb_attr_len(a);
+        switch (nfb_attr_type(a)) {
         case CTA_COUNTERS_PACKETS:
             if (len >= 8) {
                 *pk = nfb_attr_be64(a);
@@ -1156,10 +1192,10 @@ static uint32_t nfb_ct_parse_tcp(const struct nlattr *nest, struct nfb_ct_rec *r
     nfb_attr_for_each_nested(a, nest) {
         uint64_t b;
         int shift;
-        if (mnl_attr_get_payload_len(a) < 1)
+        if (nfb_attr_len(a) < 1)
             continue;
         b = nfb_attr_u8(a);
-        switch (mnl_attr_get_type(a)) {
+        switch (nfb_attr_type(a)) {
         case CTA_PROTOINFO_TCP_STATE:
             r->state = (uint8_t)b;
             got |= NFB_CT_A_STATE;
@@ -1188,8 +1224,8 @@ static uint32_t nfb_ct_parse_u32s(const struct nlattr *nest, uint32_t *out, int 
     const struct nlattr *a;
     unsigned int seen = 0;
     nfb_attr_for_each_nested(a, nest) {
-        int i = (int)mnl_attr_get_type(a) - first;
-        if (i < 0 || i >= n || mnl_attr_get_payload_len(a) < 4)
+        int i = (int)nfb_attr_type(a) - first;
+        if (i < 0 || i >= n || nfb_attr_len(a) < 4)
             continue;
         out[i] = nfb_attr_be32(a);
         seen |= 1u << i;
@@ -1219,10 +1255,10 @@ static const size_t nfb_ct_u32_off[CTA_MAX + 1] = {
 /* A NUL-padded string attribute into dst[cap], NUL-terminated. */
 static void nfb_ct_cstr(char *dst, size_t cap, const struct nlattr *a)
 {
-    size_t n = strnlen(mnl_attr_get_payload(a), mnl_attr_get_payload_len(a));
+    size_t n = strnlen(nfb_attr_data(a), nfb_attr_len(a));
     if (n > cap - 1)
         n = cap - 1;
-    memcpy(dst, mnl_attr_get_payload(a), n);
+    memcpy(dst, nfb_attr_data(a), n);
     dst[n] = '\0';
 }
 
@@ -1238,8 +1274,8 @@ static void nfb_ct_parse(const char *p, size_t len, uint8_t family, struct nfb_c
     memset(r, 0, sizeof(*r));
     r->family = family;
     nfb_attr_for_each(a, p, len) {
-        uint16_t al = mnl_attr_get_payload_len(a);
-        uint16_t type = mnl_attr_get_type(a);
+        uint16_t al = nfb_attr_len(a);
+        uint16_t type = nfb_attr_type(a);
         if (type <= CTA_MAX && nfb_ct_u32_bit[type]) {
             if (al >= 4) {
                 uint32_t v = nfb_attr_be32(a);
@@ -1271,7 +1307,7 @@ static void nfb_ct_parse(const char *p, size_t len, uint8_t family, struct nfb_c
             nfb_attr_for_each_nested(b, a) {
                 const struct nlattr *s;
                 int want;
-                switch (mnl_attr_get_type(b)) {
+                switch (nfb_attr_type(b)) {
                 case CTA_PROTOINFO_TCP:
                     attrs |= nfb_ct_parse_tcp(b, r);
                     continue;
@@ -1280,7 +1316,7 @@ static void nfb_ct_parse(const char *p, size_t len, uint8_t family, struct nfb_c
                 default: continue;
                 }
                 nfb_attr_for_each_nested(s, b) {
-                    if (mnl_attr_get_type(s) == want && mnl_attr_get_payload_len(s) >= 1) {
+                    if (nfb_attr_type(s) == want && nfb_attr_len(s) >= 1) {
                         r->state = nfb_attr_u8(s);
                         attrs |= NFB_CT_A_STATE;
                     }
@@ -1310,24 +1346,24 @@ static void nfb_ct_parse(const char *p, size_t len, uint8_t family, struct nfb_c
             break;
         case CTA_TIMESTAMP:
             nfb_attr_for_each_nested(b, a) {
-                if (mnl_attr_get_payload_len(b) < 8)
+                if (nfb_attr_len(b) < 8)
                     continue;
-                if (mnl_attr_get_type(b) == CTA_TIMESTAMP_START) {
+                if (nfb_attr_type(b) == CTA_TIMESTAMP_START) {
                     r->ts_start = nfb_attr_be64(b);
                     attrs |= NFB_CT_A_TS_START;
-                } else if (mnl_attr_get_type(b) == CTA_TIMESTAMP_STOP) {
+                } else if (nfb_attr_type(b) == CTA_TIMESTAMP_STOP) {
                     r->ts_stop = nfb_attr_be64(b);
                     attrs |= NFB_CT_A_TS_STOP;
                 }
             }
             break;
         case CTA_LABELS:
-            memcpy(r->labels, mnl_attr_get_payload(a), al < 16 ? al : 16);
+            memcpy(r->labels, nfb_attr_data(a), al < 16 ? al : 16);
             attrs |= NFB_CT_A_LABELS;
             break;
         case CTA_HELP:
             nfb_attr_for_each_nested(b, a) {
-                if (mnl_attr_get_type(b) == CTA_HELP_NAME) {
+                if (nfb_attr_type(b) == CTA_HELP_NAME) {
                     nfb_ct_cstr(r->helper, sizeof(r->helper), b);
                     attrs |= NFB_CT_A_HELPER;
                 }
@@ -1335,9 +1371,9 @@ static void nfb_ct_parse(const char *p, size_t len, uint8_t family, struct nfb_c
             break;
         case CTA_SECCTX:
             nfb_attr_for_each_nested(b, a) {
-                if (mnl_attr_get_type(b) == CTA_SECCTX_NAME) {
-                    const char *s = mnl_attr_get_payload(b);
-                    size_t n = strnlen(s, mnl_attr_get_payload_len(b));
+                if (nfb_attr_type(b) == CTA_SECCTX_NAME) {
+                    const char *s = nfb_attr_data(b);
+                    size_t n = strnlen(s, nfb_attr_len(b));
                     int64_t off = sink ? sink(ctx, s, n) : s - p;
                     if (off >= 0) {
                         r->secctx_off = (uint32_t)off;

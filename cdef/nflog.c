@@ -165,9 +165,9 @@ static int nfb_log_parse_packet(void *ctx, const struct nlmsghdr *nlh,
     rec[NFB_F_QUEUE] = ntohs(nfg->res_id);
 
     nfb_attr_for_each(attr, ap, alen) {
-        uint16_t type = mnl_attr_get_type(attr);
-        uint16_t len = mnl_attr_get_payload_len(attr);
-        const char *p = mnl_attr_get_payload(attr);
+        uint16_t type = nfb_attr_type(attr);
+        uint16_t len = nfb_attr_len(attr);
+        const char *p = nfb_attr_data(attr);
         uint32_t off = (uint32_t)(p - base);
 
         if (type > NFULA_MAX)
