@@ -370,8 +370,7 @@ def test_record_layout_matches_the_c_struct(v6):
     raw = ffi.buffer(rec)[:]
     names = []
     for d in ("orig", "reply"):
-        names += ["%s.%s" % (d, n) for n in ("src", "dst", "sport", "dport", "icmp_id",
-                                              "icmp_type", "icmp_code", "proto", "has")]
+        names += ["%s.%s" % (d, n) for n in ("src", "dst", "sport", "dport", "proto", "has")]
     names += ["attrs", "status", "timeout", "mark", "secmark", "use", "id", "zone", "family",
               "state", "tcp"]
     vals = (R._CORE6 if v6 else R._CORE4)(raw, 0)
@@ -394,6 +393,10 @@ def test_record_layout_matches_the_c_struct(v6):
         c = _field(rec, name)
         assert (bytes(ffi.buffer(c)) == v) if isinstance(v, bytes) else (c == v), name
     assert raw[R._FAM_OFF] == (socket.AF_INET6 if v6 else socket.AF_INET)
+    # the ICMP fields, read apart from the core ones
+    rec.orig.icmp_id, rec.orig.icmp_type, rec.orig.icmp_code = 0x1234, 8, 3
+    rec.reply.icmp_id, rec.reply.icmp_type, rec.reply.icmp_code = 0x4321, 0, 5
+    assert R._ICMPS(ffi.buffer(rec)[:], 0) == (0x1234, 8, 3, 0x4321, 0, 5)
 
 
 # -- event filters --------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ _Field = _t.Tuple[_t.Tuple[str, ...], str, int]
 # -- speed: building frozen records without their constructors ---------------------------
 
 
-def _twin(cls: type) -> Callable[..., Any]:
+def _twin(cls: type, none: _t.Tuple[str, ...] = ()) -> Callable[..., Any]:
     """A mutable class with the same slots as the frozen record ``cls``.
 
     **speed:** flows from the kernel need no validation, and a frozen
@@ -78,24 +78,37 @@ def _twin(cls: type) -> Callable[..., Any]:
     every field).  The builder makes a twin instance and assigns
     ``__class__ = cls`` (allowed: identical slot layout), giving a genuine
     ``cls`` instance (equal, hashable, picklable like one a user made).
-    If the interpreter refuses the assignment, ``cls`` itself is used.
+    If the interpreter refuses the assignment, ``cls`` itself is used (then
+    ``none`` must be empty).
+
+    The fields named in ``none`` are not arguments: the builder sets them to
+    None (**speed:** a constant store costs less than passing an argument,
+    for the fields the common flows lack).
     """
     names = getattr(cls, "__slots__")
     ns: Dict[str, Any] = {"__slots__": names}
     src = "def __init__(self, %s):\n%s" % (
-        ", ".join(names), "".join("    self.%s = %s\n" % (n, n) for n in names))
+        ", ".join(n for n in names if n not in none),
+        "".join("    self.%s = %s\n" % (n, "None" if n in none else n) for n in names))
     exec(src, ns)  # noqa: S102 - builds a plain __init__, like dataclasses does
     twin = type("_%sBuilder" % cls.__name__, (object,), ns)
     try:
-        probe = twin(*([None] * len(names)))
+        probe = twin(*([None] * (len(names) - len(none))))
         probe.__class__ = cls
     except TypeError:  # pragma: no cover - layout differs on this interpreter
+        if none:
+            raise
         return cls
     return twin
 
 
 _TupleB = _twin(Tuple)
 _FlowB = _twin(Flow)
+#: a tuple with ports and no zone: the common one
+_PortsB = _twin(Tuple, ("icmp_type", "icmp_code", "icmp_id", "zone"))
+#: a flow without the rare attributes (see build_flows' short path)
+_PlainB = _twin(Flow, ("counters", "timestamps", "nat", "helper", "secctx", "master",
+                       "seq_adj", "synproxy"))
 _CountersB = _twin(Counters)
 _TcpInfoB = _twin(TcpInfo)
 _SeqAdjB = _twin(SeqAdj)
@@ -137,25 +150,27 @@ def _layout(fields: _t.Sequence[_Field], base: str,
     return s
 
 
-def _tuple_fields(prefix: _t.Tuple[str, ...], v6: bool, zone: bool = False) -> List[_Field]:
+def _tuple_fields(prefix: _t.Tuple[str, ...], v6: bool, zone: bool = False,
+                  icmp: bool = True) -> List[_Field]:
     # speed: IPv4 addresses as one native u32 (an int key for the address
     # cache: no bytes object per address); IPv6 addresses as 16 bytes; the
-    # directional zone only where asked for (flows with one are rare)
+    # directional zone and the ICMP fields only where asked for (every field
+    # unpacked costs each record an int object and a local store)
     a, w = ("16s", 16) if v6 else ("I", 4)
     return [
         (prefix + ("src",), a, w), (prefix + ("dst",), a, w),
-        (prefix + ("sport",), "H", 2), (prefix + ("dport",), "H", 2),
-        (prefix + ("icmp_id",), "H", 2)] + (
-        [(prefix + ("zone",), "H", 2)] if zone else []) + [
-        (prefix + ("icmp_type",), "B", 1),
-        (prefix + ("icmp_code",), "B", 1), (prefix + ("proto",), "B", 1),
-        (prefix + ("has",), "B", 1),
+        (prefix + ("sport",), "H", 2), (prefix + ("dport",), "H", 2)] + (
+        [(prefix + ("icmp_id",), "H", 2)] if icmp else []) + (
+        [(prefix + ("zone",), "H", 2)] if zone else []) + (
+        [(prefix + ("icmp_type",), "B", 1), (prefix + ("icmp_code",), "B", 1)]
+        if icmp else []) + [
+        (prefix + ("proto",), "B", 1), (prefix + ("has",), "B", 1),
     ]
 
 
 def _core_struct(v6: bool) -> struct.Struct:
     """What every flow needs: both tuples and the scalar attributes."""
-    fields = _tuple_fields(("orig",), v6) + _tuple_fields(("reply",), v6)
+    fields = _tuple_fields(("orig",), v6, icmp=False) + _tuple_fields(("reply",), v6, icmp=False)
     fields += [((n,), "I", 4) for n in ("attrs", "status", "timeout", "mark", "secmark", "use",
                                         "id")]
     fields += [(("zone",), "H", 2), (("family",), "B", 1), (("state",), "B", 1),
@@ -177,9 +192,14 @@ _CORE6_S = _core_struct(True)
 _CORE4 = _CORE4_S.unpack_from
 _CORE6 = _CORE6_S.unpack_from
 _MASTER_OFF = ffi.offsetof(_REC, "master")
+_ICMP_FIELDS = (("icmp_id", "H", 2), ("icmp_type", "B", 1), ("icmp_code", "B", 1))
 _TSIZE = ffi.sizeof("struct nfb_ct_tuple")
 _MASTER4 = _layout(_tuple_fields((), False, True), "struct nfb_ct_tuple", _TSIZE).unpack_from
 _MASTER6 = _layout(_tuple_fields((), True, True), "struct nfb_ct_tuple", _TSIZE).unpack_from
+#: the ICMP id, type and code of a record's orig and reply tuples
+_ICMPS = _layout([(("orig", n), c, w) for n, c, w in _ICMP_FIELDS]
+                 + [(("reply", n), c, w) for n, c, w in _ICMP_FIELDS],
+                 _REC, REC_SIZE).unpack_from
 #: the directional zones of a record's orig and reply tuples
 _ZONES = _layout([(("orig", "zone"), "H", 2), (("reply", "zone"), "H", 2)],
                  _REC, REC_SIZE).unpack_from
@@ -405,6 +425,8 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
     protos = PROTO
     TB = _TupleB
     FB = _FlowB
+    PB = _PortsB
+    LB = _PlainB
     T = Tuple
     F = Flow
     append = out.append
@@ -435,8 +457,7 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
         _gc.disable()
     try:
         off = -REC_SIZE
-        for (osrc, odst, osp, odp, oiid, oity, oico, opr, ohas,
-             rsrc, rdst, rsp, rdp, riid, rity, rico, rpr, rhas,
+        for (osrc, odst, osp, odp, opr, ohas, rsrc, rdst, rsp, rdp, rpr, rhas,
              attrs, status, timeout, mark, secmark, use, ctid,
              zone, family, state, tcpk) in _rows(recs, n, nv6):
             off += REC_SIZE
@@ -451,15 +472,14 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
                 # without NAT the reply is the inverse of orig: reuse its addresses
                 src = ips[osrc]
                 dst = ips[odst]
-                orig = TB(src, dst, proto, osp, odp, None, None, None, None)
+                orig = PB(src, dst, proto, osp, odp)
                 orig.__class__ = T
-                reply = TB(dst if rsrc == odst else ips[rsrc], src if rdst == osrc else ips[rdst],
-                           proto if rpr == opr else protos[rpr], rsp, rdp, None, None, None, None)
+                reply = PB(dst if rsrc == odst else ips[rsrc], src if rdst == osrc else ips[rdst],
+                           proto if rpr == opr else protos[rpr], rsp, rdp)
                 reply.__class__ = T
-                f = FB(orig, reply, fam6 if family == af6 else fam4, proto, st,
+                f = LB(orig, reply, fam6 if family == af6 else fam4, proto, st,
                        status_c[status], timeout, mark, secmark, zone, no_labels, use, ctid,
-                       None, None, None, None, None, None,
-                       tcp_c[tcpk] if attrs & a_tcp else None, None, None)
+                       tcp_c[tcpk] if attrs & a_tcp else None)
                 f.__class__ = F
                 append(f)
                 continue
@@ -469,6 +489,8 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
                 rz = rzn if rhas & _T_ZONE else None
             else:
                 oz = rz = None
+            if (ohas | rhas) & t_icmp:
+                oiid, oity, oico, riid, rity, rico = _ICMPS(recs, off)
             if ohas & t_ports:
                 orig = TB(ips[osrc], ips[odst], proto, osp, odp, None, None, None, oz)
             elif ohas & t_icmp:
