@@ -636,6 +636,7 @@ def test_a_large_dump_received_ahead_on_a_second_thread(ns, monkeypatch):
 
     ct_ns(ns, v6=False)
     monkeypatch.setattr(ctmod, "_BATCH", 16)    # 400 flows: 25+ batches
+    monkeypatch.setattr(ctmod, "_FIRST_BATCH", 16)
     monkeypatch.setattr(ctmod, "_CHUNK", 48)    # hand out flows between batches
     with Conntrack(netns=ns.name) as ct:
         for p in range(1, 401):

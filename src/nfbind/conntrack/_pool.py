@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import errno
 import gc as _gc
+import itertools
 import os
 import queue as _queue
 import threading
 import time as _time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import (Any, Callable, Dict, Generator, Iterator, List, Optional, Set, Tuple,
+                    Union, cast)
 
 from .._channels import missing
 
@@ -67,6 +69,9 @@ def _delete_builder(f: Flow) -> Callable[[Any], int]:
 
 #: records per receive call (one C call drains datagrams until it has these)
 _BATCH = 8192
+#: records of a dump's first receive: small, so that building flows starts
+#: early while the receiver thread fetches the rest
+_FIRST_BATCH = 1024
 #: flows built before dump() hands them out (the latency and memory of a
 #: dump's first flow; bigger chunks mean fewer garbage-collector passes)
 _CHUNK = 65536
@@ -117,11 +122,12 @@ class _Batches:
 
     A dump's time is split about evenly between the kernel walking its table
     (inside the receive call, with the GIL released) and Python building
-    Flow objects.  After the first batch, when more is to come, a receiver
-    thread fetches the next batches while the caller builds the current one,
-    so the two overlap on machines with more than one CPU.  At most
-    ``_AHEAD`` batches wait, so a slow consumer pauses the kernel's dump
-    instead of buffering the table.  Small dumps never start the thread.
+    Flow objects.  After the first batch (a small one, so that building
+    starts early), when more is to come, a receiver thread fetches the next
+    batches while the caller builds the current one, so the two overlap on
+    machines with more than one CPU.  At most ``_AHEAD`` batches wait, so a
+    slow consumer pauses the kernel's dump instead of buffering the table.
+    Dumps that fit in the first batch never start the thread.
 
     ``next()`` returns ``(records, count, data, nv6)`` for
     :func:`build_flows`, or None at the end; it raises what the receive
@@ -139,10 +145,11 @@ class _Batches:
         self.thread: Optional[threading.Thread] = None
         self.halt = False
 
-    def _take(self) -> RecordBatch:
-        """Receive one batch; a copy of the records (the C buffer is reused)."""
+    def _take(self, most: int = _BATCH) -> RecordBatch:
+        """Receive one batch of up to ``most`` records; a copy of the
+        records (the C buffer is reused)."""
         c = self.h.c
-        n = self.pool.recv(self.h, lib.NFB_M_RECORDS, _BATCH, self.op)
+        n = self.pool.recv(self.h, lib.NFB_M_RECORDS, most, self.op)
         return (ffi.buffer(c.recs, n * REC_SIZE)[:] if n else b"", n,
                 ffi.buffer(c.data, c.data_len)[:] if c.data_len else b"", c.nv6)
 
@@ -159,7 +166,7 @@ class _Batches:
         if self.q is None:
             if self.h.c.done:
                 return None
-            batch = self._take()
+            batch = self._take(_FIRST_BATCH)
             if not self.h.c.done and _PREFETCH:
                 self.q = _queue.Queue(_AHEAD)
                 self.thread = threading.Thread(target=self._run, name="nfbind-ct-dump",
@@ -191,6 +198,25 @@ class _Batches:
                     pass
             t.join(0.05)
         return not t.is_alive()
+
+
+class _Flows(itertools.chain):  # type: ignore[type-arg]
+    """The flows of a dump's chunks, one at a time (``itertools.chain``'s
+    own ``next``), with a generator's ``close()``: it ends the dump at
+    once (its receiver thread stopped, its socket back in the pool)."""
+
+    __slots__ = ("_chunks",)
+    _chunks: Generator[List[Flow], None, None]
+
+    @classmethod
+    def over(cls, chunks: Generator[List[Flow], None, None]) -> "_Flows":
+        it = cast("_Flows", cls.from_iterable(chunks))
+        it._chunks = chunks
+        return it
+
+    def close(self) -> None:
+        """Abandon the dump (what ``close()`` does to a generator)."""
+        self._chunks.close()
 
 
 class _DoneQueue:
@@ -485,7 +511,15 @@ class Pool:
 
     def _dump_one(self, build: Callable[[Any], int], op: str,
                   flt: Optional[DumpFilter]) -> Iterator[Flow]:
-        """One dump request: its flows that pass ``flt`` (None: all)."""
+        """One dump request: its flows that pass ``flt`` (None: all).
+
+        **speed:** the flows are handed out by a C iterator over the chunks
+        _dump_chunks builds, where a generator would be resumed per flow."""
+        return _Flows.over(self._dump_chunks(build, op, flt))
+
+    def _dump_chunks(self, build: Callable[[Any], int], op: str,
+                     flt: Optional[DumpFilter]) -> Generator[List[Flow], None, None]:
+        """_dump_one's flows, a list at a time."""
         h = self._acquire()
         ok = False
         batches = _Batches(self, h, op)
@@ -512,13 +546,7 @@ class Pool:
                 finally:
                     if gc_was_on:
                         _gc.enable()
-                if flt is None:
-                    yield from flows
-                    continue
-                match = flt.matches
-                for f in flows:
-                    if match(f):
-                        yield f
+                yield flows if flt is None else list(filter(flt.matches, flows))
             if h.c.error < 0:
                 raise self._error(h, -h.c.error, op)
             ok = True
