@@ -415,6 +415,33 @@ def test_serve_validates_before_forking(monkeypatch, queues, workers, timeout, d
 
 # -- verdicts on real packets ----------------------------------------------------------------
 
+#: the length of QEnv.marker()'s markers
+MARKER_LEN = len(b"nfbprop-00000000:")
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def queue_row(ns_name: str, qnum: int) -> Dict[str, int]:
+    """The kernel's counters of ``qnum`` in the namespace."""
+    def read() -> str:
+        with open("/proc/thread-self/net/netfilter/nfnetlink_queue") as f:
+            return f.read()
+
+    for line in nfnetns.call_in(ns_name, read).splitlines():
+        f = [int(x) for x in line.split()]
+        if f[0] == qnum:
+            return {"waiting": f[2], "queue_dropped": f[5], "user_dropped": f[6],
+                    "id_sequence": f[7]}
+    return {}
+
+
+def udp_errors(ns: Any) -> Dict[str, int]:
+    """The namespace's UDP receive errors (/proc/net/snmp)."""
+    rows = [line.split() for line in ns.run("cat", "/proc/net/snmp").splitlines()
+            if line.startswith("Udp:")]
+    row = dict(zip(rows[0][1:], (int(x) for x in rows[1][1:])))
+    return {k: row[k] for k in ("InErrors", "RcvbufErrors", "NoPorts")}
+
+
 class QEnv:
     """A namespace whose UDP packets to PORT go through queue QNUM (OUTPUT)
     and are logged to NFLOG group GROUP after the verdict (mangle
@@ -428,6 +455,7 @@ class QEnv:
         self.lost: Set[bytes] = set()     # markers of packets dropped on purpose
         self.arrived: Set[bytes] = set()  # markers that reached the receiver
         self.log_marks: Dict[bytes, int] = {}  # marker -> mark, as NFLOG saw it
+        self.logged: Set[bytes] = set()   # markers NFLOG saw after their verdict
         self.socks: List[socket.socket] = []
         self.q: Optional[NfQueue] = None
         self.log: Optional[NfLog] = None
@@ -455,7 +483,9 @@ class QEnv:
 
     def _sock(self) -> socket.socket:
         s = self.ns.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        # forced: net.core.rmem_max would cut SO_RCVBUF to a few rewritten
+        # 64 KiB payloads
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)
         self.socks.append(s)
         return s
 
@@ -490,7 +520,7 @@ class QEnv:
     def queued(self, data: bytes) -> nfbind.Packet:
         self.tx.sendto(data, ("127.0.0.1", PORT))
         self.sent += 1
-        return self.next_packet(data[:len(b"nfbprop-00000000:")])
+        return self.next_packet(data[:MARKER_LEN])
 
     def arrival(self, marker: bytes, wait: float = 15.0) -> Optional[bytes]:
         """The datagram carrying ``marker`` at the receiver, or None when it
@@ -512,7 +542,9 @@ class QEnv:
         n = len(marker)
 
         def handler(p):
-            self.log_marks[p.payload[28:28 + n]] = p.mark or 0
+            seen = p.payload[28:28 + n]
+            self.log_marks[seen] = p.mark or 0
+            self.logged.add(seen)
             if marker in self.log_marks:
                 self.log.stop()
 
@@ -533,7 +565,8 @@ class QEnv:
         # read the kernel's answers to the verdicts, if any: no packet is left
         assert self.q.drain(lambda p: Verdict.ACCEPT) == 0
         assert self.q.stats.verdict_errors == 0
-        self.log.drain(lambda p: None)  # the log entries nobody asked for
+        # the log entries nobody asked for
+        self.log.drain(lambda p: self.logged.add(p.payload[28:28 + MARKER_LEN]))
         self.log_marks.clear()
         assert self.log.stats.overruns == 0
 
@@ -549,14 +582,30 @@ def qenv():
         assert waiting(env.ns.name, QNUM) == 0
         assert not env.lost & env.arrived
         assert env.sent == env.seq
+        env.log.drain(lambda p: env.logged.add(p.payload[28:28 + MARKER_LEN]))
         elapsed = time.monotonic() - env.t0
         stats = env.q.stats
+        row = queue_row(env.ns.name, QNUM)
+        udp = udp_errors(env.ns)
+        # where a packet that neither arrived nor was dropped on purpose went:
+        # seen by NFLOG after its verdict (then lost on the way to the
+        # receiver: udp counts it) or not (lost at the queue: row counts it)
+        missing = sorted(m for m in (b"nfbprop-%08d:" % i for i in range(1, env.seq + 1))
+                         if m not in env.arrived and m not in env.lost)
+        where = {"after_verdict": [m for m in missing if m in env.logged],
+                 "before_verdict": [m for m in missing if m not in env.logged],
+                 "queue": row, "udp": udp, "nfbind": stats.as_dict()}
         fault_report("property-verdicts", sent=env.sent, arrived=len(env.arrived),
                      dropped_by_verdict=len(env.lost), queued=stats.packets,
                      overruns=stats.overruns, verdict_errors=stats.verdict_errors,
+                     queue_dropped=row["queue_dropped"], user_dropped=row["user_dropped"],
+                     udp_rcvbuf_errors=udp["RcvbufErrors"], missing=len(missing),
                      elapsed_s=round(elapsed, 2), rate_pps=round(stats.packets / elapsed, 1))
+        assert not missing, where
         assert env.sent == len(env.arrived) + len(env.lost)
         assert stats.overruns == 0 and stats.verdict_errors == 0
+        assert row["queue_dropped"] == row["user_dropped"] == 0, row
+        assert udp["InErrors"] == 0, udp
     finally:
         env.close()
 
