@@ -923,7 +923,8 @@ def test_sigkill_fail_open(ns, soak, threads, tmp_path):
     ``--queue-bypass`` (then they pass).  So the only packets lost are those
     held at the kill: the missing sequence numbers must all be unrecorded
     by the consumer, lie after everything it recorded before the kill and
-    before what was sent once it was gone, and number at most max_len."""
+    no later than the last datagram sent before the reap, and number at most
+    max_len."""
     n = soak.size(10_000, 200_000)
     num, max_len = 37, 512
     setup_rules(ns, num, bypass=True)
@@ -981,7 +982,10 @@ def test_sigkill_fail_open(ns, soak, threads, tmp_path):
     assert not set(lost) & set(records)
     if lost:
         assert min(lost) > max(recorded_at_kill), (min(lost), max(recorded_at_kill))
-        assert max(lost) < sent_at_reap, (max(lost), sent_at_reap)
+        # the sender counts a datagram once its send has returned and it holds
+        # the GIL again: the one sent last before the reap (seq sent_at_reap)
+        # may not be counted yet, and may have met the queue before it went
+        assert max(lost) <= sent_at_reap, (max(lost), sent_at_reap)
     assert len(lost) <= max_len, len(lost)
     assert tx.sent == n and rx.total > len(records)
     assert k.marked == got["accepted"] + unrecorded_verdicts
