@@ -268,14 +268,6 @@ def threads():
         t.abort()
 
 
-def udp_errors(ns) -> Dict[str, int]:
-    """The namespace's UDP receive errors (/proc/net/snmp)."""
-    lines = [l.split() for l in ns.run("cat", "/proc/net/snmp").splitlines()
-             if l.startswith("Udp:")]
-    row = dict(zip(lines[0][1:], (int(x) for x in lines[1][1:])))
-    return {k: row[k] for k in ("InErrors", "RcvbufErrors", "NoPorts")}
-
-
 def lo_rx_dropped(ns) -> int:
     """Packets loopback dropped on receive (a full backlog) in the namespace."""
     return int(ns.run("cat", "/sys/class/net/lo/statistics/rx_dropped").strip())
@@ -303,7 +295,7 @@ class Kernel:
         self.user_dropped = row.get("user_dropped", 0)
         self.waiting = row.get("waiting", 0)
         self.id_sequence = row.get("id_sequence")
-        self.udp = udp_errors(ns)
+        self.udp = ns.udp_errors()
         self.lo_dropped = lo_rx_dropped(ns)
         self.queued = self._queued(ns)
         self.marked = ns.counter("INPUT", "marked")

@@ -415,31 +415,14 @@ def test_serve_validates_before_forking(monkeypatch, queues, workers, timeout, d
 
 # -- verdicts on real packets ----------------------------------------------------------------
 
-#: the length of QEnv.marker()'s markers
-MARKER_LEN = len(b"nfbprop-00000000:")
+def marker_of(seq: int) -> bytes:
+    """The marker of QEnv's packet number ``seq``."""
+    return b"nfbprop-%08d:" % seq
+
+
+#: the length of a marker
+MARKER_LEN = len(marker_of(0))
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-
-
-def queue_row(ns_name: str, qnum: int) -> Dict[str, int]:
-    """The kernel's counters of ``qnum`` in the namespace."""
-    def read() -> str:
-        with open("/proc/thread-self/net/netfilter/nfnetlink_queue") as f:
-            return f.read()
-
-    for line in nfnetns.call_in(ns_name, read).splitlines():
-        f = [int(x) for x in line.split()]
-        if f[0] == qnum:
-            return {"waiting": f[2], "queue_dropped": f[5], "user_dropped": f[6],
-                    "id_sequence": f[7]}
-    return {}
-
-
-def udp_errors(ns: Any) -> Dict[str, int]:
-    """The namespace's UDP receive errors (/proc/net/snmp)."""
-    rows = [line.split() for line in ns.run("cat", "/proc/net/snmp").splitlines()
-            if line.startswith("Udp:")]
-    row = dict(zip(rows[0][1:], (int(x) for x in rows[1][1:])))
-    return {k: row[k] for k in ("InErrors", "RcvbufErrors", "NoPorts")}
 
 
 class QEnv:
@@ -497,7 +480,7 @@ class QEnv:
 
     def marker(self) -> bytes:
         self.seq += 1
-        return b"nfbprop-%08d:" % self.seq
+        return marker_of(self.seq)
 
     def next_packet(self, marker: bytes) -> nfbind.Packet:
         """The queued packet carrying ``marker`` (others: accepted)."""
@@ -558,6 +541,10 @@ class QEnv:
         """A packet that came back to the queue (REPEAT, queue(QNUM)): accept it."""
         self.next_packet(marker).accept()
 
+    def note_logged(self) -> None:
+        """Read the log entries waiting, keeping only which markers they saw."""
+        self.log.drain(lambda p: self.logged.add(p.payload[28:28 + MARKER_LEN]))
+
     def settled(self) -> None:
         """No packet waits, here or in the kernel, and the kernel refused no verdict."""
         assert self.q is not None and self.q.stats.pending == 0
@@ -565,8 +552,7 @@ class QEnv:
         # read the kernel's answers to the verdicts, if any: no packet is left
         assert self.q.drain(lambda p: Verdict.ACCEPT) == 0
         assert self.q.stats.verdict_errors == 0
-        # the log entries nobody asked for
-        self.log.drain(lambda p: self.logged.add(p.payload[28:28 + MARKER_LEN]))
+        self.note_logged()  # the log entries nobody asked for
         self.log_marks.clear()
         assert self.log.stats.overruns == 0
 
@@ -582,15 +568,15 @@ def qenv():
         assert waiting(env.ns.name, QNUM) == 0
         assert not env.lost & env.arrived
         assert env.sent == env.seq
-        env.log.drain(lambda p: env.logged.add(p.payload[28:28 + MARKER_LEN]))
+        env.note_logged()
         elapsed = time.monotonic() - env.t0
         stats = env.q.stats
-        row = queue_row(env.ns.name, QNUM)
-        udp = udp_errors(env.ns)
+        row = env.ns.queue_proc()[QNUM]
+        udp = env.ns.udp_errors()
         # where a packet that neither arrived nor was dropped on purpose went:
         # seen by NFLOG after its verdict (then lost on the way to the
         # receiver: udp counts it) or not (lost at the queue: row counts it)
-        missing = sorted(m for m in (b"nfbprop-%08d:" % i for i in range(1, env.seq + 1))
+        missing = sorted(m for m in map(marker_of, range(1, env.seq + 1))
                          if m not in env.arrived and m not in env.lost)
         where = {"after_verdict": [m for m in missing if m in env.logged],
                  "before_verdict": [m for m in missing if m not in env.logged],

@@ -73,6 +73,13 @@ class NetNS:
             }
         return rows
 
+    def udp_errors(self) -> dict:
+        """The namespace's UDP receive errors (/proc/net/snmp)."""
+        lines = [l.split() for l in self.run("cat", "/proc/net/snmp").splitlines()
+                 if l.startswith("Udp:")]
+        row = dict(zip(lines[0][1:], (int(x) for x in lines[1][1:])))
+        return {k: row[k] for k in ("InErrors", "RcvbufErrors", "NoPorts")}
+
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
