@@ -461,13 +461,12 @@ class Pool:
         flt = flt if flt is not None else DumpFilter()
         if (table == "conntrack" and not zero_counters and not flt.has_tuple
                 and flt.zone is None):
-            # speed: one request and nothing to do per flow: hand out
-            # _dump_one's own iterator (a generator around it would cost
-            # every flow another resume)
-            builds, _ = self._requests(flt, core.IPCTNL_MSG_CT_GET)
-            if len(builds) == 1:
-                return self._dump_one(builds[0], "dumping the conntrack table",
-                                      None if flt.empty else flt)
+            # speed: one request (no tuple: one family) and nothing to do
+            # per flow: hand out _dump_one's own iterator (a generator around
+            # it would cost every flow another resume)
+            (build,), _ = self._requests(flt, core.IPCTNL_MSG_CT_GET)
+            return self._dump_one(build, "dumping the conntrack table",
+                                  None if flt.empty else flt)
         return self._dump(flt, table, zero_counters)
 
     def _dump(self, flt: DumpFilter, table: str, zero_counters: bool) -> Iterator[Flow]:
