@@ -437,6 +437,7 @@ class QEnv:
         self.t0 = time.monotonic()
         self.lost: Set[bytes] = set()     # markers of packets dropped on purpose
         self.arrived: Set[bytes] = set()  # markers that reached the receiver
+        self.early: Dict[bytes, bytes] = {}  # datagrams read while waiting for another
         self.log_marks: Dict[bytes, int] = {}  # marker -> mark, as NFLOG saw it
         self.logged: Set[bytes] = set()   # markers NFLOG saw after their verdict
         self.socks: List[socket.socket] = []
@@ -507,7 +508,10 @@ class QEnv:
 
     def arrival(self, marker: bytes, wait: float = 15.0) -> Optional[bytes]:
         """The datagram carrying ``marker`` at the receiver, or None when it
-        did not come within ``wait`` seconds."""
+        did not come within ``wait`` seconds.  Datagrams read on the way are
+        recorded by their markers and kept for their own arrival() call."""
+        if marker in self.early:
+            return self.early.pop(marker)
         end = time.monotonic() + wait
         while time.monotonic() < end:
             self.rx.settimeout(max(0.01, end - time.monotonic()))
@@ -515,9 +519,10 @@ class QEnv:
                 d = self.rx.recv(70000)
             except socket.timeout:
                 break
-            self.arrived.add(d[:MARKER_LEN])  # whatever marker was asked for
+            self.arrived.add(d[:MARKER_LEN])
             if d.startswith(marker):
                 return d
+            self.early[d[:MARKER_LEN]] = d
         return None
 
     def logged_mark(self, marker: bytes) -> int:
@@ -537,9 +542,22 @@ class QEnv:
         assert marker in self.log_marks, "the packet %r was not logged after its verdict" % marker
         return self.log_marks.pop(marker)
 
-    def settle_requeued(self, marker: bytes) -> None:
-        """A packet that came back to the queue (REPEAT, queue(QNUM)): accept it."""
-        self.next_packet(marker).accept()
+    def settle_requeued(self, *markers: bytes) -> None:
+        """Packets that came back to the queue (REPEAT, queue(QNUM)): accept
+        them, all in one loop (several come back together, maybe in one batch;
+        others met on the way are accepted too)."""
+        back = set(markers)
+
+        def handler(p):
+            back.discard(p.payload[28:28 + MARKER_LEN])
+            if not back:
+                self.q.stop()
+            return Verdict.ACCEPT
+
+        end = time.monotonic() + 30
+        while back and time.monotonic() < end:
+            self.q.run(handler, timeout=1.0)
+        assert not back, "packets %r never came back to the queue" % sorted(back)
 
     def note_logged(self) -> None:
         """Read the log entries waiting, keeping only which markers they saw."""
@@ -782,6 +800,7 @@ def test_verdict_queue(qenv, num, bypass):
 @example(count=2, pick=0, verdict=Verdict.ACCEPT, mark=None)  # below every waiting id
 @example(count=2, pick=1, verdict=Verdict.REPEAT, mark=None)
 @example(count=1, pick=1, verdict=Verdict.REPEAT, mark=7)
+@example(count=4, pick=3, verdict=Verdict.REPEAT, mark=None)  # three come back together
 def test_verdict_batch(qenv, count, pick, verdict, mark):
     """verdict_batch(up_to_id, verdict, mark) settles the received waiting
     packets with an id up to up_to_id, and only those: later packets still
@@ -799,14 +818,15 @@ def test_verdict_batch(qenv, count, pick, verdict, mark):
     done = [p for p in pkts if ok and p.id <= up_to]
     if ok:
         assert out == len(done)
+        if verdict == Verdict.REPEAT and not mark:
+            # unmarked, they come straight back
+            qenv.settle_requeued(*[mk for p, mk in zip(pkts, marks) if p in done])
     for p, mk in zip(pkts, marks):
         if p in done:
             assert p.has_verdict
             if verdict == Verdict.DROP:
                 qenv.lost.add(mk)
                 continue
-            if verdict == Verdict.REPEAT and not mark:
-                qenv.settle_requeued(mk)  # unmarked, it comes straight back
             assert qenv.arrival(mk) == mk + b"b"
             assert qenv.logged_mark(mk) == (mark or 0)
         else:
