@@ -4,7 +4,7 @@
 
 Run as root from the repository root, with nfbind built:
 
-    python benchmarks/breakdown.py [--channel nflog|nfqueue|both] [--packets 100000]
+    python benchmarks/breakdown.py [--channel nflog|nfqueue|both] [--packets 50000]
                                    [--passes 3] [--json]
 
 In a throw-away namespace, N UDP datagrams are logged (``-j NFLOG``) or queued
@@ -57,6 +57,8 @@ from _harness import Namespace, build, install_sigterm  # noqa: E402
 PORT = 9999
 GROUP = 7
 QUEUE = 7
+#: the longest queue the kernel keeps (NfQueue max_len)
+QUEUE_MAX = 65536
 SIZE = 100
 
 #: fields each channel's packet is asked for (the fields rows read these)
@@ -307,7 +309,7 @@ def _wait_queued(ns: Namespace, n: int, timeout: float = 30.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--channel", choices=("nflog", "nfqueue", "both"), default="both")
-    ap.add_argument("--packets", type=int, default=100000)
+    ap.add_argument("--packets", type=int, default=50000)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -315,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("breakdown: must run as root (network namespaces, iptables)")
     if not 1000 <= a.packets <= 1_000_000 or not 1 <= a.passes <= 50:
         sys.exit("breakdown: --packets 1000..1000000, --passes 1..50")
+    if a.channel != "nflog" and a.packets > QUEUE_MAX:
+        sys.exit("breakdown: a queue holds at most %d packets: give --packets %d or fewer "
+                 "for NFQUEUE, or --channel nflog" % (QUEUE_MAX, QUEUE_MAX))
     install_sigterm()
     udp = build("nfb_udp", "nfb_udp.c")
     report: dict = {"packets": a.packets, "passes": a.passes, "size": SIZE}

@@ -95,3 +95,25 @@ def test_consumers_refuse_the_same_command_lines(channel):
             assert r.returncode == 64, (cmd, r.returncode, r.stdout, r.stderr)
             assert "usage:" in r.stderr or "bad" in r.stderr or "must be" in r.stderr, (
                 cmd, r.stderr)
+
+
+def test_breakdown_runs_both_channels():
+    """benchmarks/breakdown.py with both channels (its default) reads every
+    packet of each stage; more packets than a queue holds is refused with the
+    limit named.  Not timed: the figures are only checked to be there."""
+    script = os.path.join(REPO, "benchmarks", "breakdown.py")
+    r = subprocess.run([sys.executable, script, "--packets", "2000", "--passes", "1", "--json"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    for ch in ("nflog", "nfqueue"):
+        stages = report[ch]
+        # ns per packet by stage, some stages by field or part
+        values = [v for v in stages.values() if not isinstance(v, dict)]
+        values += [v for part in stages.values() if isinstance(part, dict)
+                   for v in part.values()]
+        assert "recv+parse" in stages and len(values) > 10, (ch, stages)
+        assert all(isinstance(v, float) and v > 0 for v in values), (ch, stages)
+    r = subprocess.run([sys.executable, script, "--channel", "nfqueue", "--packets", "70000"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode != 0 and "65536" in r.stderr, r.stderr
