@@ -57,6 +57,44 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _consumer import parse_consumer_args, rss_bytes  # noqa: E402
 
 
+def make_handlers(state: list, sums: list, n: int, clock, accept, stop):
+    """The drain handler (counts, reads the clock at the first and the N-th
+    packet, accepts) and the one that also reads five fields into ``sums``
+    (benchmarks/handler_floor.py times them alone)."""
+
+    def handler(pkt, state=state, n=n, clock=clock, accept=accept, stop=stop):
+        c = state[0] + 1
+        state[0] = c
+        if c == 1:
+            state[1] = clock()
+        if c == n:
+            state[2] = clock()
+            stop()
+        return accept
+
+    def fields_handler(pkt, state=state, n=n, clock=clock, accept=accept, stop=stop,
+                       sums=sums):
+        c = state[0] + 1
+        state[0] = c
+        if c == 1:
+            state[1] = clock()
+        sums[0] += pkt.payload_len
+        sums[1] += pkt.mark or 0
+        sums[2] += pkt.indev or 0
+        sums[3] += pkt.hw_protocol
+        ts = pkt.timestamp
+        if ts is None:
+            sums[4] += 1
+        else:
+            sums[5] += int(ts * 1e6)
+        if c == n:
+            state[2] = clock()
+            stop()
+        return accept
+
+    return handler, fields_handler
+
+
 def main(argv: list[str]) -> int:
     a = parse_consumer_args(argv[1:], "nfq_nfbind", max_len=True,
                             options={"--rcvbuf-max": ("rcvbuf_max", int, None, "B"),
@@ -80,40 +118,10 @@ def main(argv: list[str]) -> int:
                  **({"verdict_timeout": a.verdict_timeout} if a.verdict_timeout else {})) as q:
         stop = q.stop
 
-        def handler(pkt, state=state, n=npackets, clock=clock,
-                    accept=accept, stop=stop):
-            c = state[0] + 1
-            state[0] = c
-            if c == 1:
-                state[1] = clock()
-            if c == n:
-                state[2] = clock()
-                stop()
-            return accept
-
         # payload bytes, mark, indev, hw_protocol sums; packets without a timestamp;
         # the timestamps' sum in microseconds
         sums = [0, 0, 0, 0, 0, 0]
-
-        def fields_handler(pkt, state=state, n=npackets, clock=clock,
-                           accept=accept, stop=stop, sums=sums):
-            c = state[0] + 1
-            state[0] = c
-            if c == 1:
-                state[1] = clock()
-            sums[0] += pkt.payload_len
-            sums[1] += pkt.mark or 0
-            sums[2] += pkt.indev or 0
-            sums[3] += pkt.hw_protocol
-            ts = pkt.timestamp
-            if ts is None:
-                sums[4] += 1
-            else:
-                sums[5] += int(ts * 1e6)
-            if c == n:
-                state[2] = clock()
-                stop()
-            return accept
+        handler, fields_handler = make_handlers(state, sums, npackets, clock, accept, stop)
 
         def timed_handler(pkt, state=state, n=npackets, clock=clock,
                           accept=accept, stop=stop):

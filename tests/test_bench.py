@@ -117,3 +117,22 @@ def test_breakdown_runs_both_channels():
     r = subprocess.run([sys.executable, script, "--channel", "nfqueue", "--packets", "70000"],
                        capture_output=True, text=True, timeout=60, cwd=REPO)
     assert r.returncode != 0 and "65536" in r.stderr, r.stderr
+
+
+def test_handler_floor_times_the_consumers_handlers():
+    """benchmarks/handler_floor.py calls the NFQUEUE and NFLOG consumers'
+    own handlers (imported from them, so a change there is measured) and
+    reports a CPU time per call for each.  Not timed: the figures are only
+    checked to be there; a bad count is refused."""
+    script = os.path.join(REPO, "benchmarks", "handler_floor.py")
+    r = subprocess.run([sys.executable, script, "--calls", "20000", "--reps", "3", "--json"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    ns = json.loads(r.stdout)["ns_per_call"]
+    assert set(ns) == {"object.__new__ (slotted class)", "no-op handler",
+                       "nfqueue drain handler", "nfqueue fields handler",
+                       "nflog drain handler", "nflog fields handler"}, ns
+    assert all(isinstance(v, float) and v > 0 for v in ns.values()), ns
+    r = subprocess.run([sys.executable, script, "--calls", "5"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode != 0 and "--calls" in r.stderr, r.stderr
