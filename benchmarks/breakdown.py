@@ -53,8 +53,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import Namespace, build, install_sigterm  # noqa: E402
+import nflog_nfbind  # noqa: E402
+import nfq_nfbind  # noqa: E402
 
 PORT = 9999
+
+
+def _no_stop() -> None:
+    """The consumers' handlers stop their loop at the N-th packet; here the
+    stage's own loop ends."""
+
 GROUP = 7
 QUEUE = 7
 #: the longest queue the kernel keeps (NfQueue max_len)
@@ -125,16 +133,9 @@ def nflog(ns: Namespace, udp: str, n: int, passes: int) -> dict:
                     return got
                 got += k
 
-        state = [0, 0.0, 0.0]
-        clock = time.perf_counter
-
-        def bench(pkt, state=state, clock=clock):
-            c = state[0] + 1
-            state[0] = c
-            if c == 1:
-                state[1] = clock()
-            if c == n:
-                state[2] = clock()
+        state = [0, 0.0, 0.0, 0.0]
+        # nflog_nfbind.py's handler: the drain row's (no field read)
+        bench = nflog_nfbind.make_handler([], state, [0] * 5, n, time.perf_counter, _no_stop)
 
         def keep(pkt, kept=kept):
             kept.append(pkt)
@@ -237,17 +238,10 @@ def nfqueue(ns: Namespace, udp: str, n: int, passes: int) -> dict:
                 got += k
         recv_only.excluded = 0
 
-        state = [0, 0.0, 0.0]
-        clock = time.perf_counter
-
-        def bench(pkt, state=state, clock=clock, accept=accept):
-            c = state[0] + 1
-            state[0] = c
-            if c == 1:
-                state[1] = clock()
-            if c == n:
-                state[2] = clock()
-            return accept
+        state = [0, 0.0, 0.0, 0.0]
+        # nfq_nfbind.py's drain handler
+        bench = nfq_nfbind.make_handlers(state, [0] * 6, n, time.perf_counter, accept,
+                                         _no_stop)[0]
 
         def method(pkt):
             pkt.accept()
