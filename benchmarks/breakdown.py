@@ -57,12 +57,6 @@ import nflog_nfbind  # noqa: E402
 import nfq_nfbind  # noqa: E402
 
 PORT = 9999
-
-
-def _no_stop() -> None:
-    """The consumers' handlers stop their loop at the N-th packet; here the
-    stage's own loop ends."""
-
 GROUP = 7
 QUEUE = 7
 #: the longest queue the kernel keeps (NfQueue max_len)
@@ -76,6 +70,11 @@ FIELDS = {
     "nfqueue": ["payload_len", "mark", "indev", "hw_protocol", "timestamp", "id",
                 "payload"],
 }
+
+
+def _no_stop() -> None:
+    """The consumers' handlers stop their loop at the N-th packet; here the
+    stage's own loop ends."""
 
 
 def _now() -> int:
