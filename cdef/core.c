@@ -726,6 +726,7 @@ struct nfb_txn {
     int failed;             /* an answer was an error */
     int stash;              /* keep messages of no request (packets) */
     int overrun_ends;       /* ENOBUFS ends the wait (an answer was lost) */
+    int unsent;             /* requests not sent yet (the last ones) */
     /* a message answering request i; returns 0 to go on, 1 to pause the
      * wait (the messages after it stay for the next call), or -errno */
     int (*on_data)(void *ctx, const struct nlmsghdr *h, int i);
@@ -863,7 +864,7 @@ static int nfb_rx_answers(struct nfb_rx *rx, struct nfb_txn *t, int timeout_ms)
             if (rc)
                 return rc;
         }
-        if (!t->pending)
+        if (t->pending == t->unsent)    /* every request sent was answered */
             return 0;
         int r = nfb_rx_fill(rx);
         if (r < 0) {
@@ -882,23 +883,58 @@ static int nfb_rx_answers(struct nfb_rx *rx, struct nfb_txn *t, int timeout_ms)
     }
 }
 
-/* Send nmsg requests (buf[0..len), each with NLM_F_ACK and its seqs[i]) in
- * one send and wait for their answers; t was set up by nfb_txn_init().
- * Returns 0 (each request's result in t->results: 0, -errno, or 1 when
- * no answer came), or -errno of the send or of the wait. */
+/* Room an acknowledgement takes in a socket's receive buffer: its skb's
+ * true size (a small message, the sk_buff and its shared info; an error
+ * echoes the request too) is about 1 to 1.5 KiB. */
+#define NFB_ACK_ROOM 2048
+
+/* How many requests may be sent at once: their answers must fit in the
+ * receive buffer, or the kernel drops the ones that do not (the socket
+ * overruns) and the wait for them times out. */
+static int nfb_rx_acks_fit(const struct nfb_rx *rx)
+{
+    int size = 0;
+    socklen_t len = sizeof(size);
+    if (getsockopt(rx->fd, SOL_SOCKET, SO_RCVBUF, &size, &len) < 0)
+        return 1;
+    return size / NFB_ACK_ROOM > 1 ? size / NFB_ACK_ROOM : 1;
+}
+
+/* Send nmsg requests (buf[0..len), each with NLM_F_ACK and its seqs[i]) and
+ * wait for their answers; t was set up by nfb_txn_init().  They go in one
+ * send, or, when their answers would not fit in the receive buffer (a small
+ * rcvbuf, many requests), in turn in groups whose answers fit, each group
+ * answered before the next is sent.  Returns 0 (each request's result in
+ * t->results: 0, -errno, or 1 when no answer came), or -errno of a send or
+ * of a wait (the requests after it are not sent). */
 static int nfb_rx_transact(struct nfb_rx *rx, struct nfb_txn *t, const char *buf,
                            size_t len, int timeout_ms)
 {
-    int rc;
+    int rc = 0, per, sent = 0;
+    size_t off = 0;
     if (t->nmsg == 0)
         return 0;
+    per = nfb_rx_acks_fit(rx);
     nfb_rx_park(rx);        /* the answers are read into rbuf */
-    rc = nfb_rx_send(rx, buf, len);
-    if (rc < 0)
-        return rc;
-    do {
-        rc = nfb_rx_answers(rx, t, timeout_ms);
-    } while (rc == 1);
+    while (sent < t->nmsg) {
+        size_t start = off;
+        int k = t->nmsg - sent < per ? t->nmsg - sent : per, j;
+        for (j = 0; j < k && off < len; j++)
+            off += NLMSG_ALIGN(((const struct nlmsghdr *)(buf + off))->nlmsg_len);
+        if (off > len)
+            off = len;
+        sent += k;
+        t->unsent = t->nmsg - sent;
+        rc = nfb_rx_send(rx, buf + start, off - start);
+        if (rc < 0)
+            break;
+        do {
+            rc = nfb_rx_answers(rx, t, timeout_ms);
+        } while (rc == 1);
+        if (rc < 0)
+            break;
+    }
+    t->unsent = 0;
     return rc;
 }
 

@@ -13,7 +13,7 @@ import pytest
 
 from nfbind import LogPacket, NetlinkError, NfLog, Overrun, OverrunWarning
 
-from helpers.nflog import collect, drain_all, nflog, send, udp_data
+from helpers.nflog import collect, drain_all, log_proc, nflog, send, udp_data
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +109,23 @@ def test_no_enobufs_silences_the_report(ns):
         assert len(_after(ns, log)) == 1
     finally:
         log.close()
+
+
+def test_smallest_buffer_binds_many_groups(ns):
+    """Binding several groups at once asks the kernel six things per group,
+    each answered: with the smallest receive buffer those answers did not
+    fit and the bind timed out (ETIMEDOUT for groups [0, 1]).  They are now
+    asked in turns whose answers fit; every group is bound as asked and
+    logs."""
+    groups = list(range(20, 28))
+    for i, g in enumerate(groups):
+        nflog(ns, "INPUT", OPORT + 10 + i, g)
+    with NfLog(groups, netns=ns.name, rcvbuf=4096, qthresh=1, timeout=0) as log:
+        assert log.rcvbuf <= 16384
+        rows = log_proc(ns)
+        assert all(g in rows for g in groups), rows
+        for i in range(len(groups)):
+            send(ns, [b"group%d" % i], ("127.0.0.1", OPORT + 10 + i))
+            got = collect(log, 1, keep=lambda p: udp_data(p) == b"group%d" % i)
+            assert len(got) == 1 and got[0].group == groups[i], (i, got)
+    assert not set(groups) & set(log_proc(ns)), "a group stayed bound after close()"
