@@ -32,7 +32,7 @@ APT_PACKAGES := libnetfilter-log-dev libnetfilter-queue-dev libnetfilter-conntra
                 pkg-config gcc python3 python3-dev libcap2-bin nfdump
 
 # Everything the compiled modules are built from: a change here rebuilds them.
-BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c)
+BUILD_INPUTS := pyproject.toml setup.py build_ffi.py $(wildcard cdef/*.h cdef/*.c cext/*.c)
 
 .PHONY: all deps venv test test-matrix typecheck soak fuzz demo bench docs clean need-root
 

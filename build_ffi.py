@@ -202,6 +202,10 @@ def ffi_conntrack() -> FFI:
     return builder("_conntrack")
 
 
+#: the optional CPython-API speedups setup.py builds from cext/<name without _>.c
+SPEEDUPS = ["_fastq", "_fastct"]
+
+
 def cffi_modules(p: Plan) -> List[str]:
     """setup.py's cffi_modules for a plan."""
     return ["build_ffi.py:ffi" + name for name in p.modules]

@@ -1,16 +1,22 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Build script: the compiled modules come from build_ffi.py (cffi, API mode).
+"""Build script: the compiled modules come from build_ffi.py (cffi, API mode),
+and two optional speedups from cext/ (the CPython API, see below).
 
 Only the modules this machine can build are listed: the core always, each
 channel when its C library's headers are installed.  A skipped channel gets
 one line naming its packages when the extensions are built; a missing libmnl
 or a channel NFBIND_REQUIRE asks for stops the build there, with a message.
 An sdist needs none of the headers.
+
+The speedups ``nfbind._fastq`` (the packet channels' dispatch loop) and
+``nfbind._fastct`` (building conntrack flows) are optional: a machine that
+cannot compile them gets nfbind with the same loops in Python, and
+``NFBIND_PURE=1`` makes nfbind use those at run time.
 """
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -30,9 +36,14 @@ class BuildExt(build_ext):
         super().run()
 
 
+SPEEDUPS = [
+    Extension("nfbind." + name, [os.path.join("cext", name.lstrip("_") + ".c")],
+              optional=True, extra_compile_args=["-O2"])
+    for name in build_ffi.SPEEDUPS
+]
+
 setup(
     cffi_modules=build_ffi.cffi_modules(PLAN),
+    ext_modules=SPEEDUPS,
     cmdclass={"build_ext": BuildExt},
-    # the modules use only the stable ABI (cffi builds them with Py_LIMITED_API)
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )
