@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Packaging: ``python -m build`` makes the sdist and an abi3 wheel without
+"""Packaging: ``python -m build`` makes the sdist and a wheel without
 deprecation warnings; the sdist installs into a clean venv (not editable), imports
 outside the repo and runs ``nfbind demo``.  A machine without a channel's headers
 builds the rest and names that channel's packages in one line; without libmnl, or
@@ -68,10 +68,12 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
     assert len(sdists) == 1, sdists
     sdist = sdists[0]
     assert sdist.name == "nfbind-%s.tar.gz" % version
-    # the modules use only the stable ABI, and the wheel says so
+    # the cffi modules use only the stable ABI, the speedups the full CPython API:
+    # the wheel is for this interpreter's version
+    tag = "cp%d%d" % sys.version_info[:2]
     wheels = [w.name for w in dist.glob("*.whl")]
     assert len(wheels) == 1 and re.fullmatch(
-        r"nfbind-%s-cp39-abi3-linux_\w+\.whl" % re.escape(version), wheels[0]), wheels
+        r"nfbind-%s-%s-%s-linux_\w+\.whl" % (re.escape(version), tag, tag), wheels[0]), wheels
 
     # The sdist must carry everything a build needs: the C declarations and code,
     # the build script and the module table it reads, the licence, the README (it
@@ -81,7 +83,8 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
     for need in (
         "build_ffi.py", "setup.py", "pyproject.toml", "LICENSE", "README.md",
         "cdef/core.h", "cdef/core.c", "cdef/nfqueue.h", "cdef/nfqueue.c", "cdef/nflog.h",
-        "cdef/nflog.c", "cdef/conntrack.h", "cdef/conntrack.c", "src/nfbind/__init__.py",
+        "cdef/nflog.c", "cdef/conntrack.h", "cdef/conntrack.c", "cext/fastq.c",
+        "cext/fastct.c", "src/nfbind/__init__.py",
         "src/nfbind/_channels.py", "src/nfbind/_core.py", "src/nfbind/py.typed",
         "src/nfbind/_nfcore.pyi", "src/nfbind/_cdata.pyi",
     ):
@@ -96,7 +99,8 @@ def test_sdist_installs_into_fresh_venv(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code = (
-        "import os, nfbind, nfbind._nfcore, nfbind._nfqueue, nfbind._nflog, nfbind._conntrack; "
+        "import os, nfbind, nfbind._nfcore, nfbind._nfqueue, nfbind._nflog, nfbind._conntrack, "
+        "nfbind._fastq, nfbind._fastct; "
         "print(nfbind.__version__); print(os.path.dirname(nfbind.__file__)); "
         "print(nfbind._nfcore.__file__)"
     )
