@@ -31,6 +31,7 @@ import sys
 import typing as _t
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Union
 
+from .. import _speedups
 from .._core import ffi, lib as core
 from .._netlink import check_int, iter_attrs
 from ..enums import CtStatus, ExpectFlag, Family, IPProto, TcpFlag
@@ -56,7 +57,7 @@ from .model import (
     Tuple,
 )
 
-__all__ = ["REC_SIZE", "build_flows", "event_codes", "ct_flow", "flow_from_ct_attrs",
+__all__ = ["REC_SIZE", "build_flows", "py_build_flows", "FAST", "event_codes", "ct_flow", "flow_from_ct_attrs",
            "parse_expect", "parse_cpu_stats", "parse_expect_stats", "parse_global_stats",
            "NLMSG"]
 
@@ -409,6 +410,30 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
     the batch's strings (security contexts), ``nv6`` how many records are
     IPv6 (None: unknown).
 
+    With the compiled speedup ``nfbind._fastct`` the flows are built in C
+    (same values, same caches, see ``_fast_builder``), else by
+    :func:`py_build_flows`; either way with the cyclic garbage collector
+    paused, since the thousands of new objects would trigger collections
+    that cannot free anything.
+    """
+    fast = FAST
+    if fast is None:
+        py_build_flows(recs, n, data, out, nv6)
+        return
+    gc_was_on = _gc.isenabled()
+    if gc_was_on:
+        _gc.disable()
+    try:
+        fast(recs, n, data, out)
+    finally:
+        if gc_was_on:
+            _gc.enable()
+
+
+def py_build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
+                   nv6: Optional[int] = None) -> None:
+    """:func:`build_flows` in Python (without ``nfbind._fastct``).
+
     The hot loop of a dump: the core fields of every record come from one
     ``struct.iter_unpack`` (a second unpack only for flows with counters,
     timestamps, labels, a helper ...), addresses and statuses from caches,
@@ -526,6 +551,29 @@ def build_flows(recs: Records, n: int, data: bytes, out: List[Flow],
     finally:
         if gc_was_on:
             _gc.enable()
+
+
+def _fast_builder() -> Optional[Callable[[Records, int, bytes, List[Flow]], None]]:
+    """``nfbind._fastct.build_flows`` set up with this module's classes,
+    caches and helpers, or None when the speedup is not there (or
+    ``NFBIND_PURE`` is set, or it was compiled for another record layout)."""
+    mod = _speedups.load("_fastct")
+    if mod is None:
+        return None
+    size, tsize, fields = mod.layout()
+    if size != REC_SIZE or tsize != _TSIZE or any(
+            off != (ffi.offsetof("struct nfb_ct_tuple", name[6:]) if name.startswith("tuple.")
+                    else ffi.offsetof(_REC, name)) for name, off in fields):
+        return None
+    mod.configure(Tuple, Flow, _IPS, _STATUS, _TCPINFO, tuple(PROTO), tuple(TCP_STATE),
+                  tuple(SCTP_STATE), Family.IPV4, Family.IPV6, _NO_LABELS, _rare, _nat_of,
+                  _NAT_BITS, AF_INET6)
+    build: Callable[[Records, int, bytes, List[Flow]], None] = mod.build_flows
+    return build
+
+
+#: the compiled builder build_flows uses, or None: py_build_flows
+FAST = _fast_builder()
 
 
 def event_codes(recs: Records, n: int) -> List[int]:
