@@ -312,7 +312,16 @@ static PyObject *address(const uint8_t *raw, int v6)
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
 /* A new instance of `type` with every slot None (each one then replaced at
- * most once by set_slot, whose reference it steals). */
+ * most once by set_slot, whose reference it steals).
+ *
+ * It is not tracked by the cyclic garbage collector: a Flow or Tuple built
+ * here holds only objects that cannot lead back to it (addresses from the
+ * cache, enum members, ints, strings, frozensets, None, and frozen records
+ * built for it alone), so it can never be part of a reference cycle and
+ * its reference count alone frees it, as CPython does for tuples of atomic
+ * values.  Tracked, the tens of thousands of objects of a dump chunk would
+ * be traversed by the next collection, and again by each older one while
+ * they live, with nothing to find. */
 static PyObject *new_record(PyTypeObject *type, const Py_ssize_t *offs, int n)
 {
     PyObject *o = type->tp_alloc(type, 0);
@@ -320,6 +329,8 @@ static PyObject *new_record(PyTypeObject *type, const Py_ssize_t *offs, int n)
 
     if (o == NULL)
         return NULL;
+    if (PyObject_IS_GC(o))
+        PyObject_GC_UnTrack(o);
     for (i = 0; i < n; i++) {
         Py_INCREF(Py_None);
         SLOT(o, offs[i]) = Py_None;
