@@ -423,10 +423,16 @@ static PyObject *make_flow(const struct nfb_ct_rec *r, PyObject *recs, Py_ssize_
         }
         rdst = memcmp(r->reply.dst, r->orig.src, w) == 0 ? borrowed(osrc)
                                                          : address(r->reply.dst, v6);
+        if (rdst == NULL) {
+            Py_DECREF(osrc);
+            Py_DECREF(odst);
+            Py_DECREF(rsrc);
+            return NULL;
+        }
         orig = make_tuple(&r->orig, osrc, odst, proto, zones);
         if (orig == NULL) {
             Py_DECREF(rsrc);
-            Py_XDECREF(rdst);
+            Py_DECREF(rdst);
             return NULL;
         }
         reply = make_tuple(&r->reply, rsrc, rdst, PyTuple_GET_ITEM(cfg.protos, r->reply.proto),

@@ -322,8 +322,19 @@ def test_errors_leak_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         calls[0] += 1
         raise RuntimeError("no")
 
-    def configure(rare: Callable[..., Any]) -> None:
-        mod.configure(Tuple, Flow, R._IPS, R._STATUS, R._TCPINFO, tuple(R.PROTO),
+    class Flaky(dict):  # type: ignore[type-arg]
+        """An address cache that keeps nothing and fails every third miss."""
+
+        misses = 0
+
+        def __missing__(self, raw: Any) -> Any:
+            self.misses += 1
+            if self.misses % 3 == 0:
+                raise KeyError(raw)
+            return R._IPS[raw]
+
+    def configure(rare: Callable[..., Any], ips: Any = R._IPS) -> None:
+        mod.configure(Tuple, Flow, ips, R._STATUS, R._TCPINFO, tuple(R.PROTO),
                       tuple(R.TCP_STATE), tuple(R.SCTP_STATE), Family.IPV4, Family.IPV6,
                       R._NO_LABELS, rare, R._nat_of, R._NAT_BITS, socket.AF_INET6)
 
@@ -338,6 +349,11 @@ def test_errors_leak_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
             with pytest.raises(RuntimeError, match="no"):
                 FAST(recs, k, b"", out)
             assert len(out) == 15       # the 16th record is the first rich one
+        configure(R._rare, Flaky())
+        for i in range(20000):          # each address of a flow in turn fails
+            out = []
+            with pytest.raises(KeyError):
+                FAST(recs[i % 7 * R.REC_SIZE:], k - i % 7, b"", out)
         del out
     finally:
         configure(R._rare)
