@@ -13,7 +13,10 @@ why it exists, and they live here and nowhere else:
   computed from the compiler's offsets (``_layout``);
 * objects are made without their validating constructors (``_twin``);
 * addresses, statuses, label sets and helper names come from caches;
-* the hot loop binds globals to locals and pauses the cyclic GC.
+* the hot loop binds globals to locals and pauses the cyclic GC;
+* where the optional speedup ``nfbind._fastct`` was built, a C loop does
+  what that Python loop does, with the same caches and helpers
+  (:func:`build_flows` picks it; :func:`py_build_flows` is the loop).
 
 Expectations and statistics are rare and small: their messages are walked
 in Python (:func:`parse_expect`, :func:`parse_cpu_stats`,
