@@ -2,9 +2,557 @@
  *
  * nfbind._fastq: the per-packet dispatch loop of the packet channels,
  * compiled.  Optional: without it the channels use their Python loop.
+ *
+ * QueueLoop.run() is NfQueue._dispatch's loop over one batch (nfbind/queue.py
+ * holds the same loop in Python, the reference for what this one does): it
+ * makes each packet object, hands it to the handler and keeps what the
+ * handler returned when that is None or a plain verdict.  Anything else
+ * (an Exception from the handler, any other return value) ends the call
+ * with that packet, for Python to handle as its loop does; Python then calls
+ * run() again for the rest of the batch.  An exception that is not an
+ * Exception (KeyboardInterrupt ...) leaves the call with the batch's
+ * position (pos, cur) exactly where the Python loop leaves it.
+ *
+ * The objects' slots (Packet._b, Flight.pos ...) are written at the offsets
+ * their member descriptors give, looked up and checked once, when the loop
+ * is made.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+/* struct nfb_hot (cdef/core.h): nfbind.packet.hot_struct checks this layout
+ * against the one the cffi modules were built with */
+struct fq_hot {
+    uint32_t code;
+    uint32_t hw_protocol;
+    uint32_t mark;
+    uint32_t indev;
+    uint32_t payload_len;
+    uint32_t extra;
+    double timestamp;
+};
+
+#define FQ_MAX_PLAIN 8
+
+/* the hot slots, in this order */
+enum { H_PAYLOAD_LEN, H_MARK, H_INDEV, H_HW_PROTOCOL, H_TIMESTAMP, H_COUNT };
+static const char *const hot_names[H_COUNT] = {
+    "payload_len", "mark", "indev", "hw_protocol", "timestamp",
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *cls;          /* the packet class */
+    PyTypeObject *hot_cls;      /* its hot variant (nfbind.packet.hot_variant) */
+    PyTypeObject *flight_cls;
+    PyObject *verdict_cls;      /* nfbind.Verdict */
+    Py_ssize_t off_b, off_o, off_id;
+    Py_ssize_t off_hot[H_COUNT];
+    Py_ssize_t off_n, off_vbuf, off_recs, off_pos, off_cur;
+    long long plain[FQ_MAX_PLAIN];
+    int nplain;
+    Py_ssize_t nf, f_id, f_queue;
+    int64_t deferred, done;
+    uint32_t hot_mark, hot_indev, hot_ts;
+} QueueLoop;
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* Store ``v`` (a new reference, or NULL: then an error is set) in a slot. */
+static inline int slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    PyObject *old;
+
+    if (v == NULL)
+        return -1;
+    old = SLOT(o, off);
+    SLOT(o, off) = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* The offset of the writable object slot ``name`` of ``type`` (its member
+ * descriptor's), or -1 with an error set. */
+static Py_ssize_t slot_offset(PyTypeObject *type, const char *name)
+{
+    PyObject *d = PyObject_GetAttrString((PyObject *)type, name);
+    PyMemberDescrObject *md;
+    Py_ssize_t off = -1;
+
+    if (d == NULL)
+        return -1;
+    if (!PyObject_TypeCheck(d, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, name);
+        goto done;
+    }
+    md = (PyMemberDescrObject *)d;
+    if (md->d_member->type != T_OBJECT_EX || (md->d_member->flags & READONLY)
+            || !PyType_IsSubtype(type, PyDescr_TYPE(md))
+            || md->d_member->offset < (Py_ssize_t)sizeof(PyObject)
+            || md->d_member->offset + (Py_ssize_t)sizeof(PyObject *) > type->tp_basicsize) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a writable object slot",
+                     type->tp_name, name);
+        goto done;
+    }
+    off = md->d_member->offset;
+done:
+    Py_DECREF(d);
+    return off;
+}
+
+static int check_type(PyObject *o, const char *what)
+{
+    if (!PyType_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a class", what);
+        return -1;
+    }
+    return 0;
+}
+
+static int as_u32(PyObject *o, uint32_t *out)
+{
+    unsigned long v = PyLong_AsUnsignedLong(o);
+
+    if (v == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    if (v > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int as_index(PyObject *o, Py_ssize_t *out)
+{
+    Py_ssize_t v = PyLong_AsSsize_t(o);
+
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0) {
+        PyErr_SetString(PyExc_ValueError, "index must not be negative");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *QueueLoop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {
+        "packet", "hot_packet", "flight", "verdict", "plain", "nf", "f_id", "f_queue",
+        "deferred", "done", "hot_mark", "hot_indev", "hot_timestamp", NULL,
+    };
+    PyObject *cls, *hot_cls, *flight_cls, *verdict_cls, *plain, *o_nf, *o_fid, *o_fq;
+    PyObject *o_def, *o_done, *o_hm, *o_hi, *o_ht;
+    PyObject *seq = NULL;
+    QueueLoop *self;
+    long long v;
+    int k;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOOOO:QueueLoop", kwlist,
+                                     &cls, &hot_cls, &flight_cls, &verdict_cls, &plain,
+                                     &o_nf, &o_fid, &o_fq, &o_def, &o_done,
+                                     &o_hm, &o_hi, &o_ht))
+        return NULL;
+    if (check_type(cls, "packet") < 0 || check_type(hot_cls, "hot_packet") < 0
+            || check_type(flight_cls, "flight") < 0 || check_type(verdict_cls, "verdict") < 0)
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)hot_cls, (PyTypeObject *)cls)) {
+        PyErr_SetString(PyExc_TypeError, "hot_packet must be a subclass of packet");
+        return NULL;
+    }
+    self = (QueueLoop *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(cls);
+    self->cls = (PyTypeObject *)cls;
+    Py_INCREF(hot_cls);
+    self->hot_cls = (PyTypeObject *)hot_cls;
+    Py_INCREF(flight_cls);
+    self->flight_cls = (PyTypeObject *)flight_cls;
+    Py_INCREF(verdict_cls);
+    self->verdict_cls = verdict_cls;
+
+    if ((self->off_b = slot_offset(self->cls, "_b")) < 0
+            || (self->off_o = slot_offset(self->cls, "_o")) < 0
+            || (self->off_id = slot_offset(self->cls, "id")) < 0)
+        goto fail;
+    /* the hot variant keeps its base's layout */
+    if (slot_offset(self->hot_cls, "_b") != self->off_b
+            || slot_offset(self->hot_cls, "_o") != self->off_o
+            || slot_offset(self->hot_cls, "id") != self->off_id) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "hot_packet lays out its base's slots otherwise");
+        goto fail;
+    }
+    for (k = 0; k < H_COUNT; k++)
+        if ((self->off_hot[k] = slot_offset(self->hot_cls, hot_names[k])) < 0)
+            goto fail;
+    if ((self->off_n = slot_offset(self->flight_cls, "n")) < 0
+            || (self->off_vbuf = slot_offset(self->flight_cls, "vbuf")) < 0
+            || (self->off_recs = slot_offset(self->flight_cls, "recs")) < 0
+            || (self->off_pos = slot_offset(self->flight_cls, "pos")) < 0
+            || (self->off_cur = slot_offset(self->flight_cls, "cur")) < 0)
+        goto fail;
+
+    seq = PySequence_Fast(plain, "plain must be an iterable of ints");
+    if (seq == NULL)
+        goto fail;
+    if (PySequence_Fast_GET_SIZE(seq) > FQ_MAX_PLAIN) {
+        PyErr_SetString(PyExc_ValueError, "too many plain verdicts");
+        goto fail;
+    }
+    self->nplain = 0;
+    for (k = 0; k < PySequence_Fast_GET_SIZE(seq); k++) {
+        v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, k));
+        if (v == -1 && PyErr_Occurred())
+            goto fail;
+        self->plain[self->nplain++] = v;
+    }
+    Py_CLEAR(seq);
+
+    if (as_index(o_nf, &self->nf) < 0 || as_index(o_fid, &self->f_id) < 0
+            || as_index(o_fq, &self->f_queue) < 0)
+        goto fail;
+    if (self->nf == 0 || self->f_id >= self->nf || self->f_queue >= self->nf) {
+        PyErr_SetString(PyExc_ValueError, "record indices out of range");
+        goto fail;
+    }
+    self->deferred = PyLong_AsLongLong(o_def);
+    if (self->deferred == -1 && PyErr_Occurred())
+        goto fail;
+    self->done = PyLong_AsLongLong(o_done);
+    if (self->done == -1 && PyErr_Occurred())
+        goto fail;
+    if (as_u32(o_hm, &self->hot_mark) < 0 || as_u32(o_hi, &self->hot_indev) < 0
+            || as_u32(o_ht, &self->hot_ts) < 0)
+        goto fail;
+    return (PyObject *)self;
+fail:
+    Py_XDECREF(seq);
+    Py_DECREF(self);
+    return NULL;
+}
+
+static int QueueLoop_traverse(QueueLoop *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cls);
+    Py_VISIT(self->hot_cls);
+    Py_VISIT(self->flight_cls);
+    Py_VISIT(self->verdict_cls);
+    return 0;
+}
+
+static int QueueLoop_clear(QueueLoop *self)
+{
+    Py_CLEAR(self->cls);
+    Py_CLEAR(self->hot_cls);
+    Py_CLEAR(self->flight_cls);
+    Py_CLEAR(self->verdict_cls);
+    return 0;
+}
+
+static void QueueLoop_dealloc(QueueLoop *self)
+{
+    PyObject_GC_UnTrack(self);
+    QueueLoop_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A slot's int, or -1 with an error set (unset, or not an int >= 0). */
+static Py_ssize_t slot_index(PyObject *o, Py_ssize_t off, const char *name)
+{
+    PyObject *v = SLOT(o, off);
+    Py_ssize_t r;
+
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "the batch has no %s", name);
+        return -1;
+    }
+    r = PyLong_AsSsize_t(v);
+    if (r == -1 && !PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "the batch's %s is negative", name);
+    return r;
+}
+
+/* ``v`` (an exact int or a Verdict) as a plain verdict, or -1. */
+static long long plain_value(QueueLoop *self, PyObject *v)
+{
+    int overflow;
+    long long x;
+    int k;
+
+    if (Py_TYPE(v) != &PyLong_Type && (PyObject *)Py_TYPE(v) != self->verdict_cls)
+        return -1;
+    x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return -1;
+    }
+    for (k = 0; k < self->nplain; k++)
+        if (self->plain[k] == x)
+            return x;
+    return -1;
+}
+
+/* The packet object of entry ``i``, its slots filled; NULL on error. */
+static PyObject *make_packet(QueueLoop *self, PyObject *fl, const uint32_t *rec, Py_ssize_t i,
+                             const struct fq_hot *hot)
+{
+    PyTypeObject *cls = hot != NULL ? self->hot_cls : self->cls;
+    PyObject *p = cls->tp_alloc(cls, 0);
+    const struct fq_hot *h;
+
+    if (p == NULL)
+        return NULL;
+    Py_INCREF(fl);
+    SLOT(p, self->off_b) = fl;
+    if (slot_put(p, self->off_o, PyLong_FromSsize_t(i * self->nf)) < 0
+            || slot_put(p, self->off_id, PyLong_FromUnsignedLong(rec[self->f_id])) < 0)
+        goto fail;
+    if (hot != NULL) {
+        h = hot + i;
+        if (slot_put(p, self->off_hot[H_HW_PROTOCOL], PyLong_FromUnsignedLong(h->hw_protocol)) < 0
+                || slot_put(p, self->off_hot[H_PAYLOAD_LEN],
+                            PyLong_FromUnsignedLong(h->payload_len)) < 0)
+            goto fail;
+        if (h->code & self->hot_mark) {
+            if (slot_put(p, self->off_hot[H_MARK], PyLong_FromUnsignedLong(h->mark)) < 0)
+                goto fail;
+        } else {
+            Py_INCREF(Py_None);
+            SLOT(p, self->off_hot[H_MARK]) = Py_None;
+        }
+        if (h->code & self->hot_indev) {
+            if (slot_put(p, self->off_hot[H_INDEV], PyLong_FromUnsignedLong(h->indev)) < 0)
+                goto fail;
+        } else {
+            Py_INCREF(Py_None);
+            SLOT(p, self->off_hot[H_INDEV]) = Py_None;
+        }
+        if (h->code & self->hot_ts) {
+            if (slot_put(p, self->off_hot[H_TIMESTAMP], PyFloat_FromDouble(h->timestamp)) < 0)
+                goto fail;
+        } else {
+            Py_INCREF(Py_None);
+            SLOT(p, self->off_hot[H_TIMESTAMP]) = Py_None;
+        }
+    }
+    return p;
+fail:
+    Py_DECREF(p);
+    return NULL;
+}
+
+/* The exception being raised, normalized with its traceback attached, as a
+ * new reference; the error indicator is cleared. */
+static PyObject *take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+PyDoc_STRVAR(run_doc,
+"run(handler, fl, pending, floor, multi, hot) -> (handed, packet, result, exc)\n\n"
+"Hand the packets of the batch ``fl`` from ``fl.pos`` on to ``handler``,\n"
+"as NfQueue._dispatch's loop does: a packet whose handler returned None and\n"
+"that has no verdict goes into ``pending`` (under its id, with ``multi``\n"
+"also its queue << 32), a plain verdict into its slot of ``fl.vbuf``.\n"
+"``hot``: the batch's struct nfb_hot, or None.  Returns how many packets it\n"
+"handed out, and: packet None when the batch is done; else the packet\n"
+"whose handler returned ``result`` (anything else) or raised ``exc`` (an\n"
+"Exception), left with fl.cur at its index for the caller to handle.");
+
+static PyObject *QueueLoop_run(QueueLoop *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *handler, *fl, *pending, *hot_obj;
+    PyObject *vbuf_obj, *recs_obj;
+    Py_buffer vview, rview, hview;
+    int have_v = 0, have_r = 0, have_h = 0;
+    const struct fq_hot *hot = NULL;
+    const uint32_t *recs;
+    int64_t *vbuf;
+    long long floor;
+    int multi;
+    Py_ssize_t n, i, handed = 0;
+    PyObject *p = NULL, *v = NULL, *exc = NULL, *ret = NULL;
+
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "run() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    handler = args[0];
+    fl = args[1];
+    pending = args[2];
+    floor = PyLong_AsLongLong(args[3]);
+    if (floor == -1 && PyErr_Occurred())
+        return NULL;
+    multi = PyObject_IsTrue(args[4]);
+    if (multi < 0)
+        return NULL;
+    hot_obj = args[5];
+    if (!PyObject_TypeCheck(fl, self->flight_cls)) {
+        PyErr_Format(PyExc_TypeError, "fl must be a %s", self->flight_cls->tp_name);
+        return NULL;
+    }
+    if (!PyDict_Check(pending)) {
+        PyErr_SetString(PyExc_TypeError, "pending must be a dict");
+        return NULL;
+    }
+    n = slot_index(fl, self->off_n, "n");
+    if (n < 0)
+        return NULL;
+    i = slot_index(fl, self->off_pos, "pos");
+    if (i < 0)
+        return NULL;
+    vbuf_obj = SLOT(fl, self->off_vbuf);
+    recs_obj = SLOT(fl, self->off_recs);
+    if (vbuf_obj == NULL || recs_obj == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "the batch has no vbuf or recs");
+        return NULL;
+    }
+    /* the buffers stay exported (and their objects alive) for the whole
+     * call, whatever the handler does with the batch */
+    if (PyObject_GetBuffer(vbuf_obj, &vview, PyBUF_WRITABLE) < 0)
+        goto out;
+    have_v = 1;
+    if (PyObject_GetBuffer(recs_obj, &rview, PyBUF_SIMPLE) < 0)
+        goto out;
+    have_r = 1;
+    if (vview.len < n * (Py_ssize_t)sizeof(int64_t)
+            || rview.len < n * self->nf * (Py_ssize_t)sizeof(uint32_t)) {
+        PyErr_SetString(PyExc_ValueError, "the batch's buffers are shorter than its packets");
+        goto out;
+    }
+    if (hot_obj != Py_None) {
+        if (PyObject_GetBuffer(hot_obj, &hview, PyBUF_SIMPLE) < 0)
+            goto out;
+        have_h = 1;
+        if (hview.len < n * (Py_ssize_t)sizeof(struct fq_hot)) {
+            PyErr_SetString(PyExc_ValueError, "hot is shorter than the batch");
+            goto out;
+        }
+        hot = (const struct fq_hot *)hview.buf;
+    }
+    vbuf = (int64_t *)vview.buf;
+    recs = (const uint32_t *)rview.buf;
+
+    while (i < n) {
+        const uint32_t *rec = recs + i * self->nf;
+        int64_t expect;
+        long long x;
+
+        if (__atomic_load_n(&vbuf[i], __ATOMIC_ACQUIRE) != self->deferred) {
+            /* settled by a batch verdict meanwhile */
+            i++;
+            if (slot_put(fl, self->off_pos, PyLong_FromSsize_t(i)) < 0)
+                goto out;
+            continue;
+        }
+        if ((long long)rec[self->f_id] <= floor) {
+            /* ... by one before it was read */
+            __atomic_store_n(&vbuf[i], self->done, __ATOMIC_RELEASE);
+            i++;
+            if (slot_put(fl, self->off_pos, PyLong_FromSsize_t(i)) < 0)
+                goto out;
+            continue;
+        }
+        p = make_packet(self, fl, rec, i, hot);
+        if (p == NULL)
+            goto out;
+        if (slot_put(fl, self->off_cur, PyLong_FromSsize_t(i)) < 0
+                || slot_put(fl, self->off_pos, PyLong_FromSsize_t(i + 1)) < 0)
+            goto out;
+        handed++;
+        v = PyObject_CallOneArg(handler, p);
+        if (v == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                goto out;       /* KeyboardInterrupt ...: fl.cur, fl.pos stay */
+            exc = take_exception();
+            goto stop;
+        }
+        if (v == Py_None) {
+            if (__atomic_load_n(&vbuf[i], __ATOMIC_ACQUIRE) == self->deferred) {
+                PyObject *key;
+                unsigned long long k = rec[self->f_id];
+
+                if (multi)
+                    k |= (unsigned long long)rec[self->f_queue] << 32;
+                key = PyLong_FromUnsignedLongLong(k);
+                if (key == NULL)
+                    goto out;
+                if (PyDict_SetItem(pending, key, p) < 0) {
+                    Py_DECREF(key);
+                    goto out;
+                }
+                Py_DECREF(key);
+            }
+        } else {
+            x = plain_value(self, v);
+            expect = self->deferred;
+            if (x < 0 || !__atomic_compare_exchange_n(&vbuf[i], &expect, (int64_t)x, 0,
+                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                goto stop;      /* not a plain verdict, or the packet has one */
+        }
+        Py_CLEAR(v);
+        Py_CLEAR(p);
+        if (slot_put(fl, self->off_cur, PyLong_FromLong(-1)) < 0)
+            goto out;
+        i++;
+    }
+stop:
+    ret = Py_BuildValue("(nOOO)", handed, p != NULL ? p : Py_None, v != NULL ? v : Py_None,
+                        exc != NULL ? exc : Py_None);
+out:
+    Py_XDECREF(p);
+    Py_XDECREF(v);
+    Py_XDECREF(exc);
+    if (have_h)
+        PyBuffer_Release(&hview);
+    if (have_r)
+        PyBuffer_Release(&rview);
+    if (have_v)
+        PyBuffer_Release(&vview);
+    return ret;
+}
+
+static PyMethodDef QueueLoop_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))QueueLoop_run, METH_FASTCALL, run_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(QueueLoop_doc,
+"QueueLoop(packet, hot_packet, flight, verdict, plain, nf, f_id, f_queue,\n"
+"          deferred, done, hot_mark, hot_indev, hot_timestamp)\n\n"
+"NfQueue's dispatch loop for these classes and constants (see run()).");
+
+static PyTypeObject QueueLoop_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "nfbind._fastq.QueueLoop",
+    .tp_basicsize = sizeof(QueueLoop),
+    .tp_dealloc = (destructor)QueueLoop_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = QueueLoop_doc,
+    .tp_traverse = (traverseproc)QueueLoop_traverse,
+    .tp_clear = (inquiry)QueueLoop_clear,
+    .tp_methods = QueueLoop_methods,
+    .tp_new = QueueLoop_new,
+};
 
 static struct PyModuleDef fastq_module = {
     PyModuleDef_HEAD_INIT, "nfbind._fastq",
@@ -13,5 +561,18 @@ static struct PyModuleDef fastq_module = {
 
 PyMODINIT_FUNC PyInit__fastq(void)
 {
-    return PyModule_Create(&fastq_module);
+    PyObject *m;
+
+    if (PyType_Ready(&QueueLoop_Type) < 0)
+        return NULL;
+    m = PyModule_Create(&fastq_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&QueueLoop_Type);
+    if (PyModule_AddObject(m, "QueueLoop", (PyObject *)&QueueLoop_Type) < 0) {
+        Py_DECREF(&QueueLoop_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

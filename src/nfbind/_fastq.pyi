@@ -1,0 +1,19 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""nfbind._fastq: the packet channels' dispatch loop, compiled (cext/fastq.c)."""
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+class QueueLoop:
+    """NfQueue's dispatch loop for these classes and constants (see run())."""
+
+    def __init__(self, packet: type, hot_packet: type, flight: type, verdict: type,
+                 plain: Iterable[int], nf: int, f_id: int, f_queue: int, deferred: int,
+                 done: int, hot_mark: int, hot_indev: int, hot_timestamp: int) -> None: ...
+
+    def run(self, handler: Callable[[Any], Any], fl: Any, pending: Dict[int, Any], floor: int,
+            multi: bool, hot: Optional[bytes], /) -> Tuple[int, Any, Any,
+                                                           Optional[Exception]]:
+        """Hand the packets of ``fl`` from ``fl.pos`` on to ``handler``;
+        returns (handed, packet, result, exc): packet None when the batch is
+        done, else the packet whose handler returned ``result`` (no plain
+        verdict, or one for a packet that has its verdict) or raised ``exc``."""
+        ...
