@@ -209,6 +209,13 @@ class QueueVerdicts(Channel[P]):
             return p.id | (p._b.recs[p._o + F_QUEUE] << 32)
         return p.id
 
+    def _rkey(self, fl: Flight[Any], i: int) -> int:
+        """The ``_pending`` key of entry ``i`` of ``fl`` (as _key())."""
+        o = i * NF
+        if self._multi:
+            return fl.recs[o + F_ID] | (fl.recs[o + F_QUEUE] << 32)
+        return fl.recs[o + F_ID]
+
     def _in_flight(self, fl: Flight[Any]) -> bool:
         """Whether ``fl`` is the batch this thread is dispatching now (its
         plain verdicts then travel with it)."""
@@ -284,6 +291,40 @@ class QueueVerdicts(Channel[P]):
                 self._apply_connmarks()
         if rc < 0:
             raise error_from_errno(-rc, "sending the verdict of packet %d" % p.id)
+
+    def _interrupted(self) -> None:
+        """An interruption left the loop: send what the handlers decided
+        (a second one meanwhile leaves it to the next entry point)."""
+        # no handler of this queue runs on this thread any more, whatever
+        # the interruption skipped
+        self._dispatch_thread = None
+        with self._lock:
+            c = self._c
+            if self._closed or c is None:
+                return
+            fl = self._flight
+            if fl is not None:
+                self._settle(fl)
+            else:
+                lib.nfb_q_flush(c)
+
+    def _waiting(self) -> int:
+        """Packets received and still without a verdict."""
+        n = 0
+        pending = self._pending
+        for pid, p in list(pending.items()):
+            if p._b.vbuf[p._o // NF] == V_DEFERRED:
+                n += 1
+            else:       # settled where its entry could not be dropped
+                pending.pop(pid, None)
+        fl = self._flight
+        if fl is not None:
+            vb = fl.vbuf
+            n += sum(1 for i in range(fl.pos, fl.n) if vb[i] == V_DEFERRED)
+            i = fl.cur
+            if 0 <= i < fl.pos and vb[i] == V_DEFERRED and self._rkey(fl, i) not in pending:
+                n += 1
+        return n
 
     def _settle(self, fl: Flight[Any]) -> int:
         """Send the verdicts decided in ``fl`` and not sent yet (none twice);

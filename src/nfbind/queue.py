@@ -44,7 +44,7 @@ try:
     from ._nfqueue import ffi, lib
 except ImportError as e:  # the NFQUEUE channel was not built on this machine
     raise missing("nfqueue", "nfbind.queue") from e
-from . import netns as _netns
+from . import _speedups, netns as _netns
 from ._queue_config import ALL_FLAGS, QueueConfig, flag_bits, gso_safe, queue_list
 from ._queue_deadlines import OnError, OnTimeout, QueueDeadlines
 from ._queue_stats import QueueCounters, QueueStats
@@ -185,6 +185,11 @@ _HOT = hot_struct(ffi)
 _HOT_MARK = core.NFB_HOT_MARK
 _HOT_INDEV = core.NFB_HOT_INDEV
 _HOT_TIMESTAMP = core.NFB_HOT_TIMESTAMP
+#: the compiled dispatch loop (nfbind._fastq), None: _dispatch's Python loop
+_fastq = _speedups.load("_fastq")
+_LOOP: Any = None if _fastq is None else _fastq.QueueLoop(
+    Packet, _HotPacket, Flight, Verdict, PLAIN, NF, F_ID, F_QUEUE, V_DEFERRED, V_DONE,
+    _HOT_MARK, _HOT_INDEV, _HOT_TIMESTAMP)
 
 
 class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
@@ -430,13 +435,6 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
                 tops[q] = pid
         return start
 
-    def _rkey(self, fl: Flight[NfQueue], i: int) -> int:
-        """The ``_pending`` key of entry ``i`` of ``fl`` (as _key())."""
-        o = i * NF
-        if self._multi:
-            return fl.recs[o + F_ID] | (fl.recs[o + F_QUEUE] << 32)
-        return fl.recs[o + F_ID]
-
     def _resume(self, handler: Callable[[Packet], Any], fl: Flight[NfQueue]) -> int:
         """Go on with a batch an interruption left: the packet being handed
         out without its verdict (or deferral) kept is handed out again."""
@@ -460,6 +458,8 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
         ``hot``: the batch's ``struct nfb_hot`` (nfb_q_hot), for a handler
         that reads the hot fields: each packet is then made with them filled
         in (see nfbind.packet)."""
+        if _LOOP is not None:
+            return self._dispatch_fast(_LOOP, handler, fl, hot)
         recs = fl.recs
         vbuf = fl.vbuf
         n = fl.n
@@ -538,6 +538,44 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
         finally:
             self._dispatch_thread = None
         if hots is None and handed and fl.reads >= HOT_READS * handed:
+            self._hot_left = HOT_SPAN - 1
+        self._finish(fl)
+        if error is not None:
+            raise error
+        return handed or -1
+
+    def _dispatch_fast(self, loop: Any, handler: Callable[[Packet], Any], fl: Flight[NfQueue],
+                       hot: Optional[bytes]) -> int:
+        """_dispatch with the compiled loop, which keeps the results that are
+        None or a plain verdict and returns here at a packet whose handler
+        raised or returned anything else; that packet is handled as in the
+        Python loop, then the compiled loop goes on."""
+        pending = self._pending
+        floor = self._floor
+        multi = self._multi
+        error: Optional[BaseException] = None
+        handed = 0
+        self._dispatch_thread = threading.get_ident()
+        try:
+            while True:
+                k, p, v, exc = loop.run(handler, fl, pending, floor, multi, hot)
+                handed += k
+                if p is None:
+                    break
+                if exc is not None:
+                    self._handler_errors += 1
+                    try:    # handled as where the handler raised it
+                        raise exc
+                    except Exception as e:
+                        e2 = self._handler_failed(p, e)
+                else:
+                    e2 = self._result(p, v)
+                if error is None:
+                    error = e2
+                fl.cur = -1
+        finally:
+            self._dispatch_thread = None
+        if hot is None and handed and fl.reads >= HOT_READS * handed:
             self._hot_left = HOT_SPAN - 1
         self._finish(fl)
         if error is not None:
@@ -625,22 +663,6 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
             raise error
         return handed or -1
 
-    def _interrupted(self) -> None:
-        """An interruption left the loop: send what the handlers decided
-        (a second one meanwhile leaves it to the next entry point)."""
-        # no handler of this queue runs on this thread any more, whatever
-        # the interruption skipped
-        self._dispatch_thread = None
-        with self._lock:
-            c = self._c
-            if self._closed or c is None:
-                return
-            fl = self._flight
-            if fl is not None:
-                self._settle(fl)
-            else:
-                lib.nfb_q_flush(c)
-
     def _packet_at(self, fl: Flight[NfQueue], i: int) -> Packet:
         """The Packet of entry ``i`` of ``fl``: the one handed out if it is
         waiting, else a new one."""
@@ -651,24 +673,6 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
             return p
         p = Packet(fl, o, pid)
         return p
-
-    def _waiting(self) -> int:
-        """Packets received and still without a verdict."""
-        n = 0
-        pending = self._pending
-        for pid, p in list(pending.items()):
-            if p._b.vbuf[p._o // NF] == V_DEFERRED:
-                n += 1
-            else:       # settled where its entry could not be dropped
-                pending.pop(pid, None)
-        fl = self._flight
-        if fl is not None:
-            vb = fl.vbuf
-            n += sum(1 for i in range(fl.pos, fl.n) if vb[i] == V_DEFERRED)
-            i = fl.cur
-            if 0 <= i < fl.pos and vb[i] == V_DEFERRED and self._rkey(fl, i) not in pending:
-                n += 1
-        return n
 
     # -- shutdown -----------------------------------------------------------------------
 
