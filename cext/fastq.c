@@ -13,6 +13,11 @@
  * Exception (KeyboardInterrupt ...) leaves the call with the batch's
  * position (pos, cur) exactly where the Python loop leaves it.
  *
+ * LogLoop.run() is NfLog's loop over one batch (nfbind/log.py, _dispatch and
+ * _dispatch_hot): every packet goes to the handler; an Exception from it is
+ * counted (the first one kept), anything else ends the call, which then
+ * says where, for Python to keep the packets not handed out.
+ *
  * The objects' slots (Packet._b, Flight.pos ...) are written at the offsets
  * their member descriptors give, looked up and checked once, when the loop
  * is made.
@@ -299,13 +304,43 @@ static long long plain_value(QueueLoop *self, PyObject *v)
     return -1;
 }
 
+/* Fill the hot slots (at off[H_*]) of the new packet ``p`` from ``h``. */
+static int fill_hot(PyObject *p, const Py_ssize_t *off, const struct fq_hot *h,
+                    uint32_t bit_mark, uint32_t bit_indev, uint32_t bit_ts)
+{
+    if (slot_put(p, off[H_HW_PROTOCOL], PyLong_FromUnsignedLong(h->hw_protocol)) < 0
+            || slot_put(p, off[H_PAYLOAD_LEN], PyLong_FromUnsignedLong(h->payload_len)) < 0)
+        return -1;
+    if (h->code & bit_mark) {
+        if (slot_put(p, off[H_MARK], PyLong_FromUnsignedLong(h->mark)) < 0)
+            return -1;
+    } else {
+        Py_INCREF(Py_None);
+        SLOT(p, off[H_MARK]) = Py_None;
+    }
+    if (h->code & bit_indev) {
+        if (slot_put(p, off[H_INDEV], PyLong_FromUnsignedLong(h->indev)) < 0)
+            return -1;
+    } else {
+        Py_INCREF(Py_None);
+        SLOT(p, off[H_INDEV]) = Py_None;
+    }
+    if (h->code & bit_ts) {
+        if (slot_put(p, off[H_TIMESTAMP], PyFloat_FromDouble(h->timestamp)) < 0)
+            return -1;
+    } else {
+        Py_INCREF(Py_None);
+        SLOT(p, off[H_TIMESTAMP]) = Py_None;
+    }
+    return 0;
+}
+
 /* The packet object of entry ``i``, its slots filled; NULL on error. */
 static PyObject *make_packet(QueueLoop *self, PyObject *fl, const uint32_t *rec, Py_ssize_t i,
                              const struct fq_hot *hot)
 {
     PyTypeObject *cls = hot != NULL ? self->hot_cls : self->cls;
     PyObject *p = cls->tp_alloc(cls, 0);
-    const struct fq_hot *h;
 
     if (p == NULL)
         return NULL;
@@ -314,34 +349,9 @@ static PyObject *make_packet(QueueLoop *self, PyObject *fl, const uint32_t *rec,
     if (slot_put(p, self->off_o, PyLong_FromSsize_t(i * self->nf)) < 0
             || slot_put(p, self->off_id, PyLong_FromUnsignedLong(rec[self->f_id])) < 0)
         goto fail;
-    if (hot != NULL) {
-        h = hot + i;
-        if (slot_put(p, self->off_hot[H_HW_PROTOCOL], PyLong_FromUnsignedLong(h->hw_protocol)) < 0
-                || slot_put(p, self->off_hot[H_PAYLOAD_LEN],
-                            PyLong_FromUnsignedLong(h->payload_len)) < 0)
-            goto fail;
-        if (h->code & self->hot_mark) {
-            if (slot_put(p, self->off_hot[H_MARK], PyLong_FromUnsignedLong(h->mark)) < 0)
-                goto fail;
-        } else {
-            Py_INCREF(Py_None);
-            SLOT(p, self->off_hot[H_MARK]) = Py_None;
-        }
-        if (h->code & self->hot_indev) {
-            if (slot_put(p, self->off_hot[H_INDEV], PyLong_FromUnsignedLong(h->indev)) < 0)
-                goto fail;
-        } else {
-            Py_INCREF(Py_None);
-            SLOT(p, self->off_hot[H_INDEV]) = Py_None;
-        }
-        if (h->code & self->hot_ts) {
-            if (slot_put(p, self->off_hot[H_TIMESTAMP], PyFloat_FromDouble(h->timestamp)) < 0)
-                goto fail;
-        } else {
-            Py_INCREF(Py_None);
-            SLOT(p, self->off_hot[H_TIMESTAMP]) = Py_None;
-        }
-    }
+    if (hot != NULL && fill_hot(p, self->off_hot, hot + i, self->hot_mark, self->hot_indev,
+                                self->hot_ts) < 0)
+        goto fail;
     return p;
 fail:
     Py_DECREF(p);
@@ -554,6 +564,220 @@ static PyTypeObject QueueLoop_Type = {
     .tp_new = QueueLoop_new,
 };
 
+/* -- NfLog ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *cls;          /* LogPacket */
+    PyTypeObject *hot_cls;      /* its hot variant, with a prefix slot */
+    Py_ssize_t off_b, off_o, off_prefix;
+    Py_ssize_t off_hot[H_COUNT];
+    Py_ssize_t nf;
+    uint32_t hot_mark, hot_indev, hot_ts;
+} LogLoop;
+
+static PyObject *LogLoop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {
+        "packet", "hot_packet", "nf", "hot_mark", "hot_indev", "hot_timestamp", NULL,
+    };
+    PyObject *cls, *hot_cls, *o_nf, *o_hm, *o_hi, *o_ht;
+    LogLoop *self;
+    int k;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO:LogLoop", kwlist, &cls, &hot_cls,
+                                     &o_nf, &o_hm, &o_hi, &o_ht))
+        return NULL;
+    if (check_type(cls, "packet") < 0 || check_type(hot_cls, "hot_packet") < 0)
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)hot_cls, (PyTypeObject *)cls)) {
+        PyErr_SetString(PyExc_TypeError, "hot_packet must be a subclass of packet");
+        return NULL;
+    }
+    self = (LogLoop *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(cls);
+    self->cls = (PyTypeObject *)cls;
+    Py_INCREF(hot_cls);
+    self->hot_cls = (PyTypeObject *)hot_cls;
+    if ((self->off_b = slot_offset(self->cls, "_b")) < 0
+            || (self->off_o = slot_offset(self->cls, "_o")) < 0)
+        goto fail;
+    if (slot_offset(self->hot_cls, "_b") != self->off_b
+            || slot_offset(self->hot_cls, "_o") != self->off_o) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "hot_packet lays out its base's slots otherwise");
+        goto fail;
+    }
+    for (k = 0; k < H_COUNT; k++)
+        if ((self->off_hot[k] = slot_offset(self->hot_cls, hot_names[k])) < 0)
+            goto fail;
+    if ((self->off_prefix = slot_offset(self->hot_cls, "prefix")) < 0)
+        goto fail;
+    if (as_index(o_nf, &self->nf) < 0)
+        goto fail;
+    if (self->nf == 0) {
+        PyErr_SetString(PyExc_ValueError, "nf must not be 0");
+        goto fail;
+    }
+    if (as_u32(o_hm, &self->hot_mark) < 0 || as_u32(o_hi, &self->hot_indev) < 0
+            || as_u32(o_ht, &self->hot_ts) < 0)
+        goto fail;
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static int LogLoop_traverse(LogLoop *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cls);
+    Py_VISIT(self->hot_cls);
+    return 0;
+}
+
+static int LogLoop_clear(LogLoop *self)
+{
+    Py_CLEAR(self->cls);
+    Py_CLEAR(self->hot_cls);
+    return 0;
+}
+
+static void LogLoop_dealloc(LogLoop *self)
+{
+    PyObject_GC_UnTrack(self);
+    LogLoop_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(log_run_doc,
+"run(handler, b, n, hot, names, prefix_number) -> (o, errors, error, stop)\n\n"
+"Hand the ``n`` packets of the fresh batch ``b`` to ``handler``, as\n"
+"NfLog._dispatch's loop does (``hot`` None), or as _dispatch_hot's (``hot``:\n"
+"the batch's struct nfb_hot; a packet's prefix is ``names[number]``, or\n"
+"``prefix_number(b, o, number)`` for a number beyond the list).  Returns the\n"
+"record offset of the first packet not handed out, how many handlers raised\n"
+"an Exception, the first of those (or None), and ``stop``: None, or the\n"
+"exception that ended the loop (one that is not an Exception from the\n"
+"handler, or any from making a packet), for the caller to raise once it\n"
+"kept the packets from ``o`` on.");
+
+static PyObject *LogLoop_run(LogLoop *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *handler, *b, *hot_obj, *names, *prefix_number;
+    Py_buffer hview;
+    int have_h = 0;
+    const struct fq_hot *hot = NULL;
+    Py_ssize_t n, i, o = 0, errors = 0;
+    PyObject *p = NULL, *v, *error = NULL, *stop = NULL, *ret = NULL;
+
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "run() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    handler = args[0];
+    b = args[1];
+    if (as_index(args[2], &n) < 0)
+        return NULL;
+    hot_obj = args[3];
+    names = args[4];
+    prefix_number = args[5];
+    if (hot_obj != Py_None) {
+        if (!PyList_Check(names)) {
+            PyErr_SetString(PyExc_TypeError, "names must be a list");
+            return NULL;
+        }
+        if (PyObject_GetBuffer(hot_obj, &hview, PyBUF_SIMPLE) < 0)
+            return NULL;
+        have_h = 1;
+        if (hview.len < n * (Py_ssize_t)sizeof(struct fq_hot)) {
+            PyErr_SetString(PyExc_ValueError, "hot is shorter than the batch");
+            goto out;
+        }
+        hot = (const struct fq_hot *)hview.buf;
+    }
+
+    for (i = 0; i < n; i++, o += self->nf) {
+        PyTypeObject *cls = hot != NULL ? self->hot_cls : self->cls;
+
+        p = cls->tp_alloc(cls, 0);
+        if (p == NULL)
+            goto stopped;
+        Py_INCREF(b);
+        SLOT(p, self->off_b) = b;
+        if (slot_put(p, self->off_o, PyLong_FromSsize_t(o)) < 0)
+            goto stopped;
+        if (hot != NULL) {
+            const struct fq_hot *h = hot + i;
+            PyObject *name;
+
+            if (fill_hot(p, self->off_hot, h, self->hot_mark, self->hot_indev,
+                         self->hot_ts) < 0)
+                goto stopped;
+            /* names may grow in prefix_number(): read its size each time */
+            if ((Py_ssize_t)h->extra < PyList_GET_SIZE(names)) {
+                name = PyList_GET_ITEM(names, h->extra);
+                Py_INCREF(name);
+            } else {
+                name = PyObject_CallFunction(prefix_number, "OnI", b, o, (unsigned int)h->extra);
+            }
+            if (slot_put(p, self->off_prefix, name) < 0)
+                goto stopped;
+        }
+        v = PyObject_CallOneArg(handler, p);
+        Py_CLEAR(p);
+        if (v != NULL) {
+            Py_DECREF(v);
+            continue;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            o += self->nf;      /* this packet was handed out */
+            goto stopped;
+        }
+        errors++;
+        if (error == NULL)
+            error = take_exception();
+        else
+            PyErr_Clear();
+    }
+    ret = Py_BuildValue("(nnOO)", o, errors, error != NULL ? error : Py_None, Py_None);
+    goto out;
+stopped:
+    stop = take_exception();
+    ret = Py_BuildValue("(nnOO)", o, errors, error != NULL ? error : Py_None,
+                        stop != NULL ? stop : Py_None);
+out:
+    Py_XDECREF(p);
+    Py_XDECREF(error);
+    Py_XDECREF(stop);
+    if (have_h)
+        PyBuffer_Release(&hview);
+    return ret;
+}
+
+static PyMethodDef LogLoop_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))LogLoop_run, METH_FASTCALL, log_run_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(LogLoop_doc,
+"LogLoop(packet, hot_packet, nf, hot_mark, hot_indev, hot_timestamp)\n\n"
+"NfLog's dispatch loop for these classes and constants (see run()).");
+
+static PyTypeObject LogLoop_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "nfbind._fastq.LogLoop",
+    .tp_basicsize = sizeof(LogLoop),
+    .tp_dealloc = (destructor)LogLoop_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = LogLoop_doc,
+    .tp_traverse = (traverseproc)LogLoop_traverse,
+    .tp_clear = (inquiry)LogLoop_clear,
+    .tp_methods = LogLoop_methods,
+    .tp_new = LogLoop_new,
+};
+
 static struct PyModuleDef fastq_module = {
     PyModuleDef_HEAD_INIT, "nfbind._fastq",
     "The packet channels' dispatch loop, compiled.", -1, NULL,
@@ -563,7 +787,7 @@ PyMODINIT_FUNC PyInit__fastq(void)
 {
     PyObject *m;
 
-    if (PyType_Ready(&QueueLoop_Type) < 0)
+    if (PyType_Ready(&QueueLoop_Type) < 0 || PyType_Ready(&LogLoop_Type) < 0)
         return NULL;
     m = PyModule_Create(&fastq_module);
     if (m == NULL)
@@ -571,6 +795,12 @@ PyMODINIT_FUNC PyInit__fastq(void)
     Py_INCREF(&QueueLoop_Type);
     if (PyModule_AddObject(m, "QueueLoop", (PyObject *)&QueueLoop_Type) < 0) {
         Py_DECREF(&QueueLoop_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&LogLoop_Type);
+    if (PyModule_AddObject(m, "LogLoop", (PyObject *)&LogLoop_Type) < 0) {
+        Py_DECREF(&LogLoop_Type);
         Py_DECREF(m);
         return NULL;
     }
