@@ -28,7 +28,7 @@ try:
     from ._nflog import ffi, lib
 except ImportError as e:  # the NFLOG channel was not built on this machine
     raise missing("nflog", "nfbind.log") from e
-from . import netns as _netns
+from . import _speedups, netns as _netns
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._nflog import struct_nfb_log
@@ -133,6 +133,10 @@ class LogPacket(PacketBase):
 #: LogPacket with its hot fields as plain slots, filled when the packet is
 #: made (see nfbind.packet)
 _HotLogPacket = hot_variant(LogPacket, HOT_FIELDS + ("prefix",))
+#: the compiled dispatch loop (nfbind._fastq), None: the Python loops below
+_fastq = _speedups.load("_fastq")
+_LOOP: Any = None if _fastq is None else _fastq.LogLoop(
+    LogPacket, _HotLogPacket, NF, _HOT_MARK, _HOT_INDEV, _HOT_TIMESTAMP)
 
 
 class LogStats(ChannelStats):
@@ -383,6 +387,8 @@ class NfLog(Channel[LogPacket]):
 
     def _dispatch(self, handler: Callable[[LogPacket], Any], b: Batch[NfLog], n: int) -> int:
         """Hand each packet of a fresh batch to the handler; the hot loop."""
+        if _LOOP is not None:
+            return self._dispatch_fast(_LOOP, handler, b, n, None)
         error: Optional[BaseException] = None
         new = object.__new__
         cls = LogPacket
@@ -417,6 +423,8 @@ class NfLog(Channel[LogPacket]):
         """:meth:`_dispatch` for a handler that reads the hot fields: each
         packet is made with them filled in, from ``hot``, the batch's
         ``struct nfb_hot`` (see nfbind.packet)."""
+        if _LOOP is not None:
+            return self._dispatch_fast(_LOOP, handler, b, n, hot)
         error: Optional[BaseException] = None
         new = object.__new__
         cls = _HotLogPacket
@@ -453,6 +461,26 @@ class NfLog(Channel[LogPacket]):
             raise
         finally:
             self._dispatch_thread = None
+        if error is not None:
+            raise error
+        return n
+
+    def _dispatch_fast(self, loop: Any, handler: Callable[[LogPacket], Any], b: Batch[NfLog],
+                       n: int, hot: Optional[bytes]) -> int:
+        """_dispatch (``hot`` None) or _dispatch_hot with the compiled loop,
+        which hands back where an interruption stopped it."""
+        self._dispatch_thread = threading.get_ident()
+        try:
+            o, errors, error, stop = loop.run(handler, b, n, hot, self._prefix_names,
+                                              self._prefix_number)
+        finally:
+            self._dispatch_thread = None
+        self._handler_errors += errors
+        if stop is not None:
+            # Ctrl-C and the like: the packets not yet handled wait for the
+            # next run() or iteration
+            self._backlog = [LogPacket(b, k) for k in range(o, n * NF, NF)] + self._backlog
+            raise stop
         if error is not None:
             raise error
         return n
