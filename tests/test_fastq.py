@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""NfQueue's compiled dispatch loop (nfbind._fastq) beside its Python loop.
+"""The compiled dispatch loops (nfbind._fastq) of NfQueue and NfLog beside
+their Python loops.
 
 The compiled loop is loaded wherever it was built (a silent fallback would
 pass every other test, slower); every other test here runs on both loops
@@ -9,19 +10,24 @@ namespace, and checks the same outcomes on both: what reaches the far side,
 the fields the handler saw, handler errors, deferred verdicts, a batch
 verdict from inside the handler and a KeyboardInterrupt in the middle of a
 batch (every packet handed out again until its verdict is kept, and gets
-exactly one).
+exactly one).  NfLog's loops likewise: the fields and prefixes, filled
+eagerly or read lazily, handler errors and a KeyboardInterrupt in the
+middle of a batch (the rest of it handed out by the next loop).
 """
 from __future__ import annotations
 
 import socket
 import time
 from decimal import Decimal
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+import select
+
+import nfbind.log as log_mod
 import nfbind.queue as queue_mod
-from nfbind import NfQueue, Verdict, VerdictError, _speedups
+from nfbind import LogPacket, NfLog, NfQueue, Verdict, VerdictError, _speedups
 from nfbind.packet import PacketBase
 
 pytestmark = pytest.mark.integration
@@ -115,6 +121,8 @@ def test_compiled_loop_is_loaded(monkeypatch) -> None:
     import nfbind._fastq as fastq
     assert queue_mod._fastq is fastq
     assert isinstance(queue_mod._LOOP, fastq.QueueLoop)
+    assert log_mod._fastq is fastq
+    assert isinstance(log_mod._LOOP, fastq.LogLoop)
 
 
 def test_loop_rejects_what_it_cannot_fill() -> None:
@@ -347,3 +355,134 @@ def test_same_outcome_on_both_loops(ns, net, monkeypatch) -> None:
             outcomes.append((seen, arrived, q.stats.handler_errors, errors > 0))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][1] == [j for j in range(30) if j % 4 in (0, 2) or j % 7 == 3]
+
+
+# -- NfLog ------------------------------------------------------------------------------
+
+LOG_PORT = 6110
+GROUP = 23
+
+
+@pytest.fixture(params=["compiled", "python"])
+def log_loop(request, monkeypatch) -> str:
+    """Which of NfLog's dispatch loops the test runs on (as ``loop``)."""
+    if request.param == "python":
+        monkeypatch.setattr(log_mod, "_LOOP", None)
+    else:
+        if log_mod._LOOP is None:
+            pytest.skip("nfbind._fastq is not loaded (NFBIND_PURE, or not built)")
+        monkeypatch.setattr(log_mod, "_LOOP", CountingLoop(log_mod._LOOP))
+    return request.param
+
+
+def _log_ran(kind: str) -> None:
+    if kind == "compiled":
+        assert log_mod._LOOP.calls > 0
+    else:
+        assert log_mod._LOOP is None
+
+
+def _log_rules(ns) -> None:
+    """Port LOG_PORT + k logged with prefix "pfx-k" (k = 0, 1), LOG_PORT + 2
+    without one; marked 5 first."""
+    ns.iptables("-t", "mangle", "-A", "INPUT", "-p", "udp", "-j", "MARK", "--set-mark", "5")
+    for k in range(3):
+        extra = ["--nflog-prefix", "pfx-%d" % k] if k < 2 else []
+        ns.iptables("-A", "INPUT", "-p", "udp", "--dport", str(LOG_PORT + k), "-j", "NFLOG",
+                    "--nflog-group", str(GROUP), *extra)
+
+
+def _log_send(ns, payloads: List[bytes]) -> None:
+    s = ns.socket()
+    try:
+        for j, data in enumerate(payloads):
+            s.sendto(data, ("127.0.0.1", LOG_PORT + j % 3))
+    finally:
+        s.close()
+
+
+def _log_drain(log: NfLog, handler: Any, want: int, seen: List[Any],
+               hot_left: Optional[int] = None) -> List[BaseException]:
+    """drain() until ``seen`` holds ``want`` entries (bounded); the
+    exceptions it raised.  ``hot_left``: set before each drain (how many
+    batches to fill eagerly)."""
+    raised: List[BaseException] = []
+    for _ in range(50):
+        if len(seen) >= want:
+            break
+        select.select([log.fileno()], [], [], 0.2)
+        if hot_left is not None:
+            log._hot_left = hot_left
+        try:
+            log.drain(handler)
+        except Exception as e:
+            raised.append(e)
+    return raised
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_log_fields_and_prefixes(ns, log_loop, eager) -> None:
+    """Filled eagerly, the hot fields and prefixes are what the properties
+    read; read lazily, the packets are plain LogPackets."""
+    _log_rules(ns)
+    payloads = [b"L%02d" % j for j in range(30)]
+    rows: List[Tuple[Any, ...]] = []
+
+    def handler(pkt: Any) -> None:
+        lazy = tuple(getattr(PacketBase, f).fget(pkt) for f in HOT)
+        rows.append((pkt.payload[28:], pkt.prefix, LogPacket.prefix.fget(pkt),
+                     tuple(getattr(pkt, f) for f in HOT), lazy, type(pkt) is LogPacket))
+
+    with NfLog(GROUP, netns=ns.name) as log:
+        _log_send(ns, payloads)
+        _log_drain(log, handler, len(payloads), rows, hot_left=10 ** 6 if eager else 0)
+    assert [r[0] for r in rows] == payloads
+    for j, (_, prefix, lazy_prefix, fields, lazy, plain) in enumerate(rows):
+        assert prefix == lazy_prefix == ("pfx-%d" % (j % 3) if j % 3 < 2 else "")
+        assert fields == lazy
+        assert fields[0] == 28 + 3 and fields[1] == 5 and fields[3] == 0x0800
+        assert fields[2] is not None and fields[4] is not None     # indev, timestamp at INPUT
+        assert plain is not eager
+    _log_ran(log_loop)
+
+
+def test_log_errors_and_interrupt(ns, log_loop) -> None:
+    """Handler errors are counted and the first is raised after the batch;
+    a KeyboardInterrupt leaves the rest of its batch to the next loop."""
+    _log_rules(ns)
+    payloads = [b"E%02d" % j for j in range(9)]
+    seen: List[bytes] = []
+
+    def failing(pkt: Any) -> None:
+        data = pkt.payload[28:]
+        seen.append(data)
+        if data in (b"E02", b"E05"):
+            raise ValueError(data)
+
+    with NfLog(GROUP, netns=ns.name) as log:
+        _log_send(ns, payloads)
+        raised = _log_drain(log, failing, len(payloads), seen)
+        assert seen == payloads
+        assert [str(e) for e in raised] == [str(b"E02")] or \
+            [str(e) for e in raised] == [str(b"E02"), str(b"E05")]
+        assert log.stats.handler_errors == 2
+
+        seen.clear()
+        again = [b"K%02d" % j for j in range(6)]
+
+        def interrupted(pkt: Any) -> None:
+            data = pkt.payload[28:]
+            seen.append(data)
+            if data == b"K02":
+                raise KeyboardInterrupt
+
+        _log_send(ns, again)
+        time.sleep(0.2)
+        with pytest.raises(KeyboardInterrupt):
+            log.drain(interrupted)
+        assert seen == again[:3]
+        rest: List[bytes] = []
+        _log_drain(log, lambda p: rest.append(p.payload[28:]), 3, rest)
+        assert rest == again[3:]
+        assert log.stats.handler_errors == 2
+    _log_ran(log_loop)
