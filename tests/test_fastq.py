@@ -16,14 +16,13 @@ middle of a batch (the rest of it handed out by the next loop).
 """
 from __future__ import annotations
 
+import select
 import socket
 import time
 from decimal import Decimal
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
-
-import select
 
 import nfbind.log as log_mod
 import nfbind.queue as queue_mod

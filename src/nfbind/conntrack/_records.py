@@ -60,9 +60,9 @@ from .model import (
     Tuple,
 )
 
-__all__ = ["REC_SIZE", "build_flows", "py_build_flows", "FAST", "event_codes", "ct_flow", "flow_from_ct_attrs",
-           "parse_expect", "parse_cpu_stats", "parse_expect_stats", "parse_global_stats",
-           "NLMSG"]
+__all__ = ["REC_SIZE", "build_flows", "py_build_flows", "FAST", "event_codes", "ct_flow",
+           "flow_from_ct_attrs", "parse_expect", "parse_cpu_stats", "parse_expect_stats",
+           "parse_global_stats", "NLMSG"]
 
 #: a batch of ``struct nfb_ct_rec`` records, copied out of C
 Records = Union[bytes, memoryview]
