@@ -38,7 +38,8 @@ class BuildExt(build_ext):
 
 SPEEDUPS = [
     Extension("nfbind." + name, [os.path.join("cext", name.lstrip("_") + ".c")],
-              optional=True, extra_compile_args=["-O2"])
+              depends=[os.path.join("cdef", "records.h")], optional=True,
+              extra_compile_args=["-O2"])
     for name in build_ffi.SPEEDUPS
 ]
 

@@ -20,6 +20,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "records.h"
 #include <errno.h>
 #include <endian.h>
 #include <stddef.h>
@@ -292,24 +293,7 @@ static inline void nfb_rec_string(uint32_t *rec, int off_field, const char *p, u
     nfb_rec_range(rec, off_field, off, len);
 }
 
-/* The hot fields of one packet record, as Python values want them: the
- * timestamp already in seconds (the same double Python computes from the
- * record's words), absent values flagged in code. */
-struct nfb_hot {
-    uint32_t code;          /* NFB_HOT_* bits: the attributes the packet has */
-    uint32_t hw_protocol;
-    uint32_t mark;          /* 0 when absent */
-    uint32_t indev;         /* 0 when absent */
-    uint32_t payload_len;   /* 0 without a payload */
-    uint32_t extra;         /* the channel's: NFQUEUE the packet id, NFLOG the prefix number */
-    double timestamp;       /* 0 when absent */
-};
-
-enum {
-    NFB_HOT_MARK = 1u << 0,
-    NFB_HOT_INDEV = 1u << 1,
-    NFB_HOT_TIMESTAMP = 1u << 2,
-};
+/* struct nfb_hot and NFB_HOT_*: records.h */
 
 static inline void nfb_hot_from_rec(const uint32_t *rec, struct nfb_hot *h)
 {
@@ -996,60 +980,7 @@ NFB_API int nfb_proto_has_ports(uint8_t proto)
     return 0;
 }
 
-/* One direction of a connection.  Ports and ids in host order. */
-struct nfb_ct_tuple {
-    uint8_t src[16];
-    uint8_t dst[16];
-    uint16_t sport;
-    uint16_t dport;
-    uint16_t icmp_id;
-    uint16_t zone;
-    uint8_t icmp_type;
-    uint8_t icmp_code;
-    uint8_t proto;
-    uint8_t has;            /* NFB_T_* */
-};
-
-enum {
-    NFB_T_ADDR = 1u << 0,
-    NFB_T_PROTO = 1u << 1,
-    NFB_T_PORTS = 1u << 2,
-    NFB_T_ICMP = 1u << 3,
-    NFB_T_ZONE = 1u << 4,
-    NFB_T_V6 = 1u << 5,     /* the addresses are IPv6 ones */
-};
-
-/* One flow.  attrs has one NFB_CT_A_* bit per attribute the kernel sent. */
-struct nfb_ct_rec {
-    uint64_t o_packets;
-    uint64_t o_bytes;
-    uint64_t r_packets;
-    uint64_t r_bytes;
-    uint64_t ts_start;
-    uint64_t ts_stop;
-    struct nfb_ct_tuple orig;
-    struct nfb_ct_tuple reply;
-    struct nfb_ct_tuple master;
-    uint32_t attrs;
-    uint32_t status;
-    uint32_t timeout;
-    uint32_t mark;
-    uint32_t secmark;
-    uint32_t use;
-    uint32_t id;
-    uint32_t secctx_off;
-    uint32_t secctx_len;
-    uint16_t zone;
-    uint8_t family;
-    uint8_t state;          /* TCP, SCTP or DCCP state */
-    uint8_t event;          /* the event type (conntrack events), 0 otherwise */
-    uint8_t labels[16];
-    char helper[16];
-    uint64_t tcp;           /* CTA_PROTOINFO_TCP packed: see NFB_TCP_* */
-    uint32_t seqadj[6];     /* CTA_SEQ_ADJ_ORIG, _REPLY: correction_pos,
-                             * offset_before, offset_after each */
-    uint32_t synproxy[3];   /* CTA_SYNPROXY: isn, its, tsoff */
-};
+/* struct nfb_ct_tuple, NFB_T_*, struct nfb_ct_rec: records.h */
 
 /* CTA_PROTOINFO_TCP packed into one 64-bit value (one dictionary key in
  * Python, where few distinct values occur): the state, the window scales
@@ -1070,30 +1001,7 @@ enum {
 #define NFB_TCP_HAS_FLAGS_ORIG (1ull << (NFB_TCP_HAS_SHIFT + 3))
 #define NFB_TCP_HAS_FLAGS_REPLY (1ull << (NFB_TCP_HAS_SHIFT + 4))
 
-enum {
-    NFB_CT_A_ORIG = 1u << 0,
-    NFB_CT_A_REPLY = 1u << 1,
-    NFB_CT_A_STATUS = 1u << 2,
-    NFB_CT_A_TIMEOUT = 1u << 3,
-    NFB_CT_A_MARK = 1u << 4,
-    NFB_CT_A_SECMARK = 1u << 5,
-    NFB_CT_A_USE = 1u << 6,
-    NFB_CT_A_ID = 1u << 7,
-    NFB_CT_A_ZONE = 1u << 8,
-    NFB_CT_A_STATE = 1u << 9,
-    NFB_CT_A_COUNTERS = 1u << 10,
-    NFB_CT_A_TS_START = 1u << 11,
-    NFB_CT_A_TS_STOP = 1u << 12,
-    NFB_CT_A_LABELS = 1u << 13,
-    NFB_CT_A_HELPER = 1u << 14,
-    NFB_CT_A_SECCTX = 1u << 15,
-    NFB_CT_A_MASTER = 1u << 16,
-    NFB_CT_A_TCP = 1u << 17,
-    NFB_CT_A_SEQADJ_ORIG = 1u << 18,
-    NFB_CT_A_SEQADJ_REPLY = 1u << 19,
-    NFB_CT_A_SYNPROXY = 1u << 20,
-    NFB_CT_A_TUPLE_ZONE = 1u << 21,     /* orig or reply has NFB_T_ZONE */
-};
+/* NFB_CT_A_*: records.h */
 
 /* Where a record's strings go: append len bytes at p, return their offset
  * (or -1).  Without one, offsets are relative to the parsed attributes. */

@@ -15,9 +15,10 @@
  * configure(), and checked there): what a twin instance with the same slots
  * plus a __class__ switch gives in Python, without the interpreter.
  *
- * The records are struct nfb_ct_rec of the core module (cdef/core.c); the
- * copy of its layout below is compared with the core's, field by field,
- * through layout() before nfbind uses this module.
+ * The records are struct nfb_ct_rec of the core module (cdef/records.h,
+ * the header cdef/core.c compiles too); layout() reports the layout this
+ * module was compiled with, which nfbind compares with the core module's,
+ * field by field, before it uses this module (a stale build fails it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,74 +27,13 @@
 #include <stdint.h>
 #include <string.h>
 
-/* -- the core's records (cdef/core.c) ----------------------------------------------------- */
+/* the records of cdef/core.c and their NFB_* bits */
+#include "../cdef/records.h"
 
-struct nfb_ct_tuple {
-    uint8_t src[16];
-    uint8_t dst[16];
-    uint16_t sport;
-    uint16_t dport;
-    uint16_t icmp_id;
-    uint16_t zone;
-    uint8_t icmp_type;
-    uint8_t icmp_code;
-    uint8_t proto;
-    uint8_t has;
-};
-
-struct nfb_ct_rec {
-    uint64_t o_packets;
-    uint64_t o_bytes;
-    uint64_t r_packets;
-    uint64_t r_bytes;
-    uint64_t ts_start;
-    uint64_t ts_stop;
-    struct nfb_ct_tuple orig;
-    struct nfb_ct_tuple reply;
-    struct nfb_ct_tuple master;
-    uint32_t attrs;
-    uint32_t status;
-    uint32_t timeout;
-    uint32_t mark;
-    uint32_t secmark;
-    uint32_t use;
-    uint32_t id;
-    uint32_t secctx_off;
-    uint32_t secctx_len;
-    uint16_t zone;
-    uint8_t family;
-    uint8_t state;
-    uint8_t event;
-    uint8_t labels[16];
-    char helper[16];
-    uint64_t tcp;
-    uint32_t seqadj[6];
-    uint32_t synproxy[3];
-};
-
-#define T_HAS_PORTS (1u << 2)
-#define T_HAS_ICMP (1u << 3)
-#define T_HAS_ZONE (1u << 4)
-
-#define A_REPLY (1u << 1)
-#define A_TIMEOUT (1u << 3)
-#define A_USE (1u << 6)
-#define A_ID (1u << 7)
-#define A_STATE (1u << 9)
-#define A_COUNTERS (1u << 10)
-#define A_TS_START (1u << 11)
-#define A_LABELS (1u << 13)
-#define A_HELPER (1u << 14)
-#define A_SECCTX (1u << 15)
-#define A_MASTER (1u << 16)
-#define A_TCP (1u << 17)
-#define A_SEQADJ_ORIG (1u << 18)
-#define A_SEQADJ_REPLY (1u << 19)
-#define A_SYNPROXY (1u << 20)
-#define A_TUPLE_ZONE (1u << 21)
 /* the attributes built by the Python helper `rare` */
-#define A_RARE (A_COUNTERS | A_TS_START | A_LABELS | A_HELPER | A_SECCTX | A_MASTER \
-                | A_SEQADJ_ORIG | A_SEQADJ_REPLY | A_SYNPROXY)
+#define A_RARE (NFB_CT_A_COUNTERS | NFB_CT_A_TS_START | NFB_CT_A_LABELS | NFB_CT_A_HELPER \
+                | NFB_CT_A_SECCTX | NFB_CT_A_MASTER | NFB_CT_A_SEQADJ_ORIG \
+                | NFB_CT_A_SEQADJ_REPLY | NFB_CT_A_SYNPROXY)
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_SCTP_ 132
@@ -375,17 +315,17 @@ static PyObject *make_tuple(const struct nfb_ct_tuple *t, PyObject *src, PyObjec
     set_slot(o, off[TUP_SRC], src);
     set_slot(o, off[TUP_DST], dst);
     set_slot(o, off[TUP_PROTO], borrowed(proto));
-    if (t->has & T_HAS_PORTS) {
+    if (t->has & NFB_T_PORTS) {
         if (set_slot(o, off[TUP_SPORT], PyLong_FromLong(t->sport)) < 0
                 || set_slot(o, off[TUP_DPORT], PyLong_FromLong(t->dport)) < 0)
             goto fail;
-    } else if (t->has & T_HAS_ICMP) {
+    } else if (t->has & NFB_T_ICMP) {
         if (set_slot(o, off[TUP_ICMP_TYPE], PyLong_FromLong(t->icmp_type)) < 0
                 || set_slot(o, off[TUP_ICMP_CODE], PyLong_FromLong(t->icmp_code)) < 0
                 || set_slot(o, off[TUP_ICMP_ID], PyLong_FromLong(t->icmp_id)) < 0)
             goto fail;
     }
-    if (with_zone && (t->has & T_HAS_ZONE)
+    if (with_zone && (t->has & NFB_T_ZONE)
             && set_slot(o, off[TUP_ZONE], PyLong_FromLong(t->zone)) < 0)
         goto fail;
     return o;
@@ -401,7 +341,7 @@ static PyObject *make_flow(const struct nfb_ct_rec *r, PyObject *recs, Py_ssize_
     const Py_ssize_t *fo = cfg.flow_off;
     const uint32_t attrs = r->attrs;
     const int v6 = r->family == cfg.af_inet6;
-    const int zones = (attrs & A_TUPLE_ZONE) != 0;
+    const int zones = (attrs & NFB_CT_A_TUPLE_ZONE) != 0;
     const size_t w = v6 ? 16 : 4;
     PyObject *proto = PyTuple_GET_ITEM(cfg.protos, r->orig.proto);
     PyObject *osrc, *odst, *rsrc, *rdst, *orig, *reply, *f, *v;
@@ -412,7 +352,7 @@ static PyObject *make_flow(const struct nfb_ct_rec *r, PyObject *recs, Py_ssize_
         Py_XDECREF(osrc);
         return NULL;
     }
-    if (attrs & A_REPLY) {
+    if (attrs & NFB_CT_A_REPLY) {
         /* the reply's addresses are usually orig's swapped: reuse those objects */
         rsrc = memcmp(r->reply.src, r->orig.dst, w) == 0 ? borrowed(odst)
                                                          : address(r->reply.src, v6);
@@ -458,7 +398,7 @@ static PyObject *make_flow(const struct nfb_ct_rec *r, PyObject *recs, Py_ssize_
         set_slot(f, fo[FL_REPLY], reply);
     set_slot(f, fo[FL_FAMILY], borrowed(v6 ? cfg.fam6 : cfg.fam4));
     set_slot(f, fo[FL_PROTO], borrowed(proto));
-    if (attrs & A_STATE) {
+    if (attrs & NFB_CT_A_STATE) {
         if (r->orig.proto == IPPROTO_TCP_)
             v = borrowed(PyTuple_GET_ITEM(cfg.tcp_states, r->state));
         else if (r->orig.proto == IPPROTO_SCTP_)
@@ -469,14 +409,16 @@ static PyObject *make_flow(const struct nfb_ct_rec *r, PyObject *recs, Py_ssize_
             goto fail;
     }
     if (set_slot(f, fo[FL_STATUS], cached(cfg.statuses, PyLong_FromUnsignedLong(r->status))) < 0
-            || ((attrs & A_TIMEOUT)
+            || ((attrs & NFB_CT_A_TIMEOUT)
                 && set_slot(f, fo[FL_TIMEOUT], PyLong_FromUnsignedLong(r->timeout)) < 0)
             || set_slot(f, fo[FL_MARK], PyLong_FromUnsignedLong(r->mark)) < 0
             || set_slot(f, fo[FL_SECMARK], PyLong_FromUnsignedLong(r->secmark)) < 0
             || set_slot(f, fo[FL_ZONE], PyLong_FromLong(r->zone)) < 0
-            || ((attrs & A_USE) && set_slot(f, fo[FL_USE], PyLong_FromUnsignedLong(r->use)) < 0)
-            || ((attrs & A_ID) && set_slot(f, fo[FL_ID], PyLong_FromUnsignedLong(r->id)) < 0)
-            || ((attrs & A_TCP)
+            || ((attrs & NFB_CT_A_USE)
+                && set_slot(f, fo[FL_USE], PyLong_FromUnsignedLong(r->use)) < 0)
+            || ((attrs & NFB_CT_A_ID)
+                && set_slot(f, fo[FL_ID], PyLong_FromUnsignedLong(r->id)) < 0)
+            || ((attrs & NFB_CT_A_TCP)
                 && set_slot(f, fo[FL_TCP],
                             cached(cfg.tcpinfos, PyLong_FromUnsignedLongLong(r->tcp))) < 0))
         goto fail;

@@ -28,17 +28,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* struct nfb_hot (cdef/core.h): nfbind.packet.hot_struct checks this layout
- * against the one the cffi modules were built with */
-struct fq_hot {
-    uint32_t code;
-    uint32_t hw_protocol;
-    uint32_t mark;
-    uint32_t indev;
-    uint32_t payload_len;
-    uint32_t extra;
-    double timestamp;
-};
+/* struct nfb_hot and its NFB_HOT_* bits, as cdef/core.c fills them */
+#include "../cdef/records.h"
 
 #define FQ_MAX_PLAIN 8
 
@@ -48,20 +39,27 @@ static const char *const hot_names[H_COUNT] = {
     "payload_len", "mark", "indev", "hw_protocol", "timestamp",
 };
 
+/* A packet class (nfbind.packet.PacketBase's) and its hot variant, with the
+ * offsets of the slots both loops fill: the batch, the record offset and,
+ * in the hot variant, the hot fields. */
+typedef struct {
+    PyTypeObject *cls;
+    PyTypeObject *hot_cls;      /* nfbind.packet.hot_variant(cls, ...) */
+    Py_ssize_t off_b, off_o;
+    Py_ssize_t off_hot[H_COUNT];
+} PacketClasses;
+
 typedef struct {
     PyObject_HEAD
-    PyTypeObject *cls;          /* the packet class */
-    PyTypeObject *hot_cls;      /* its hot variant (nfbind.packet.hot_variant) */
+    PacketClasses pk;           /* Packet */
     PyTypeObject *flight_cls;
     PyObject *verdict_cls;      /* nfbind.Verdict */
-    Py_ssize_t off_b, off_o, off_id;
-    Py_ssize_t off_hot[H_COUNT];
+    Py_ssize_t off_id;
     Py_ssize_t off_n, off_vbuf, off_recs, off_pos, off_cur;
     long long plain[FQ_MAX_PLAIN];
     int nplain;
     Py_ssize_t nf, f_id, f_queue;
     int64_t deferred, done;
-    uint32_t hot_mark, hot_indev, hot_ts;
 } QueueLoop;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -117,18 +115,50 @@ static int check_type(PyObject *o, const char *what)
     return 0;
 }
 
-static int as_u32(PyObject *o, uint32_t *out)
+/* Keep the classes ``cls`` and ``hot_cls`` in ``pk`` with their slots'
+ * offsets: the hot variant must be a subclass that keeps its base's layout
+ * and has the hot slots.  0, or -1 with an error set (``pk`` then holds
+ * what it took, for the caller's clear). */
+static int classes_init(PacketClasses *pk, PyObject *cls, PyObject *hot_cls)
 {
-    unsigned long v = PyLong_AsUnsignedLong(o);
+    int k;
 
-    if (v == (unsigned long)-1 && PyErr_Occurred())
+    if (check_type(cls, "packet") < 0 || check_type(hot_cls, "hot_packet") < 0)
         return -1;
-    if (v > 0xFFFFFFFFUL) {
-        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+    if (!PyType_IsSubtype((PyTypeObject *)hot_cls, (PyTypeObject *)cls)) {
+        PyErr_SetString(PyExc_TypeError, "hot_packet must be a subclass of packet");
         return -1;
     }
-    *out = (uint32_t)v;
+    Py_INCREF(cls);
+    pk->cls = (PyTypeObject *)cls;
+    Py_INCREF(hot_cls);
+    pk->hot_cls = (PyTypeObject *)hot_cls;
+    if ((pk->off_b = slot_offset(pk->cls, "_b")) < 0
+            || (pk->off_o = slot_offset(pk->cls, "_o")) < 0)
+        return -1;
+    if (slot_offset(pk->hot_cls, "_b") != pk->off_b
+            || slot_offset(pk->hot_cls, "_o") != pk->off_o) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "hot_packet lays out its base's slots otherwise");
+        return -1;
+    }
+    for (k = 0; k < H_COUNT; k++)
+        if ((pk->off_hot[k] = slot_offset(pk->hot_cls, hot_names[k])) < 0)
+            return -1;
     return 0;
+}
+
+static int classes_traverse(PacketClasses *pk, visitproc visit, void *arg)
+{
+    Py_VISIT(pk->cls);
+    Py_VISIT(pk->hot_cls);
+    return 0;
+}
+
+static void classes_clear(PacketClasses *pk)
+{
+    Py_CLEAR(pk->cls);
+    Py_CLEAR(pk->hot_cls);
 }
 
 static int as_index(PyObject *o, Py_ssize_t *out)
@@ -149,54 +179,38 @@ static PyObject *QueueLoop_new(PyTypeObject *type, PyObject *args, PyObject *kwd
 {
     static char *kwlist[] = {
         "packet", "hot_packet", "flight", "verdict", "plain", "nf", "f_id", "f_queue",
-        "deferred", "done", "hot_mark", "hot_indev", "hot_timestamp", NULL,
+        "deferred", "done", NULL,
     };
     PyObject *cls, *hot_cls, *flight_cls, *verdict_cls, *plain, *o_nf, *o_fid, *o_fq;
-    PyObject *o_def, *o_done, *o_hm, *o_hi, *o_ht;
+    PyObject *o_def, *o_done;
     PyObject *seq = NULL;
     QueueLoop *self;
     long long v;
     int k;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOOOO:QueueLoop", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOO:QueueLoop", kwlist,
                                      &cls, &hot_cls, &flight_cls, &verdict_cls, &plain,
-                                     &o_nf, &o_fid, &o_fq, &o_def, &o_done,
-                                     &o_hm, &o_hi, &o_ht))
+                                     &o_nf, &o_fid, &o_fq, &o_def, &o_done))
         return NULL;
-    if (check_type(cls, "packet") < 0 || check_type(hot_cls, "hot_packet") < 0
-            || check_type(flight_cls, "flight") < 0 || check_type(verdict_cls, "verdict") < 0)
+    if (check_type(flight_cls, "flight") < 0 || check_type(verdict_cls, "verdict") < 0)
         return NULL;
-    if (!PyType_IsSubtype((PyTypeObject *)hot_cls, (PyTypeObject *)cls)) {
-        PyErr_SetString(PyExc_TypeError, "hot_packet must be a subclass of packet");
-        return NULL;
-    }
     self = (QueueLoop *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    Py_INCREF(cls);
-    self->cls = (PyTypeObject *)cls;
-    Py_INCREF(hot_cls);
-    self->hot_cls = (PyTypeObject *)hot_cls;
+    if (classes_init(&self->pk, cls, hot_cls) < 0)
+        goto fail;
     Py_INCREF(flight_cls);
     self->flight_cls = (PyTypeObject *)flight_cls;
     Py_INCREF(verdict_cls);
     self->verdict_cls = verdict_cls;
 
-    if ((self->off_b = slot_offset(self->cls, "_b")) < 0
-            || (self->off_o = slot_offset(self->cls, "_o")) < 0
-            || (self->off_id = slot_offset(self->cls, "id")) < 0)
+    if ((self->off_id = slot_offset(self->pk.cls, "id")) < 0)
         goto fail;
-    /* the hot variant keeps its base's layout */
-    if (slot_offset(self->hot_cls, "_b") != self->off_b
-            || slot_offset(self->hot_cls, "_o") != self->off_o
-            || slot_offset(self->hot_cls, "id") != self->off_id) {
+    if (slot_offset(self->pk.hot_cls, "id") != self->off_id) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_TypeError, "hot_packet lays out its base's slots otherwise");
         goto fail;
     }
-    for (k = 0; k < H_COUNT; k++)
-        if ((self->off_hot[k] = slot_offset(self->hot_cls, hot_names[k])) < 0)
-            goto fail;
     if ((self->off_n = slot_offset(self->flight_cls, "n")) < 0
             || (self->off_vbuf = slot_offset(self->flight_cls, "vbuf")) < 0
             || (self->off_recs = slot_offset(self->flight_cls, "recs")) < 0
@@ -233,9 +247,6 @@ static PyObject *QueueLoop_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     self->done = PyLong_AsLongLong(o_done);
     if (self->done == -1 && PyErr_Occurred())
         goto fail;
-    if (as_u32(o_hm, &self->hot_mark) < 0 || as_u32(o_hi, &self->hot_indev) < 0
-            || as_u32(o_ht, &self->hot_ts) < 0)
-        goto fail;
     return (PyObject *)self;
 fail:
     Py_XDECREF(seq);
@@ -245,17 +256,14 @@ fail:
 
 static int QueueLoop_traverse(QueueLoop *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->cls);
-    Py_VISIT(self->hot_cls);
     Py_VISIT(self->flight_cls);
     Py_VISIT(self->verdict_cls);
-    return 0;
+    return classes_traverse(&self->pk, visit, arg);
 }
 
 static int QueueLoop_clear(QueueLoop *self)
 {
-    Py_CLEAR(self->cls);
-    Py_CLEAR(self->hot_cls);
+    classes_clear(&self->pk);
     Py_CLEAR(self->flight_cls);
     Py_CLEAR(self->verdict_cls);
     return 0;
@@ -305,27 +313,26 @@ static long long plain_value(QueueLoop *self, PyObject *v)
 }
 
 /* Fill the hot slots (at off[H_*]) of the new packet ``p`` from ``h``. */
-static int fill_hot(PyObject *p, const Py_ssize_t *off, const struct fq_hot *h,
-                    uint32_t bit_mark, uint32_t bit_indev, uint32_t bit_ts)
+static int fill_hot(PyObject *p, const Py_ssize_t *off, const struct nfb_hot *h)
 {
     if (slot_put(p, off[H_HW_PROTOCOL], PyLong_FromUnsignedLong(h->hw_protocol)) < 0
             || slot_put(p, off[H_PAYLOAD_LEN], PyLong_FromUnsignedLong(h->payload_len)) < 0)
         return -1;
-    if (h->code & bit_mark) {
+    if (h->code & NFB_HOT_MARK) {
         if (slot_put(p, off[H_MARK], PyLong_FromUnsignedLong(h->mark)) < 0)
             return -1;
     } else {
         Py_INCREF(Py_None);
         SLOT(p, off[H_MARK]) = Py_None;
     }
-    if (h->code & bit_indev) {
+    if (h->code & NFB_HOT_INDEV) {
         if (slot_put(p, off[H_INDEV], PyLong_FromUnsignedLong(h->indev)) < 0)
             return -1;
     } else {
         Py_INCREF(Py_None);
         SLOT(p, off[H_INDEV]) = Py_None;
     }
-    if (h->code & bit_ts) {
+    if (h->code & NFB_HOT_TIMESTAMP) {
         if (slot_put(p, off[H_TIMESTAMP], PyFloat_FromDouble(h->timestamp)) < 0)
             return -1;
     } else {
@@ -335,27 +342,37 @@ static int fill_hot(PyObject *p, const Py_ssize_t *off, const struct fq_hot *h,
     return 0;
 }
 
-/* The packet object of entry ``i``, its slots filled; NULL on error. */
-static PyObject *make_packet(QueueLoop *self, PyObject *fl, const uint32_t *rec, Py_ssize_t i,
-                             const struct fq_hot *hot)
+/* A new packet of batch ``b`` at record offset ``o``: of the hot variant
+ * with its hot slots filled from ``h``, or of the lazy class (``h`` NULL).
+ * NULL on error. */
+static PyObject *new_packet(const PacketClasses *pk, PyObject *b, Py_ssize_t o,
+                            const struct nfb_hot *h)
 {
-    PyTypeObject *cls = hot != NULL ? self->hot_cls : self->cls;
+    PyTypeObject *cls = h != NULL ? pk->hot_cls : pk->cls;
     PyObject *p = cls->tp_alloc(cls, 0);
 
     if (p == NULL)
         return NULL;
-    Py_INCREF(fl);
-    SLOT(p, self->off_b) = fl;
-    if (slot_put(p, self->off_o, PyLong_FromSsize_t(i * self->nf)) < 0
-            || slot_put(p, self->off_id, PyLong_FromUnsignedLong(rec[self->f_id])) < 0)
-        goto fail;
-    if (hot != NULL && fill_hot(p, self->off_hot, hot + i, self->hot_mark, self->hot_indev,
-                                self->hot_ts) < 0)
-        goto fail;
+    Py_INCREF(b);
+    SLOT(p, pk->off_b) = b;
+    if (slot_put(p, pk->off_o, PyLong_FromSsize_t(o)) < 0
+            || (h != NULL && fill_hot(p, pk->off_hot, h) < 0)) {
+        Py_DECREF(p);
+        return NULL;
+    }
     return p;
-fail:
-    Py_DECREF(p);
-    return NULL;
+}
+
+/* The packet object of entry ``i`` of the batch ``fl``, its slots filled;
+ * NULL on error. */
+static PyObject *make_packet(QueueLoop *self, PyObject *fl, const uint32_t *rec, Py_ssize_t i,
+                             const struct nfb_hot *hot)
+{
+    PyObject *p = new_packet(&self->pk, fl, i * self->nf, hot != NULL ? hot + i : NULL);
+
+    if (p != NULL && slot_put(p, self->off_id, PyLong_FromUnsignedLong(rec[self->f_id])) < 0)
+        Py_CLEAR(p);
+    return p;
 }
 
 /* The exception being raised, normalized with its traceback attached, as a
@@ -394,7 +411,7 @@ static PyObject *QueueLoop_run(QueueLoop *self, PyObject *const *args, Py_ssize_
     PyObject *vbuf_obj, *recs_obj;
     Py_buffer vview, rview, hview;
     int have_v = 0, have_r = 0, have_h = 0;
-    const struct fq_hot *hot = NULL;
+    const struct nfb_hot *hot = NULL;
     const uint32_t *recs;
     int64_t *vbuf;
     long long floor;
@@ -453,11 +470,11 @@ static PyObject *QueueLoop_run(QueueLoop *self, PyObject *const *args, Py_ssize_
         if (PyObject_GetBuffer(hot_obj, &hview, PyBUF_SIMPLE) < 0)
             goto out;
         have_h = 1;
-        if (hview.len < n * (Py_ssize_t)sizeof(struct fq_hot)) {
+        if (hview.len < n * (Py_ssize_t)sizeof(struct nfb_hot)) {
             PyErr_SetString(PyExc_ValueError, "hot is shorter than the batch");
             goto out;
         }
-        hot = (const struct fq_hot *)hview.buf;
+        hot = (const struct nfb_hot *)hview.buf;
     }
     vbuf = (int64_t *)vview.buf;
     recs = (const uint32_t *)rview.buf;
@@ -548,7 +565,7 @@ static PyMethodDef QueueLoop_methods[] = {
 
 PyDoc_STRVAR(QueueLoop_doc,
 "QueueLoop(packet, hot_packet, flight, verdict, plain, nf, f_id, f_queue,\n"
-"          deferred, done, hot_mark, hot_indev, hot_timestamp)\n\n"
+"          deferred, done)\n\n"
 "NfQueue's dispatch loop for these classes and constants (see run()).");
 
 static PyTypeObject QueueLoop_Type = {
@@ -568,52 +585,27 @@ static PyTypeObject QueueLoop_Type = {
 
 typedef struct {
     PyObject_HEAD
-    PyTypeObject *cls;          /* LogPacket */
-    PyTypeObject *hot_cls;      /* its hot variant, with a prefix slot */
-    Py_ssize_t off_b, off_o, off_prefix;
-    Py_ssize_t off_hot[H_COUNT];
+    PacketClasses pk;           /* LogPacket; its hot variant has a prefix slot */
+    Py_ssize_t off_prefix;
     Py_ssize_t nf;
-    uint32_t hot_mark, hot_indev, hot_ts;
 } LogLoop;
 
 static PyObject *LogLoop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {
-        "packet", "hot_packet", "nf", "hot_mark", "hot_indev", "hot_timestamp", NULL,
+        "packet", "hot_packet", "nf", NULL,
     };
-    PyObject *cls, *hot_cls, *o_nf, *o_hm, *o_hi, *o_ht;
+    PyObject *cls, *hot_cls, *o_nf;
     LogLoop *self;
-    int k;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO:LogLoop", kwlist, &cls, &hot_cls,
-                                     &o_nf, &o_hm, &o_hi, &o_ht))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:LogLoop", kwlist, &cls, &hot_cls, &o_nf))
         return NULL;
-    if (check_type(cls, "packet") < 0 || check_type(hot_cls, "hot_packet") < 0)
-        return NULL;
-    if (!PyType_IsSubtype((PyTypeObject *)hot_cls, (PyTypeObject *)cls)) {
-        PyErr_SetString(PyExc_TypeError, "hot_packet must be a subclass of packet");
-        return NULL;
-    }
     self = (LogLoop *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    Py_INCREF(cls);
-    self->cls = (PyTypeObject *)cls;
-    Py_INCREF(hot_cls);
-    self->hot_cls = (PyTypeObject *)hot_cls;
-    if ((self->off_b = slot_offset(self->cls, "_b")) < 0
-            || (self->off_o = slot_offset(self->cls, "_o")) < 0)
+    if (classes_init(&self->pk, cls, hot_cls) < 0)
         goto fail;
-    if (slot_offset(self->hot_cls, "_b") != self->off_b
-            || slot_offset(self->hot_cls, "_o") != self->off_o) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "hot_packet lays out its base's slots otherwise");
-        goto fail;
-    }
-    for (k = 0; k < H_COUNT; k++)
-        if ((self->off_hot[k] = slot_offset(self->hot_cls, hot_names[k])) < 0)
-            goto fail;
-    if ((self->off_prefix = slot_offset(self->hot_cls, "prefix")) < 0)
+    if ((self->off_prefix = slot_offset(self->pk.hot_cls, "prefix")) < 0)
         goto fail;
     if (as_index(o_nf, &self->nf) < 0)
         goto fail;
@@ -621,9 +613,6 @@ static PyObject *LogLoop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "nf must not be 0");
         goto fail;
     }
-    if (as_u32(o_hm, &self->hot_mark) < 0 || as_u32(o_hi, &self->hot_indev) < 0
-            || as_u32(o_ht, &self->hot_ts) < 0)
-        goto fail;
     return (PyObject *)self;
 fail:
     Py_DECREF(self);
@@ -632,15 +621,12 @@ fail:
 
 static int LogLoop_traverse(LogLoop *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->cls);
-    Py_VISIT(self->hot_cls);
-    return 0;
+    return classes_traverse(&self->pk, visit, arg);
 }
 
 static int LogLoop_clear(LogLoop *self)
 {
-    Py_CLEAR(self->cls);
-    Py_CLEAR(self->hot_cls);
+    classes_clear(&self->pk);
     return 0;
 }
 
@@ -668,7 +654,7 @@ static PyObject *LogLoop_run(LogLoop *self, PyObject *const *args, Py_ssize_t na
     PyObject *handler, *b, *hot_obj, *names, *prefix_number;
     Py_buffer hview;
     int have_h = 0;
-    const struct fq_hot *hot = NULL;
+    const struct nfb_hot *hot = NULL;
     Py_ssize_t n, i, o = 0, errors = 0;
     PyObject *p = NULL, *v, *error = NULL, *stop = NULL, *ret = NULL;
 
@@ -691,30 +677,22 @@ static PyObject *LogLoop_run(LogLoop *self, PyObject *const *args, Py_ssize_t na
         if (PyObject_GetBuffer(hot_obj, &hview, PyBUF_SIMPLE) < 0)
             return NULL;
         have_h = 1;
-        if (hview.len < n * (Py_ssize_t)sizeof(struct fq_hot)) {
+        if (hview.len < n * (Py_ssize_t)sizeof(struct nfb_hot)) {
             PyErr_SetString(PyExc_ValueError, "hot is shorter than the batch");
             goto out;
         }
-        hot = (const struct fq_hot *)hview.buf;
+        hot = (const struct nfb_hot *)hview.buf;
     }
 
     for (i = 0; i < n; i++, o += self->nf) {
-        PyTypeObject *cls = hot != NULL ? self->hot_cls : self->cls;
+        const struct nfb_hot *h = hot != NULL ? hot + i : NULL;
 
-        p = cls->tp_alloc(cls, 0);
+        p = new_packet(&self->pk, b, o, h);
         if (p == NULL)
             goto stopped;
-        Py_INCREF(b);
-        SLOT(p, self->off_b) = b;
-        if (slot_put(p, self->off_o, PyLong_FromSsize_t(o)) < 0)
-            goto stopped;
-        if (hot != NULL) {
-            const struct fq_hot *h = hot + i;
+        if (h != NULL) {
             PyObject *name;
 
-            if (fill_hot(p, self->off_hot, h, self->hot_mark, self->hot_indev,
-                         self->hot_ts) < 0)
-                goto stopped;
             /* names may grow in prefix_number(): read its size each time */
             if ((Py_ssize_t)h->extra < PyList_GET_SIZE(names)) {
                 name = PyList_GET_ITEM(names, h->extra);
@@ -762,7 +740,7 @@ static PyMethodDef LogLoop_methods[] = {
 };
 
 PyDoc_STRVAR(LogLoop_doc,
-"LogLoop(packet, hot_packet, nf, hot_mark, hot_indev, hot_timestamp)\n\n"
+"LogLoop(packet, hot_packet, nf)\n\n"
 "NfLog's dispatch loop for these classes and constants (see run()).");
 
 static PyTypeObject LogLoop_Type = {
@@ -781,6 +759,7 @@ static PyTypeObject LogLoop_Type = {
 static struct PyModuleDef fastq_module = {
     PyModuleDef_HEAD_INIT, "nfbind._fastq",
     "The packet channels' dispatch loop, compiled.", -1, NULL,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__fastq(void)

@@ -7,7 +7,7 @@ class QueueLoop:
 
     def __init__(self, packet: type, hot_packet: type, flight: type, verdict: type,
                  plain: Iterable[int], nf: int, f_id: int, f_queue: int, deferred: int,
-                 done: int, hot_mark: int, hot_indev: int, hot_timestamp: int) -> None: ...
+                 done: int) -> None: ...
 
     def run(self, handler: Callable[[Any], Any], fl: Any, pending: Dict[int, Any], floor: int,
             multi: bool, hot: Optional[bytes], /) -> Tuple[int, Any, Any,
@@ -21,8 +21,7 @@ class QueueLoop:
 class LogLoop:
     """NfLog's dispatch loop for these classes and constants (see run())."""
 
-    def __init__(self, packet: type, hot_packet: type, nf: int, hot_mark: int, hot_indev: int,
-                 hot_timestamp: int) -> None: ...
+    def __init__(self, packet: type, hot_packet: type, nf: int) -> None: ...
 
     def run(self, handler: Callable[[Any], Any], b: Any, n: int, hot: Optional[bytes],
             names: List[str], prefix_number: Callable[[Any, int, int], str], /

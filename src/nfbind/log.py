@@ -136,7 +136,7 @@ _HotLogPacket = hot_variant(LogPacket, HOT_FIELDS + ("prefix",))
 #: the compiled dispatch loop (nfbind._fastq), None: the Python loops below
 _fastq = _speedups.load("_fastq")
 _LOOP: Any = None if _fastq is None else _fastq.LogLoop(
-    LogPacket, _HotLogPacket, NF, _HOT_MARK, _HOT_INDEV, _HOT_TIMESTAMP)
+    LogPacket, _HotLogPacket, NF)
 
 
 class LogStats(ChannelStats):

@@ -188,8 +188,7 @@ _HOT_TIMESTAMP = core.NFB_HOT_TIMESTAMP
 #: the compiled dispatch loop (nfbind._fastq), None: _dispatch's Python loop
 _fastq = _speedups.load("_fastq")
 _LOOP: Any = None if _fastq is None else _fastq.QueueLoop(
-    Packet, _HotPacket, Flight, Verdict, PLAIN, NF, F_ID, F_QUEUE, V_DEFERRED, V_DONE,
-    _HOT_MARK, _HOT_INDEV, _HOT_TIMESTAMP)
+    Packet, _HotPacket, Flight, Verdict, PLAIN, NF, F_ID, F_QUEUE, V_DEFERRED, V_DONE)
 
 
 class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
