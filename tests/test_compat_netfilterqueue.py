@@ -26,6 +26,7 @@ from nfbind import netns as nfnetns
 from nfbind.compat.netfilterqueue import (
     COPY_META, COPY_NONE, COPY_PACKET, NetfilterQueue, Packet)
 
+from helpers.packets import udp_data
 from helpers.procs import SRC
 
 pytestmark = pytest.mark.integration
@@ -98,10 +99,6 @@ def _waiting(ns, qnum: int = QNUM) -> int:
     return 0 if row is None else row["waiting"]
 
 
-def _data(ip: bytes) -> bytes:
-    return ip[(ip[0] & 0x0F) * 4 + 8:]
-
-
 def _ip_csum(hdr: bytes) -> int:
     s = sum(struct.unpack("!%dH" % (len(hdr) // 2), hdr))
     while s >> 16:
@@ -146,7 +143,7 @@ def test_accept_drop_and_attributes(ns):
     def cb(pkt):
         seen.append(pkt)
         assert isinstance(pkt.get_payload(), bytes)
-        if _data(pkt.get_payload()) == b"drop me":
+        if udp_data(pkt.get_payload()) == b"drop me":
             pkt.drop()
         else:
             pkt.accept()
@@ -169,7 +166,7 @@ def test_accept_drop_and_attributes(ns):
     assert p.get_payload_len() == 28 + 3
     assert str(p) == "UDP packet, 31 bytes"
     p.retain()                               # accepted, a no-op with nfbind
-    assert _data(p.get_payload()) == b"one"  # data outlives the callback
+    assert udp_data(p.get_payload()) == b"one"  # data outlives the callback
 
 
 def test_hw_address_on_input_is_8_bytes(ns):
@@ -241,7 +238,7 @@ def test_two_queues_at_once(ns):
 
     def dropper(seen, victim):
         def cb(pkt):
-            seen.append(_data(pkt.get_payload()))
+            seen.append(udp_data(pkt.get_payload()))
             (pkt.drop if seen[-1] == victim else pkt.accept)()
         return cb
 
@@ -269,14 +266,14 @@ def test_rewrite_with_reorder(ns):
     done = []
 
     def cb(pkt):
-        data = _data(pkt.get_payload())
+        data = udp_data(pkt.get_payload())
         if data == b"one":
             held.append(pkt)                 # no verdict: stays queued
         elif data == b"two":
             pkt.accept()
             one = held.pop()
             one.set_payload(_rewrite_udp(one.get_payload(), b"numero uno"))
-            assert _data(one.get_payload()) == b"numero uno"
+            assert udp_data(one.get_payload()) == b"numero uno"
             assert one.get_payload_len() == 28 + 3    # the length as received
             one.accept()
         else:
@@ -318,7 +315,7 @@ def test_payloads_beyond_4016_bytes_arrive_whole(ns):
     def cb(pkt):
         data = pkt.get_payload()
         lens.append((len(data), pkt.get_payload_len()))
-        if _data(data) == big:
+        if udp_data(data) == big:
             pkt.set_payload(_rewrite_udp(data, big[::-1]))
         pkt.accept()
 
@@ -435,7 +432,7 @@ def test_callback_exception_leaves_packet_and_rest_for_next_run(ns):
 
     def cb(pkt):
         seen.append(pkt)
-        if _data(pkt.get_payload()) == b"boom":
+        if udp_data(pkt.get_payload()) == b"boom":
             raise ValueError("test")
         pkt.accept()
 
@@ -449,7 +446,7 @@ def test_callback_exception_leaves_packet_and_rest_for_next_run(ns):
             q.run(block=False)
             time.sleep(0.01)
     # "one" got its verdict; "boom" is held without one; the rest wait for run()
-    assert [_data(p.get_payload()) for p in seen] == [b"one", b"boom"]
+    assert [udp_data(p.get_payload()) for p in seen] == [b"one", b"boom"]
     assert _recv(r, quiet=0.2) == [b"one"]
     assert _waiting(ns) == 3
     boom = seen[1]
@@ -516,7 +513,7 @@ def test_run_socket_nonblocking_and_blocking(ns):
     n = []
 
     def cb(pkt):
-        n.append(_data(pkt.get_payload()))
+        n.append(udp_data(pkt.get_payload()))
         pkt.accept()
         if len(n) == 4:
             q.unbind()

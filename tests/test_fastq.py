@@ -29,6 +29,8 @@ import nfbind.queue as queue_mod
 from nfbind import LogPacket, NfLog, NfQueue, Verdict, VerdictError, _speedups
 from nfbind.packet import PacketBase
 
+from helpers.packets import udp_data
+
 pytestmark = pytest.mark.integration
 
 PORT = 5566
@@ -108,11 +110,6 @@ def net(ns):
     n.close()
 
 
-def _data(pkt: Any) -> bytes:
-    ip = pkt.payload
-    return ip[(ip[0] & 0x0F) * 4 + 8:]
-
-
 def test_compiled_loop_is_loaded(monkeypatch) -> None:
     """Built on this machine, so NfQueue dispatches with it."""
     if _speedups.pure():
@@ -153,7 +150,7 @@ def test_results_of_every_kind(ns, net, loop) -> None:
     seen: List[bytes] = []
 
     def handler(pkt: Any) -> Any:
-        data = _data(pkt)
+        data = udp_data(pkt.payload)
         seen.append(data)
         what = data[3:].decode()
         if what == "int-accept":
@@ -193,7 +190,7 @@ def test_results_of_every_kind(ns, net, loop) -> None:
         # the first error of the batch, raised once every packet of it was handed out
         assert isinstance(raised[0], LookupError) and "no such thing" in str(raised[0])
         assert q.stats.handler_errors == 5      # raise, float, bool, twice, big
-        assert [_data(p) for p in deferred] == [payloads[2]]
+        assert [udp_data(p.payload) for p in deferred] == [payloads[2]]
         assert not deferred[0].has_verdict
         assert q.stats.pending == 1
         deferred[0].accept()
@@ -213,7 +210,7 @@ def test_error_result_raised_after_the_batch(ns, net, loop) -> None:
     with NfQueue(QNUM, netns=ns.name) as q:
         net.send(payloads)
         with pytest.raises(TypeError, match="no verdict"):
-            q.drain(lambda pkt: "yes" if _data(pkt) == b"p1" else Verdict.ACCEPT)
+            q.drain(lambda pkt: "yes" if udp_data(pkt.payload) == b"p1" else Verdict.ACCEPT)
         assert q.stats.handler_errors == 1
         assert sorted(net.recv()) == payloads       # on_error: ACCEPT
     _ran(loop)
@@ -264,7 +261,7 @@ def test_verdict_batch_from_the_handler(ns, net, loop) -> None:
     later: List[Any] = []
 
     def handler(pkt: Any) -> Any:
-        data = _data(pkt)
+        data = udp_data(pkt.payload)
         calls.append(data)
         if data in (b"b1", b"b2"):
             later.append(pkt)
@@ -295,7 +292,7 @@ def test_keyboard_interrupt_mid_batch(ns, net, loop) -> None:
     fired: Dict[str, int] = {"k": 0}
 
     def handler(pkt: Any) -> Any:
-        data = _data(pkt)
+        data = udp_data(pkt.payload)
         calls.append(data)
         if data == b"k4" and not fired["k"]:
             fired["k"] = 1
@@ -333,7 +330,7 @@ def test_same_outcome_on_both_loops(ns, net, monkeypatch) -> None:
         seen: List[Tuple[Any, ...]] = []
 
         def handler(pkt: Any) -> Any:
-            j = int(_data(pkt)[1:])
+            j = int(udp_data(pkt.payload)[1:])
             seen.append((j, pkt.payload_len, pkt.mark, pkt.indev, pkt.hw_protocol,
                          pkt.timestamp is None, pkt.queue_num))
             if j % 7 == 3:

@@ -33,6 +33,7 @@ from typing import Iterable, List, Optional, Tuple
 
 import pytest
 
+from helpers.packets import udp_data
 from helpers.report import fault_report
 from nfbind._core import ffi as core_ffi, lib as core_lib
 from nfbind._conntrack import ffi as ct_ffi, lib as ct_lib
@@ -124,12 +125,6 @@ def split_like_harness(data: bytes) -> List[bytes]:
         out.append(data[pos:pos + ln])
         pos += ln
     return out
-
-
-def udp_payload(ip: bytes) -> bytes:
-    if ip[0] >> 4 == 6:
-        return ip[40 + 8:]
-    return ip[(ip[0] & 0x0F) * 4 + 8:]
 
 
 # -- the receive functions over a datagram socket pair ------------------------------
@@ -325,7 +320,7 @@ def test_nfqueue_real_packets(queue_rx):
         n, recs, datas = rx.feed([m])
         assert n == 1
         check_ranges(recs[0], datas[0], len(m))
-        assert udp_payload(payload(recs[0], datas[0])) == sent
+        assert udp_data(payload(recs[0], datas[0])) == sent
         ids.append(recs[0][q_lib.NFB_F_ID])
     assert len(set(ids)) == 3
     n, recs, datas = rx.feed([seed("nfqueue", "batch-3")])
@@ -387,7 +382,7 @@ def test_nfqueue_lying_length_in_a_batch(queue_rx, lie):
     n, recs, datas = rx.feed([buf])
     assert n == 1
     check_ranges(recs[0], datas[0], len(a))
-    assert udp_payload(payload(recs[0], datas[0])) == QUEUE_PAYLOADS[0]
+    assert udp_data(payload(recs[0], datas[0])) == QUEUE_PAYLOADS[0]
 
 
 def test_nfqueue_error_and_done_between_packets(queue_rx):
@@ -434,7 +429,7 @@ def test_nfqueue_stash_and_short_error(queue_rx):
     n, recs, datas = rx.config_then_recv([QUEUE_PACKETS[0], done, short_err, QUEUE_PACKETS[1]])
     assert n == 2
     assert rx.rx.async_errors == 0
-    assert [udp_payload(payload(r, d)) for r, d in zip(recs, datas)] == QUEUE_PAYLOADS[:2]
+    assert [udp_data(payload(r, d)) for r, d in zip(recs, datas)] == QUEUE_PAYLOADS[:2]
     for r, d in zip(recs, datas):
         check_ranges(r, d)
 
@@ -483,7 +478,7 @@ def test_nflog_real_packets_and_family_filter(log_rx):
     assert sorted(set(fams)) == sorted({socket.AF_INET, socket.AF_INET6})
     for r, d in zip(recs, datas):
         check_ranges(r, d)
-    sent = [udp_payload(payload(r, d)) for r, d in zip(recs, datas)
+    sent = [udp_data(payload(r, d)) for r, d in zip(recs, datas)
             if payload(r, d) is not None]
     for p in LOG_PAYLOADS:
         assert p in sent

@@ -52,6 +52,7 @@ from nfbind._core import lib as core_lib
 from nfbind._nfqueue import ffi as q_ffi, lib as q_lib
 from nfbind._nflog import ffi as log_ffi, lib as log_lib
 
+from helpers.packets import udp_data
 from helpers.procs import SRC
 from helpers.report import fault_report
 
@@ -133,10 +134,6 @@ def net(ns):
     n = Net(ns)
     yield n
     n.close()
-
-
-def udp_data(ip: bytes) -> bytes:
-    return ip[(ip[0] & 0x0F) * 4 + 8:]
 
 
 def with_udp_data(ip: bytes, data: bytes) -> bytes:

@@ -43,6 +43,14 @@ def ether(dst: str, src: str, l3: bytes, vlan_tci: Optional[int] = None) -> byte
     return hdr + struct.pack("!H", 0x0800) + l3
 
 
+def udp_data(ip: bytes) -> bytes:
+    """The UDP payload of an IPv4 packet, or of an IPv6 one without
+    extension headers."""
+    if ip[0] >> 4 == 6:
+        return ip[40 + 8:]
+    return ip[(ip[0] & 0x0F) * 4 + 8:]
+
+
 def recv_all(sock: socket.socket, timeout: float = 1.0, limit: int = 100000) -> List[bytes]:
     """Everything ``sock`` receives until it has been quiet for ``timeout``
     (at most ``limit`` datagrams, at most 60 s)."""
