@@ -536,12 +536,7 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
                 i += 1
         finally:
             self._dispatch_thread = None
-        if hots is None and handed and fl.reads >= HOT_READS * handed:
-            self._hot_left = HOT_SPAN - 1
-        self._finish(fl)
-        if error is not None:
-            raise error
-        return handed or -1
+        return self._dispatched(fl, hots is not None, handed, error)
 
     def _dispatch_fast(self, loop: Any, handler: Callable[[Packet], Any], fl: Flight[NfQueue],
                        hot: Optional[bytes]) -> int:
@@ -574,7 +569,15 @@ class NfQueue(QueueConfig[Packet], QueueDeadlines[Packet]):
                 fl.cur = -1
         finally:
             self._dispatch_thread = None
-        if hot is None and handed and fl.reads >= HOT_READS * handed:
+        return self._dispatched(fl, hot is not None, handed, error)
+
+    def _dispatched(self, fl: Flight[NfQueue], hot: bool, handed: int,
+                    error: Optional[BaseException]) -> int:
+        """The end of both dispatch loops: whether the next batches are made
+        with the hot fields filled (from the lazy reads of this one), the
+        verdicts sent, the first handler error raised; ``drain()``'s count
+        (-1: none handed out)."""
+        if not hot and handed and fl.reads >= HOT_READS * handed:
             self._hot_left = HOT_SPAN - 1
         self._finish(fl)
         if error is not None:
